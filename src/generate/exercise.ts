@@ -1,0 +1,105 @@
+/**
+ * `gpt2Generate`: the exercise's `gpt2_generate(token_ids, wte, wpe, layers, ln_f_g, ln_f_b,
+ * n_tokens, temperature)` on tf ops. Logits come back to JS each step; temperature, softmax and
+ * the draw happen here in float64, as `np.random.choice(len(p), p=p)` does.
+ */
+import * as tf from '../tf';
+import { GPT2Error } from '../errors';
+import { ArrayInput, SeedLayer, SeedParams, seedLogits, toTensor } from '../model/seed';
+import { MT19937, Rng, choice, unseeded } from './rng';
+
+export interface GPT2GenerateOptions {
+  /** Makes the draw deterministic (MT19937 seeded like `np.random.seed(seed)`). */
+  seed?: number;
+  /** 'numpy' (the default when seeded): NumPy's legacy stream, so ids equal the NumPy original's. */
+  rng?: 'numpy' | Rng;
+}
+
+export function softmax64(logits: ArrayLike<number>, temperature: number): Float64Array {
+  const n = logits.length;
+  const z = new Float64Array(n);
+  let max = -Infinity;
+  for (let i = 0; i < n; i++) {
+    z[i] = logits[i] / temperature;
+    if (z[i] > max) max = z[i];
+  }
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    z[i] = Math.exp(z[i] - max);
+    sum += z[i];
+  }
+  for (let i = 0; i < n; i++) z[i] /= sum;
+  return z;
+}
+
+function argmax(a: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
+  return best;
+}
+
+export async function gpt2Generate(
+  tokenIds: number[],
+  wte: ArrayInput,
+  wpe: ArrayInput,
+  layers: SeedLayer[],
+  lnFG: ArrayInput,
+  lnFB: ArrayInput,
+  nTokens = 10,
+  temperature = 1.0,
+  options: GPT2GenerateOptions = {},
+): Promise<number[]> {
+  if (!Number.isInteger(nTokens) || nTokens < 0) throw new GPT2Error('BAD_OPTION', `nTokens must be a non-negative integer, got ${nTokens}`);
+  if (typeof temperature !== 'number' || !(temperature >= 0) || !Number.isFinite(temperature)) {
+    throw new GPT2Error('BAD_OPTION', `temperature must be a finite number ≥ 0 (0 = greedy), got ${temperature}`);
+  }
+  if (!Array.isArray(tokenIds) || tokenIds.length === 0) throw new GPT2Error('BAD_INPUT', 'tokenIds must be a non-empty array');
+  let rng: Rng;
+  if (options.rng && options.rng !== 'numpy') rng = options.rng;
+  else rng = options.seed !== undefined ? new MT19937(options.seed) : options.rng === 'numpy' ? new MT19937((Math.random() * 2 ** 32) >>> 0) : unseeded;
+
+  const owned: tf.Tensor[] = [];
+  try {
+    const p: SeedParams = {
+      wte: toTensor(wte, 'wte', 2, owned) as tf.Tensor2D,
+      wpe: toTensor(wpe, 'wpe', 2, owned) as tf.Tensor2D,
+      lnF: [toTensor(lnFG, 'ln_f_g', 1, owned) as tf.Tensor1D, toTensor(lnFB, 'ln_f_b', 1, owned) as tf.Tensor1D],
+      layers: layers.map((l, i) => {
+        const w = (a: ArrayInput, n: string, r: 1 | 2) => toTensor(a, `layers[${i}].${n}`, r, owned);
+        if (!l || !Array.isArray(l.attnWeights) || !Array.isArray(l.attnBiases) || !Array.isArray(l.ffnWeights) || !Array.isArray(l.ln1) || !Array.isArray(l.ln2)) {
+          throw new GPT2Error('BAD_INPUT', `layers[${i}] must have attnWeights, attnBiases, ffnWeights, ln1 and ln2`);
+        }
+        return {
+          attnWeights: [w(l.attnWeights[0], 'Wq', 2), w(l.attnWeights[1], 'Wk', 2), w(l.attnWeights[2], 'Wv', 2), w(l.attnWeights[3], 'Wo', 2)],
+          attnBiases: [w(l.attnBiases[0], 'bq', 1), w(l.attnBiases[1], 'bk', 1), w(l.attnBiases[2], 'bv', 1), w(l.attnBiases[3], 'bo', 1)],
+          ffnWeights: [w(l.ffnWeights[0], 'W1', 2), w(l.ffnWeights[1], 'b1', 1), w(l.ffnWeights[2], 'W2', 2), w(l.ffnWeights[3], 'b2', 1)],
+          ln1: [w(l.ln1[0], 'ln1.g', 1), w(l.ln1[1], 'ln1.b', 1)],
+          ln2: [w(l.ln2[0], 'ln2.g', 1), w(l.ln2[1], 'ln2.b', 1)],
+        } as SeedLayer<tf.Tensor>;
+      }),
+    };
+    const [V, d] = p.wte.shape;
+    if (p.wpe.shape[1] !== d) throw new GPT2Error('BAD_INPUT', `wpe is [${p.wpe.shape}] but wte is [${p.wte.shape}]: embedding sizes differ`);
+    const ids = tokenIds.slice();
+    if (ids.length + nTokens > p.wpe.shape[0] + 1 && nTokens > 0) {
+      throw new GPT2Error('CONTEXT_OVERFLOW', `${ids.length} prompt + ${nTokens} new tokens need ${ids.length + nTokens - 1} positions; wpe has ${p.wpe.shape[0]}`);
+    }
+    if (ids.length > p.wpe.shape[0]) throw new GPT2Error('CONTEXT_OVERFLOW', `prompt of ${ids.length} tokens is longer than wpe (${p.wpe.shape[0]} positions)`);
+    for (const id of ids) {
+      if (!Number.isInteger(id) || id < 0 || id >= V) throw new GPT2Error('BAD_INPUT', `token id ${id} is out of range [0, ${V - 1}]`);
+    }
+    for (let n = 0; n < nTokens; n++) {
+      const t = seedLogits(ids, p);
+      let logits: Float32Array;
+      try {
+        logits = (await t.data()) as Float32Array;
+      } finally {
+        t.dispose();
+      }
+      ids.push(temperature === 0 ? argmax(logits) : choice(softmax64(logits, temperature), rng));
+    }
+    return ids;
+  } finally {
+    for (const t of owned) t.dispose();
+  }
+}

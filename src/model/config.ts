@@ -1,0 +1,109 @@
+/**
+ * GPT2Config: the subset of Hugging Face's `configuration_gpt2.py` that the forward pass needs,
+ * validated once, with HF's defaults in one place.
+ */
+import { GPT2Error } from '../errors';
+
+export type Activation = 'gelu_new' | 'gelu' | 'relu';
+
+export interface GPT2Config {
+  vocabSize: number;
+  nPositions: number;
+  nEmbd: number;
+  nLayer: number;
+  nHead: number;
+  /** MLP hidden size (HF `n_inner`, null means 4 * n_embd). */
+  nInner: number;
+  layerNormEpsilon: number;
+  activation: Activation;
+  bosTokenId: number;
+  eosTokenId: number;
+}
+
+const DEFAULTS = {
+  vocab_size: 50257,
+  n_positions: 1024,
+  n_embd: 768,
+  n_layer: 12,
+  n_head: 12,
+  layer_norm_epsilon: 1e-5,
+  activation_function: 'gelu_new',
+  bos_token_id: 50256,
+  eos_token_id: 50256,
+};
+
+// HF names for the tanh approximation all mean the same function.
+const ACTIVATIONS: Record<string, Activation> = {
+  gelu_new: 'gelu_new',
+  gelu_pytorch_tanh: 'gelu_new',
+  gelu_fast: 'gelu_new',
+  gelu: 'gelu',
+  relu: 'relu',
+};
+
+export function parseConfig(raw: Record<string, unknown>, where = 'config.json'): GPT2Config {
+  const int = (key: keyof typeof DEFAULTS, min = 1): number => {
+    const v = raw[key] ?? DEFAULTS[key];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
+      throw new GPT2Error('BAD_CONFIG', `${where}: "${key}" must be an integer ≥ ${min}, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+  const vocabSize = int('vocab_size');
+  const nPositions = int('n_positions');
+  const nEmbd = int('n_embd');
+  const nLayer = int('n_layer');
+  const nHead = int('n_head');
+  if (nEmbd % nHead !== 0) throw new GPT2Error('BAD_CONFIG', `${where}: n_embd (${nEmbd}) must be divisible by n_head (${nHead})`);
+  const innerRaw = raw.n_inner;
+  let nInner = 4 * nEmbd;
+  if (innerRaw !== undefined && innerRaw !== null) {
+    if (typeof innerRaw !== 'number' || !Number.isSafeInteger(innerRaw) || innerRaw < 1) {
+      throw new GPT2Error('BAD_CONFIG', `${where}: "n_inner" must be null or a positive integer, got ${JSON.stringify(innerRaw)}`);
+    }
+    nInner = innerRaw;
+  }
+  const eps = raw.layer_norm_epsilon ?? DEFAULTS.layer_norm_epsilon;
+  if (typeof eps !== 'number' || !(eps > 0)) throw new GPT2Error('BAD_CONFIG', `${where}: "layer_norm_epsilon" must be a positive number`);
+  const actName = raw.activation_function ?? DEFAULTS.activation_function;
+  const activation = typeof actName === 'string' ? ACTIVATIONS[actName] : undefined;
+  if (!activation) {
+    throw new GPT2Error('BAD_CONFIG', `${where}: unsupported activation_function ${JSON.stringify(actName)} (supported: ${Object.keys(ACTIVATIONS).join(', ')})`);
+  }
+  const bos = raw.bos_token_id ?? DEFAULTS.bos_token_id;
+  const eos = raw.eos_token_id ?? DEFAULTS.eos_token_id;
+  return {
+    vocabSize, nPositions, nEmbd, nLayer, nHead, nInner,
+    layerNormEpsilon: eps,
+    activation,
+    bosTokenId: typeof bos === 'number' ? bos : DEFAULTS.bos_token_id,
+    eosTokenId: typeof eos === 'number' ? eos : DEFAULTS.eos_token_id,
+  };
+}
+
+/** The shape every canonical weight must have under `config`. */
+export function expectedShapes(c: GPT2Config): Map<string, number[]> {
+  const d = c.nEmbd;
+  const m = new Map<string, number[]>([
+    ['wte.weight', [c.vocabSize, d]],
+    ['wpe.weight', [c.nPositions, d]],
+    ['ln_f.weight', [d]],
+    ['ln_f.bias', [d]],
+  ]);
+  for (let i = 0; i < c.nLayer; i++) {
+    const h = `h.${i}.`;
+    m.set(h + 'ln_1.weight', [d]);
+    m.set(h + 'ln_1.bias', [d]);
+    m.set(h + 'attn.c_attn.weight', [d, 3 * d]);
+    m.set(h + 'attn.c_attn.bias', [3 * d]);
+    m.set(h + 'attn.c_proj.weight', [d, d]);
+    m.set(h + 'attn.c_proj.bias', [d]);
+    m.set(h + 'ln_2.weight', [d]);
+    m.set(h + 'ln_2.bias', [d]);
+    m.set(h + 'mlp.c_fc.weight', [d, c.nInner]);
+    m.set(h + 'mlp.c_fc.bias', [c.nInner]);
+    m.set(h + 'mlp.c_proj.weight', [c.nInner, d]);
+    m.set(h + 'mlp.c_proj.bias', [d]);
+  }
+  return m;
+}

