@@ -1,12 +1,16 @@
 /**
- * GPT2: the public handle on a loaded model — config, tokenizer, forward, generation, dispose.
- * It composes the layers below (model/, tokenizer/, generate/) and adds no math of its own.
+ * GPT2: the public handle on a loaded model — config, tokenizer, forward, generation, scoring,
+ * dispose. It composes the layers below (model/, tokenizer/, generate/) and adds no math of its own.
  */
+import { GPT2Error } from './errors';
+import { FinishReason, GenerateOptions, GenerateResult, Sequence, StreamChunk, TextCodec, runToEnd, streamSequence } from './generate/generate';
 import { GPT2Config } from './model/config';
 import { GPT2Model } from './model/gpt2';
 
+export type Prompt = string | number[];
+
 export class GPT2 {
-  constructor(readonly model: GPT2Model) {}
+  constructor(readonly model: GPT2Model, readonly tokenizer: TextCodec | null = null) {}
 
   get config(): GPT2Config {
     return this.model.config;
@@ -17,7 +21,49 @@ export class GPT2 {
     return this.model.forward(ids);
   }
 
+  /** Token ids of a prompt: arrays pass through, text goes through the tokenizer. */
+  encode(prompt: Prompt, allowSpecial = false): number[] {
+    if (Array.isArray(prompt)) return prompt;
+    if (typeof prompt !== 'string') throw new GPT2Error('BAD_INPUT', 'a prompt is a string or an array of token ids');
+    if (!this.tokenizer) throw new GPT2Error('BAD_INPUT', 'this model has no tokenizer files: pass token ids instead of text');
+    return this.tokenizer.encode(prompt, { allowSpecial });
+  }
+
+  private sequence(prompt: Prompt, options: GenerateOptions): Sequence {
+    if (options === null || typeof options !== 'object') throw new GPT2Error('BAD_OPTION', 'options must be an object');
+    return new Sequence(this.encode(prompt, options.allowSpecial), options, this.model, this.tokenizer);
+  }
+
+  /** Generates a completion. Aborting via `signal` resolves with finishReason 'abort' and the text so far. */
+  async generate(prompt: Prompt, options: GenerateOptions = {}): Promise<GenerateResult> {
+    const seq = this.sequence(prompt, options);
+    await runToEnd(this.model, [seq]);
+    return seq.result();
+  }
+
+  /** Streams a completion chunk by chunk; breaking out of the loop or aborting frees everything. */
+  stream(prompt: Prompt, options: GenerateOptions = {}): AsyncIterable<StreamChunk> {
+    const seq = this.sequence(prompt, options);
+    return streamSequence(this.model, seq);
+  }
+
+  /**
+   * Generates for several prompts with one forward per decode step. `options` is shared or given
+   * per prompt; each row keeps its own sampling state and stop rules.
+   */
+  async generateBatch(prompts: Prompt[], options: GenerateOptions | GenerateOptions[] = {}): Promise<GenerateResult[]> {
+    if (!Array.isArray(prompts) || prompts.length === 0) throw new GPT2Error('BAD_INPUT', 'generateBatch needs a non-empty array of prompts');
+    if (Array.isArray(options) && options.length !== prompts.length) {
+      throw new GPT2Error('BAD_OPTION', `got ${options.length} option sets for ${prompts.length} prompts`);
+    }
+    const seqs = prompts.map((p, i) => this.sequence(p, Array.isArray(options) ? options[i] : options));
+    await runToEnd(this.model, seqs);
+    return seqs.map((s) => s.result());
+  }
+
   dispose(): void {
     this.model.dispose();
   }
 }
+
+export type { FinishReason, GenerateOptions, GenerateResult, StreamChunk };

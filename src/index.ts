@@ -1,4 +1,6 @@
 export { GPT2 } from './gpt2';
+export type { Prompt, FinishReason, GenerateOptions, GenerateResult, StreamChunk } from './gpt2';
+export type { SamplingOptions, TokenLogprob } from './generate/sampling';
 export { GPT2Error, isGPT2Error } from './errors';
 export type { GPT2ErrorCode } from './errors';
 export { setBackend, currentBackend, BACKENDS } from './backend';

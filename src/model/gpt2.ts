@@ -37,7 +37,70 @@ export class KVCache {
   dispose(): void {
     this.disposeTensors();
     this.length = 0;
+    this.pad.length = 0;
   }
+
+  /**
+   * Moves the rows of `other` into this cache (continuous batching: a sequence prefilled alone joins
+   * the running batch). The shorter side is left-padded with masked positions; `other` ends empty.
+   */
+  append(other: KVCache): void {
+    if (!other.layers) throw new GPT2Error('BAD_INPUT', 'cannot append an empty KV cache');
+    if (!this.layers || this.pad.length === 0) {
+      this.layers = other.layers;
+      this.length = other.length;
+      this.pad.splice(0, this.pad.length, ...other.pad);
+      other.layers = null;
+      other.dispose();
+      return;
+    }
+    const T = Math.max(this.length, other.length);
+    const padA = T - this.length;
+    const padB = T - other.length;
+    const mine = this.layers;
+    const theirs = other.layers;
+    const merged = tf.tidy(() =>
+      mine.flatMap((l, i) => {
+        const grow = (t: tf.Tensor3D, n: number): tf.Tensor3D => (n ? tf.pad(t, [[0, 0], [n, 0], [0, 0]]) : t); // [B, Tc, d] -> [B, T, d]
+        return [tf.concat([grow(l.k, padA), grow(theirs[i].k, padB)], 0), tf.concat([grow(l.v, padA), grow(theirs[i].v, padB)], 0)];
+      }),
+    ) as tf.Tensor3D[];
+    const pad = [...this.pad.map((p) => p + padA), ...other.pad.map((p) => p + padB)];
+    this.update(pairs(merged), T);
+    this.pad.splice(0, this.pad.length, ...pad);
+    other.dispose();
+  }
+
+  /** Keeps only `rows` (in that order), then drops leading positions that are padding in every row. */
+  keepRows(rows: number[]): void {
+    if (!this.layers) return;
+    if (rows.length === 0) {
+      this.dispose();
+      return;
+    }
+    const pad = rows.map((r) => this.pad[r]);
+    const trim = Math.min(...pad);
+    const T = this.length - trim;
+    const layers = this.layers;
+    const idx = rows.length === this.pad.length && rows.every((r, i) => r === i) ? null : rows;
+    if (!idx && trim === 0) return;
+    const kept = tf.tidy(() => {
+      const sel = idx ? tf.tensor1d(idx, 'int32') : null;
+      const cut = (t: tf.Tensor3D): tf.Tensor3D => {
+        const g = sel ? tf.gather(t, sel) : t; // [B, Tc, d] -> [B', Tc, d]
+        return trim ? tf.slice(g, [0, trim, 0], [rows.length, T, g.shape[2]]) : g; // -> [B', Tc - trim, d]
+      };
+      return layers.flatMap((l) => [cut(l.k), cut(l.v)]);
+    }) as tf.Tensor3D[];
+    this.update(pairs(kept), T);
+    this.pad.splice(0, this.pad.length, ...pad.map((p) => p - trim));
+  }
+}
+
+function pairs(flat: tf.Tensor3D[]): LayerKV[] {
+  const out: LayerKV[] = [];
+  for (let i = 0; i < flat.length; i += 2) out.push({ k: flat[i], v: flat[i + 1] });
+  return out;
 }
 
 export interface StepOptions {

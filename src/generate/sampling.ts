@@ -1,0 +1,163 @@
+/**
+ * Logits processors on the final logits, in JS (float64), as small composable units. Order, as in
+ * Hugging Face: repetition penalty → temperature → top-k → top-p → min-p → draw.
+ * Filtering sets a logit to -Infinity; the draw is `np.random.choice` over softmax(logits).
+ */
+import { GPT2Error } from '../errors';
+import { Rng, choice } from './rng';
+
+export interface SamplingOptions {
+  /** Softmax temperature; 0 means greedy (argmax). Default 1. */
+  temperature?: number;
+  /** Keep the k most likely tokens (0 = off). */
+  topK?: number;
+  /** Nucleus: keep the smallest set of most likely tokens whose probability reaches p (1 = off). */
+  topP?: number;
+  /** Keep tokens with probability ≥ minP × the top probability (0 = off). */
+  minP?: number;
+  /** > 1 discourages tokens already in the sequence (HF/CTRL rule: divide positive logits, multiply negative). */
+  repetitionPenalty?: number;
+}
+
+export type Processor = (logits: Float64Array, context: readonly number[]) => void;
+
+export function repetitionPenalty(penalty: number): Processor {
+  return (z, context) => {
+    const seen = new Set(context);
+    for (const id of seen) if (id >= 0 && id < z.length) z[id] = z[id] > 0 ? z[id] / penalty : z[id] * penalty;
+  };
+}
+
+export function temperature(t: number): Processor {
+  return (z) => {
+    for (let i = 0; i < z.length; i++) z[i] /= t;
+  };
+}
+
+/** Indices sorted by logit descending; ties by index ascending (the reference sorts the same way). */
+export function sortedDesc(z: Float64Array): Int32Array {
+  const idx = new Int32Array(z.length);
+  for (let i = 0; i < z.length; i++) idx[i] = i;
+  return idx.sort((a, b) => z[b] - z[a] || a - b);
+}
+
+export function topK(k: number): Processor {
+  return (z) => {
+    if (k <= 0 || k >= z.length) return;
+    // The k-th largest value; everything strictly below it goes (ties at the boundary stay, as HF).
+    const kth = Float64Array.from(z).sort((a, b) => b - a)[k - 1];
+    for (let i = 0; i < z.length; i++) if (z[i] < kth) z[i] = -Infinity;
+  };
+}
+
+export function softmaxInPlace(z: Float64Array): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < z.length; i++) if (z[i] > max) max = z[i];
+  let sum = 0;
+  for (let i = 0; i < z.length; i++) {
+    z[i] = Math.exp(z[i] - max);
+    sum += z[i];
+  }
+  for (let i = 0; i < z.length; i++) z[i] /= sum;
+  return z;
+}
+
+export function topP(p: number): Processor {
+  return (z) => {
+    if (p >= 1) return;
+    const probs = softmaxInPlace(Float64Array.from(z));
+    const order = sortedDesc(probs);
+    // Keep tokens while the mass before them is below p: the smallest prefix reaching p (at least one token).
+    let cum = 0;
+    let i = 0;
+    for (; i < order.length; i++) {
+      if (i > 0 && cum >= p) break;
+      cum += probs[order[i]];
+    }
+    for (; i < order.length; i++) z[order[i]] = -Infinity;
+  };
+}
+
+export function minP(m: number): Processor {
+  return (z) => {
+    if (m <= 0) return;
+    const probs = softmaxInPlace(Float64Array.from(z));
+    let top = 0;
+    for (let i = 0; i < probs.length; i++) if (probs[i] > top) top = probs[i];
+    for (let i = 0; i < z.length; i++) if (probs[i] < m * top) z[i] = -Infinity;
+  };
+}
+
+export function argmax(z: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < z.length; i++) if (z[i] > z[best]) best = i;
+  return best;
+}
+
+/** Validates sampling options; throws GPT2Error('BAD_OPTION') naming the bad one. */
+export function checkSamplingOptions(o: SamplingOptions): Required<SamplingOptions> {
+  const num = (name: keyof SamplingOptions, v: unknown, ok: (x: number) => boolean, rule: string, dflt: number): number => {
+    if (v === undefined) return dflt;
+    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw new GPT2Error('BAD_OPTION', `${name} must be ${rule}, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  return {
+    temperature: num('temperature', o.temperature, (x) => x >= 0, 'a number ≥ 0 (0 = greedy)', 1),
+    topK: num('topK', o.topK, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0 (0 = off)', 0),
+    topP: num('topP', o.topP, (x) => x > 0 && x <= 1, 'in (0, 1] (1 = off)', 1),
+    minP: num('minP', o.minP, (x) => x >= 0 && x <= 1, 'in [0, 1] (0 = off)', 0),
+    repetitionPenalty: num('repetitionPenalty', o.repetitionPenalty, (x) => x > 0, 'a number > 0 (1 = off)', 1),
+  };
+}
+
+/** A configured sampler: processors in order, then a greedy pick or a seeded draw. */
+export class Sampler {
+  private readonly processors: Processor[] = [];
+  private readonly greedy: boolean;
+  constructor(opts: SamplingOptions, private readonly rng: Rng) {
+    const o = checkSamplingOptions(opts);
+    if (o.repetitionPenalty !== 1) this.processors.push(repetitionPenalty(o.repetitionPenalty));
+    this.greedy = o.temperature === 0;
+    if (this.greedy) return; // filters cannot change the argmax
+    if (o.temperature !== 1) this.processors.push(temperature(o.temperature));
+    if (o.topK > 0) this.processors.push(topK(o.topK));
+    if (o.topP < 1) this.processors.push(topP(o.topP));
+    if (o.minP > 0) this.processors.push(minP(o.minP));
+  }
+
+  /** Picks the next token from raw logits; `context` is every token so far (prompt included). */
+  sample(logits: ArrayLike<number>, context: readonly number[]): number {
+    const z = Float64Array.from(logits);
+    for (const p of this.processors) p(z, context);
+    if (this.greedy) return argmax(z);
+    return choice(softmaxInPlace(z), this.rng);
+  }
+}
+
+/** log-softmax of the raw logits (the model's own distribution, before any processor). */
+export function logSoftmax(logits: ArrayLike<number>): Float64Array {
+  const z = Float64Array.from(logits);
+  let max = -Infinity;
+  for (let i = 0; i < z.length; i++) if (z[i] > max) max = z[i];
+  let sum = 0;
+  for (let i = 0; i < z.length; i++) sum += Math.exp(z[i] - max);
+  const lse = Math.log(sum) + max;
+  for (let i = 0; i < z.length; i++) z[i] -= lse;
+  return z;
+}
+
+export interface TokenLogprob {
+  token: number;
+  logprob: number;
+}
+
+/** The chosen token's log-probability and the top-n alternatives, from the raw logits. */
+export function tokenLogprobs(logits: ArrayLike<number>, chosen: number, n: number): { logprob: number; top: TokenLogprob[] } {
+  const lp = logSoftmax(logits);
+  const top: TokenLogprob[] = [];
+  if (n > 0) {
+    const order = sortedDesc(lp);
+    for (let i = 0; i < Math.min(n, order.length); i++) top.push({ token: order[i], logprob: lp[order[i]] });
+  }
+  return { logprob: lp[chosen], top };
+}
