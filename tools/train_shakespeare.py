@@ -131,6 +131,10 @@ class GPT2Tokenizer:
 
 
 def gelu_new(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def gelu_new_explicit(x):
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 

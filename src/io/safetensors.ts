@@ -128,6 +128,8 @@ export function decodeToFloat32(bytes: Uint8Array, dtype: SafetensorsDtype): Flo
   const aligned = bytes.byteOffset % 8 === 0 ? bytes : bytes.slice();
   switch (dtype) {
     case 'F32':
+      // A view when the bytes own their buffer (streamed reads), a copy when they are a window on a bigger file.
+      if (aligned.byteOffset === 0 && aligned.byteLength === aligned.buffer.byteLength) return new Float32Array(aligned.buffer, 0, aligned.byteLength / 4);
       return new Float32Array(aligned.buffer.slice(aligned.byteOffset, aligned.byteOffset + aligned.byteLength));
     case 'F64':
       return Float32Array.from(new Float64Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 8));

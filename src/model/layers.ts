@@ -77,22 +77,22 @@ export function attention(x: tf.Tensor2D, p: BlockParams, past: LayerKV | null, 
     const w = tf.reshape(tf.transpose(probs, [0, 2, 1]), [B, Tk, H, 1]); // [B, Tk, H, 1]
     a = tf.reshape(tf.sum(tf.mul(w, tf.reshape(vAll, [B, Tk, H, hd])), 1), [B, d]); // [B, H, hd] -> [B, d]
   } else {
-    // Prefill: per row and head, two 2-D matMuls (the batched rank-3 matMul is ~15x slower on wasm).
+    // Prefill: per row and head, plain 2-D matMuls. On wasm the batched rank-3 matMul and the
+    // transposed-B matMul are ~10x slower and per-head column slices are slow, so each row is laid
+    // out head-major once ([H, T, hd], K as [H, hd, Tk]) and split into heads with one unstack.
     const rows: tf.Tensor2D[] = [];
     for (let b = 0; b < B; b++) {
-      const qb = tf.slice(qs, [b * T, 0], [T, d]); // [T, d]
-      const kb = tf.reshape(tf.slice(kAll, [b, 0, 0], [1, Tk, d]), [Tk, d]) as tf.Tensor2D; // [Tk, d]
-      const vb = tf.reshape(tf.slice(vAll, [b, 0, 0], [1, Tk, d]), [Tk, d]) as tf.Tensor2D; // [Tk, d]
-      const mb = tf.reshape(tf.slice(ctx.mask, [b, 0, 0], [1, T, Tk]), [T, Tk]); // [T, Tk]
+      const rowOf = (t: tf.Tensor, n: number) => tf.reshape(B === 1 ? t : tf.slice(t, [b, 0, 0], [1, n, d]), [n, H, hd]); // [n, H, hd]
+      const qh = tf.unstack(tf.transpose(tf.reshape(B === 1 ? qs : tf.slice(qs, [b * T, 0], [T, d]), [T, H, hd]), [1, 0, 2])); // H × [T, hd]
+      const kh = tf.unstack(tf.transpose(rowOf(kAll, Tk), [1, 2, 0])); // H × [hd, Tk]
+      const vh = tf.unstack(tf.transpose(rowOf(vAll, Tk), [1, 0, 2])); // H × [Tk, hd]
+      const mb = tf.reshape(B === 1 ? ctx.mask : tf.slice(ctx.mask, [b, 0, 0], [1, T, Tk]), [T, Tk]); // [T, Tk]
       const heads: tf.Tensor2D[] = [];
       for (let h = 0; h < H; h++) {
-        const qh = tf.slice(qb, [0, h * hd], [T, hd]); // [T, hd]
-        const kh = tf.slice(kb, [0, h * hd], [Tk, hd]); // [Tk, hd]
-        const vh = tf.slice(vb, [0, h * hd], [Tk, hd]); // [Tk, hd]
-        const probs = tf.softmax(tf.add(tf.matMul(qh, kh, false, true), mb)); // [T, Tk]
-        heads.push(tf.matMul(probs, vh)); // [T, hd]
+        const probs = tf.softmax(tf.add(tf.matMul(qh[h] as tf.Tensor2D, kh[h] as tf.Tensor2D), mb)); // [T, hd] @ [hd, Tk] -> [T, Tk]
+        heads.push(tf.matMul(probs, vh[h] as tf.Tensor2D)); // [T, Tk] @ [Tk, hd] -> [T, hd]
       }
-      rows.push(tf.concat(heads, 1)); // [T, d]
+      rows.push(tf.concat(heads, 1)); // H × [T, hd] -> [T, d]
     }
     a = rows.length === 1 ? rows[0] : tf.concat(rows, 0); // [N, d]
   }

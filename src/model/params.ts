@@ -83,7 +83,16 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
     const wteHost = wte as HostArray;
     // A checkpoint whose lm_head equals wte is tied in all but name: keep one copy.
     const untied = lmHead !== null && !lmHead.data.every((v, i) => v === wteHost.data[i]);
-    const transposeHost = (a: HostArray): tf.Tensor2D => tf.tidy(() => tf.transpose(tf.tensor2d(a.data, [a.shape[0], a.shape[1]]))) as tf.Tensor2D;
+    // Transposed on the host: a device-side transpose would leave a dead 154 MB copy in the wasm heap (which never shrinks).
+    const transposeHost = (a: HostArray): tf.Tensor2D => {
+      const [rows, cols] = a.shape;
+      const t = new Float32Array(rows * cols);
+      for (let r = 0; r < rows; r++) {
+        const src = r * cols;
+        for (let c = 0; c < cols; c++) t[c * rows + r] = a.data[src + c];
+      }
+      return tf.tensor2d(t, [cols, rows]);
+    };
     const headT = transposeHost(untied ? (lmHead as HostArray) : wteHost);
     made.set('__headT', headT);
     const wteT = untied ? tf.tensor2d(wteHost.data, [config.vocabSize, config.nEmbd]) : null;
