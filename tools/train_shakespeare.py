@@ -348,8 +348,11 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--eval-every", type=int, default=100)
-    ap.add_argument("--eval-windows", type=int, default=32, help="val windows for the in-training estimate")
+    ap.add_argument("--eval-windows", type=int, default=1000, help="max val windows for the in-training estimate (default: all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", type=int, default=1,
+                    help="1: bf16 autocast (mixed precision, fp32 master weights + AdamW) for the training "
+                         "forward/backward; evaluation is always fp32/float64")
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--timing-only", action="store_true", help="run --steps steps, print timing, no export")
     ap.add_argument("--gen-tokens", type=int, default=40)
@@ -429,7 +432,9 @@ def main():
         batch = torch.stack([train_t[s:s + T + 1] for s in starts.tolist()])
         x, y = batch[:, :-1], batch[:, 1:]
         model.train()
-        logits = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
+            logits = model(x)
+        logits = logits.float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
