@@ -106,7 +106,18 @@ def make_tiny(root):
     for ids in prompts[:3]:
         out = ref.hf_greedy(w, cfg, ids, 32)
         greedy.append({"prompt": [int(i) for i in ids], "newTokens": 32, "ids": out})
+    # score(): mean next-token cross-entropy over non-overlapping windows of n_positions tokens.
+    score_ids = np.random.default_rng(11).integers(0, 50257, 150).tolist()
+    total, count = 0.0, 0
+    for s in range(0, len(score_ids) - 1, cfg["n_positions"]):
+        win = score_ids[s : s + cfg["n_positions"]]
+        lg = ref.hf_forward(w, cfg, win)
+        lse = np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1)) + lg.max(-1)
+        nll = lse[:-1] - lg[np.arange(len(win) - 1), win[1:]]
+        total += nll.sum()
+        count += len(win) - 1
     write_json(os.path.join(root, "test", "fixtures", "tiny.json"), {
+        "score": {"ids": score_ids, "loss": r(total / count), "tokens": count},
         "model": "weights/tiny-random",
         "fullLogits": {"file": "tiny_logits.f32", "ids": prompts[2], "shape": [len(prompts[2]), cfg["vocab_size"]]},
         "cases": cases,

@@ -61,6 +61,29 @@ export class GPT2 {
     return seqs.map((s) => s.result());
   }
 
+  /**
+   * Mean next-token cross-entropy (nats/token) of a text or ids, over non-overlapping windows of the
+   * model's context (each window predicts its tokens 2..n from the ones before, as in training).
+   */
+  async score(textOrIds: Prompt, options: { windowSize?: number; signal?: AbortSignal } = {}): Promise<{ loss: number; perplexity: number; tokens: number }> {
+    const ids = this.encode(textOrIds);
+    const win = options.windowSize ?? this.config.nPositions;
+    if (!Number.isInteger(win) || win < 2 || win > this.config.nPositions) {
+      throw new GPT2Error('BAD_OPTION', `windowSize must be an integer in [2, ${this.config.nPositions}]`);
+    }
+    if (ids.length < 2) throw new GPT2Error('BAD_INPUT', 'scoring needs at least 2 tokens');
+    let sum = 0;
+    let count = 0;
+    for (let start = 0; start + 1 < ids.length; start += win) {
+      if (options.signal?.aborted) throw new GPT2Error('ABORTED', 'scoring was aborted');
+      const nll = await this.model.tokenNll(ids.slice(start, start + win));
+      for (const v of nll) sum += v;
+      count += nll.length;
+    }
+    const loss = sum / count;
+    return { loss, perplexity: Math.exp(loss), tokens: count };
+  }
+
   dispose(): void {
     this.model.dispose();
   }

@@ -135,3 +135,21 @@ describe.each(['cpu', 'wasm'] as const)('generation on %s', (backend) => {
     expect(tf.memory().numTensors).toBe(base);
   });
 });
+
+describe.each(['cpu', 'wasm'] as const)('score on %s', (backend) => {
+  test('mean next-token cross-entropy over context windows equals NumPy', async () => {
+    const fx2 = fixture<{ score: { ids: number[]; loss: number; tokens: number } }>('tiny.json');
+    const model = await loadModel(TINY_DIR, { backend });
+    try {
+      const before = tf.memory().numTensors;
+      const r = await model.score(fx2.score.ids);
+      expect(r.tokens).toBe(fx2.score.tokens);
+      expect(Math.abs(r.loss - fx2.score.loss) / fx2.score.loss).toBeLessThan(1e-5);
+      expect(Math.abs(r.perplexity / Math.exp(fx2.score.loss) - 1)).toBeLessThan(1e-4);
+      expect(tf.memory().numTensors).toBe(before);
+      await expect(model.score([1])).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    } finally {
+      model.dispose();
+    }
+  });
+});

@@ -203,6 +203,33 @@ export class GPT2Model {
     }
   }
 
+  /**
+   * Per-token negative log-likelihood of one sequence: entry t is -log p(ids[t+1] | ids[..t]),
+   * [ids.length - 1] values. Log-softmax and the gather run on the device, so only T floats come back.
+   */
+  async tokenNll(ids: number[]): Promise<Float32Array> {
+    if (!Array.isArray(ids) || ids.length < 2) throw new GPT2Error('BAD_INPUT', 'scoring needs at least 2 tokens');
+    this.check([ids], null);
+    const c = this.config;
+    const p = this.params;
+    const T = ids.length;
+    const nll = tf.tidy(() => {
+      const idx = tf.tensor1d(ids.slice(0, T - 1), 'int32');
+      const tokEmb = p.wte ? tf.gather(p.wte, idx) : tf.transpose(tf.gather(p.headT, idx, 1)); // [T-1, d]
+      let x = tf.add(tokEmb, tf.slice(p.wpe, [0, 0], [T - 1, c.nEmbd])) as tf.Tensor2D; // [T-1, d]
+      const ctx: AttnContext = { batch: 1, steps: T - 1, nHead: c.nHead, mask: this.mask(1, T - 1, 0, [0]) };
+      for (let l = 0; l < c.nLayer; l++) x = block(x, p.h[l], null, ctx, c.layerNormEpsilon, c.activation).x;
+      const logp = tf.logSoftmax(tf.matMul(layerNorm(x, p.ln_f, c.layerNormEpsilon), p.headT)); // [T-1, V]
+      const flat = Int32Array.from({ length: T - 1 }, (_, t) => t * c.vocabSize + ids[t + 1]);
+      return tf.neg(tf.gather(tf.reshape(logp, [-1]), tf.tensor1d(flat, 'int32'))); // [T-1]
+    });
+    try {
+      return (await nll.data()) as Float32Array;
+    } finally {
+      nll.dispose();
+    }
+  }
+
   /** Logits of every position of one sequence, row-major [ids.length, vocab_size] (no cache). */
   forward(ids: number[]): Promise<Float32Array> {
     if (!Array.isArray(ids)) throw new GPT2Error('BAD_INPUT', 'forward(ids) expects an array of token ids');
