@@ -23,26 +23,54 @@ export function defaultBackend(): BackendName {
   return 'wasm';
 }
 
-async function importBackend(name: BackendName): Promise<void> {
+/** Options for backend set-up that must happen before the backend first initialises. */
+export interface BackendOptions {
+  /**
+   * wasm only, browser: where the tfjs-backend-wasm binaries are served — a folder URL ending in
+   * '/' (holding tfjs-backend-wasm{,-simd,-threaded-simd}.wasm) or a map from file name to URL.
+   * Bundlers do not copy these files, so a page must serve them and say where. Ignored in Node
+   * (the package reads them from its own folder) and once the wasm backend has initialised.
+   * The threaded binary is chosen only when the page is cross-origin isolated (COOP/COEP headers).
+   */
+  wasmPaths?: string | Record<string, string>;
+}
+
+function runtimeName(): string {
+  return isNode ? `Node.js ${process.versions.node}` : 'this runtime';
+}
+
+async function importBackend(name: BackendName, opts: BackendOptions): Promise<void> {
   try {
     switch (name) {
       case 'cpu':
         await import('@tensorflow/tfjs-backend-cpu');
         return;
-      case 'wasm':
-        await import('@tensorflow/tfjs-backend-wasm');
+      case 'wasm': {
+        const wasm = await import('@tensorflow/tfjs-backend-wasm');
+        if (opts.wasmPaths !== undefined && !isNode && !tf.findBackend('wasm')) wasm.setWasmPaths(opts.wasmPaths);
         return;
+      }
       case 'webgl':
-        if (isNode) throw new GPT2Error('BACKEND_UNAVAILABLE', 'backend "webgl" needs a browser (WebGL2); in Node use "wasm", "cpu" or "tensorflow"');
-        await import(/* webpackIgnore: false */ '@tensorflow/tfjs-backend-webgl' as string);
+        if (isNode) throw new GPT2Error('BACKEND_UNAVAILABLE', `backend "webgl" needs a browser with WebGL2, and this is ${runtimeName()}: in Node use "wasm", "cpu" or "tensorflow"`);
+        // Float32 render targets are used when the device can render to them (EXT_color_buffer_float:
+        // tfjs sets WEBGL_RENDER_FLOAT32_ENABLED itself), and then logits match the reference to ~1e-5.
+        // On float16-only devices (some phones) tfjs falls back to half-float render textures: weights
+        // are uploaded in float32 and token ids stay exact, but every op's output is rounded to fp16
+        // (11-bit mantissa, max 65504; MASK_NEG = -3e4 stays finite), so logits drift by ~1e-2 and
+        // greedy text can differ from the reference where the top two tokens are close. Use "wasm" there.
+        await import('@tensorflow/tfjs-backend-webgl');
         return;
       case 'webgpu':
-        if (isNode) throw new GPT2Error('BACKEND_UNAVAILABLE', 'backend "webgpu" needs a browser with WebGPU; in Node use "wasm", "cpu" or "tensorflow"');
-        await import('@tensorflow/tfjs-backend-webgpu' as string);
+        if (isNode) throw new GPT2Error('BACKEND_UNAVAILABLE', `backend "webgpu" needs a browser with WebGPU (navigator.gpu), and this is ${runtimeName()}: in Node use "wasm", "cpu" or "tensorflow"`);
+        if (typeof navigator === 'undefined' || !('gpu' in navigator)) {
+          throw new GPT2Error('BACKEND_UNAVAILABLE', 'backend "webgpu" is not available: this browser has no WebGPU (navigator.gpu is missing; it needs a secure context — https or localhost). Use "webgl" or "wasm"');
+        }
+        await import('@tensorflow/tfjs-backend-webgpu');
         return;
       case 'tensorflow':
-        if (!isNode) throw new GPT2Error('BACKEND_UNAVAILABLE', 'backend "tensorflow" (tfjs-node) runs only in Node');
-        await import('@tensorflow/tfjs-node' as string);
+        if (!isNode) throw new GPT2Error('BACKEND_UNAVAILABLE', 'backend "tensorflow" (tfjs-node) runs only in Node: in a browser use "wasm", "webgl" or "webgpu"');
+        // A non-literal specifier keeps TypeScript and bundlers from resolving the optional peer dependency.
+        await import(PACKAGES.tensorflow);
         return;
     }
   } catch (e) {
@@ -56,12 +84,12 @@ async function importBackend(name: BackendName): Promise<void> {
 }
 
 /** Switches tfjs to `name` (importing its package on first use) and waits until it is ready. */
-export async function setBackend(name: BackendName = defaultBackend()): Promise<BackendName> {
+export async function setBackend(name: BackendName = defaultBackend(), options: BackendOptions = {}): Promise<BackendName> {
   if (!BACKENDS.includes(name)) {
     throw new GPT2Error('BAD_OPTION', `unknown backend "${name}" (choose one of: ${BACKENDS.join(', ')})`);
   }
   if (tf.getBackend() === name && tf.engine().backendName === name) return name;
-  await importBackend(name);
+  await importBackend(name, options);
   let ok = false;
   try {
     ok = await tf.setBackend(name);

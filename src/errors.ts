@@ -11,6 +11,7 @@ export type GPT2ErrorCode =
   | 'BAD_INPUT'
   | 'BAD_OPTION'
   | 'CONTEXT_OVERFLOW'
+  | 'QUEUE_FULL'
   | 'BACKEND_UNAVAILABLE'
   | 'NETWORK'
   | 'ABORTED'

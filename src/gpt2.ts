@@ -3,14 +3,15 @@
  * dispose. It composes the layers below (model/, tokenizer/, generate/) and adds no math of its own.
  */
 import { GPT2Error } from './errors';
-import { FinishReason, GenerateOptions, GenerateResult, Sequence, StreamChunk, TextCodec, runToEnd, streamSequence } from './generate/generate';
+import { FinishReason, GenerateOptions, GenerateResult, Sequence, StreamChunk, runToEnd, streamSequence } from './generate/generate';
 import { GPT2Config } from './model/config';
 import { GPT2Model } from './model/gpt2';
+import { Tokenizer } from './tokenizer';
 
 export type Prompt = string | number[];
 
 export class GPT2 {
-  constructor(readonly model: GPT2Model, readonly tokenizer: TextCodec | null = null) {}
+  constructor(readonly model: GPT2Model, readonly tokenizer: Tokenizer | null = null) {}
 
   get config(): GPT2Config {
     return this.model.config;

@@ -14,11 +14,22 @@ export type { SeedLayer, ArrayInput } from './model/seed';
 export { MT19937 } from './generate/rng';
 export { readSafetensorsHeader, writeSafetensors } from './io/safetensors';
 
-import { GPT2 } from './gpt2';
-import { LoadOptions, loadTransformer, resolveSource } from './load';
+export { loadTokenizer, hasTokenizerFiles, tokenizerFromFiles } from './tokenizer';
+export type { Tokenizer, StreamDecoder, EncodeOptions } from './tokenizer';
 
-/** Loads a GPT-2 in Hugging Face layout from a folder or http(s) base URL (default: the bundled model). */
+import { GPT2 } from './gpt2';
+import { LoadOptions, defaultModelDir, loadTransformer, resolveSource } from './load';
+import { hasTokenizerFiles, loadTokenizer } from './tokenizer';
+
+/**
+ * Loads a GPT-2 in Hugging Face layout from a folder or http(s) base URL (default: the bundled
+ * model). The tokenizer comes from the same place when its files are there (else `tokenizer` is null
+ * and prompts must be token ids). It is read first: a broken tokenizer fails before any weight loads.
+ */
 export async function loadModel(source?: string, options: LoadOptions = {}): Promise<GPT2> {
-  const model = await loadTransformer(resolveSource(source), options);
-  return new GPT2(model);
+  const where = source ?? defaultModelDir();
+  const files = resolveSource(where);
+  const tokenizer = (await hasTokenizerFiles(where)) ? await loadTokenizer(where) : null;
+  const model = await loadTransformer(files, options);
+  return new GPT2(model, tokenizer);
 }

@@ -4,8 +4,9 @@
  */
 import { BackendName, setBackend } from './backend';
 import { GPT2Error } from './errors';
-import { LoadProgress, readConfigJson, streamTensors } from './io/hf';
-import { FileSource, isUrl, openSource } from './io/source';
+import { LoadProgress, readConfigJson } from './io/hf';
+import { FileSource, isUrl, openSource, withCacheDir } from './io/source';
+import { streamWeights } from './io/weights';
 import { GPT2Config, parseConfig } from './model/config';
 import { GPT2Model } from './model/gpt2';
 import { buildParams } from './model/params';
@@ -13,8 +14,14 @@ import { buildParams } from './model/params';
 export interface LoadOptions {
   /** tfjs backend to run on (default 'wasm'). */
   backend?: BackendName;
-  /** Called as weight bytes are read. */
+  /** Called as weight bytes are read (for a URL source: as they are downloaded). */
   onProgress?: (p: LoadProgress) => void;
+  /**
+   * Node only, URL sources: a folder that keeps the fetched files (one per URL, named by a hash of
+   * it; written whole or not at all). Later loads of the same URL read them from there, without
+   * network. Without it, a URL's files are fetched into memory on every load.
+   */
+  cacheDir?: string;
 }
 
 /** The folder of the model shipped with the package (weights/ beside src/ and dist/). */
@@ -24,15 +31,16 @@ export function defaultModelDir(): string {
 }
 
 export async function loadTransformer(source: FileSource, opts: LoadOptions = {}): Promise<GPT2Model> {
+  if (opts.cacheDir !== undefined) source = withCacheDir(source, opts.cacheDir);
   await setBackend(opts.backend);
   const config: GPT2Config = parseConfig(await readConfigJson(source), source.describe('config.json'));
-  const params = await buildParams(config, streamTensors(source, opts.onProgress));
+  const params = await buildParams(config, streamWeights(source, opts.onProgress));
   return new GPT2Model(config, params);
 }
 
-export function resolveSource(dirOrUrl: string | undefined): FileSource {
+export function resolveSource(dirOrUrl: string | undefined, opts: Pick<LoadOptions, 'cacheDir'> = {}): FileSource {
   if (dirOrUrl !== undefined && typeof dirOrUrl !== 'string') throw new GPT2Error('BAD_OPTION', 'model source must be a folder path or an http(s) URL');
   const src = dirOrUrl ?? defaultModelDir();
   if (!isUrl(src) && typeof window !== 'undefined') throw new GPT2Error('BAD_OPTION', 'in a browser the model source must be an http(s) URL');
-  return openSource(src);
+  return openSource(src, { cacheDir: opts.cacheDir });
 }

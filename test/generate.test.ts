@@ -153,3 +153,56 @@ describe.each(['cpu', 'wasm'] as const)('score on %s', (backend) => {
     }
   });
 });
+
+describe('text generation with the tokenizer (wasm)', () => {
+  let model: GPT2;
+  beforeAll(async () => {
+    model = await loadModel(TINY_DIR, { backend: 'wasm' });
+  });
+  afterAll(() => model.dispose());
+
+  test('the tiny model ships the GPT-2 tokenizer', () => {
+    expect(model.tokenizer).not.toBeNull();
+    expect(model.encode('The dog')).toEqual([464, 3290]);
+  });
+
+  test('stop strings end generation, are not returned, and streaming agrees', async () => {
+    const full = await model.generate('Hello world', { temperature: 0, maxNewTokens: 12 });
+    expect(full.finishReason).toBe('length');
+    expect(full.text).toBe(model.tokenizer!.decode(full.tokens));
+    // Stop on a piece of text that straddles tokens 3..4 of the greedy completion.
+    const cut = model.tokenizer!.decode(full.tokens.slice(0, 3)).length;
+    const stop = full.text.slice(cut - 2, cut + 3);
+    const r = await model.generate('Hello world', { temperature: 0, maxNewTokens: 12, stop: [stop, 'never-there'] });
+    expect(r.finishReason).toBe('stop');
+    expect(r.text).toBe(full.text.slice(0, full.text.indexOf(stop)));
+    expect(r.text.includes(stop)).toBe(false);
+    let streamed = '';
+    for await (const c of model.stream('Hello world', { temperature: 0, maxNewTokens: 12, stop })) streamed += c.text;
+    expect(streamed).toBe(r.text);
+  });
+
+  test('streamed text concatenates to the decoded completion', async () => {
+    let streamed = '';
+    const tokens: number[] = [];
+    for await (const c of model.stream('ROMEO:', { seed: 3, maxNewTokens: 20 })) {
+      streamed += c.text;
+      if (c.token >= 0) tokens.push(c.token);
+    }
+    expect(streamed).toBe(model.tokenizer!.decode(tokens));
+  });
+
+  test('eos ends generation with finishReason eos', async () => {
+    const greedy = await model.generate('Hello', { temperature: 0, maxNewTokens: 5 });
+    const r = await model.generate('Hello', { temperature: 0, maxNewTokens: 5, eosTokenId: greedy.tokens[2] });
+    expect(r.finishReason).toBe('eos');
+    expect(r.tokens).toEqual(greedy.tokens.slice(0, greedy.tokens.indexOf(greedy.tokens[2])));
+  });
+
+  test('text prompts and allowSpecial', async () => {
+    expect(model.encode('<|endoftext|>', true)).toEqual([50256]);
+    expect(model.encode('<|endoftext|>')).not.toEqual([50256]);
+    const r = await model.generate('<|endoftext|>', { allowSpecial: true, temperature: 0, maxNewTokens: 3 });
+    expect(r.usage.promptTokens).toBe(1);
+  });
+});

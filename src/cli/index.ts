@@ -8,6 +8,7 @@ import { BACKENDS, BackendName } from '../backend';
 import { GPT2Error } from '../errors';
 import { GPT2, GenerateOptions, loadModel } from '../index';
 import { LoadProgress } from '../io/hf';
+import { registerFileCommands } from './files';
 
 export interface CliIO {
   stdout: { write(s: string): unknown; isTTY?: boolean };
@@ -171,6 +172,7 @@ export function buildProgram(io: CliIO): Command {
       });
     });
 
+  registerFileCommands(program, io);
   return program;
 }
 

@@ -41,13 +41,14 @@ export function canonicalName(key: string): string | null {
 export async function listWeightFiles(source: FileSource): Promise<string[]> {
   if (await source.exists('model.safetensors.index.json')) {
     const text = await source.readText('model.safetensors.index.json');
-    let map: unknown;
+    let index: unknown;
     try {
-      map = (JSON.parse(text) as { weight_map?: unknown }).weight_map;
+      index = JSON.parse(text);
     } catch (e) {
       throw new GPT2Error('BAD_WEIGHTS', `${source.describe('model.safetensors.index.json')}: not valid JSON (${(e as Error).message})`);
     }
-    if (map === null || typeof map !== 'object') {
+    const map = index !== null && typeof index === 'object' ? (index as { weight_map?: unknown }).weight_map : undefined;
+    if (map === null || typeof map !== 'object' || Array.isArray(map)) {
       throw new GPT2Error('BAD_WEIGHTS', `${source.describe('model.safetensors.index.json')}: missing "weight_map" object`);
     }
     const files = [...new Set(Object.values(map as Record<string, unknown>))];

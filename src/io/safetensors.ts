@@ -75,7 +75,7 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
     }
     if (raw === null || typeof raw !== 'object') fail(file, `tensor "${name}": entry must be an object`);
     const { dtype, shape, data_offsets: offs } = raw as Record<string, unknown>;
-    if (typeof dtype !== 'string' || !(dtype in DTYPE_BYTES)) {
+    if (typeof dtype !== 'string' || !Object.prototype.hasOwnProperty.call(DTYPE_BYTES, dtype)) {
       fail(file, `tensor "${name}": unsupported dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPE_BYTES).join(', ')})`);
     }
     if (!Array.isArray(shape) || !shape.every(isNonNegInt)) fail(file, `tensor "${name}": shape must be an array of non-negative integers`);
@@ -88,11 +88,13 @@ export function parseHeader(headerBytes: Uint8Array, totalBytes: number, file: s
     if (want !== e - b) fail(file, `tensor "${name}": shape [${shape}] × ${dtype} needs ${want} bytes but data_offsets span ${e - b}`);
     entries.set(name, { name, dtype: dtype as SafetensorsDtype, shape: shape as number[], begin: dataStart + b, end: dataStart + e });
   }
-  const sorted = [...entries.values()].sort((x, y) => x.begin - y.begin || x.end - y.end);
-  for (let i = 1; i < sorted.length; i++) {
-    const prev = sorted[i - 1];
-    const cur = sorted[i];
-    if (cur.begin < prev.end && cur.end > cur.begin) fail(file, `tensors "${prev.name}" and "${cur.name}" have overlapping byte ranges`);
+  // Empty tensors occupy no bytes; among the rest, compare each with the furthest-reaching one before it
+  // (comparing only neighbours misses an overlap when an empty tensor sits between the two).
+  const sorted = [...entries.values()].filter((t) => t.end > t.begin).sort((x, y) => x.begin - y.begin || x.end - y.end);
+  let reach: TensorEntry | null = null;
+  for (const cur of sorted) {
+    if (reach && cur.begin < reach.end) fail(file, `tensors "${reach.name}" and "${cur.name}" have overlapping byte ranges`);
+    if (!reach || cur.end > reach.end) reach = cur;
   }
   return { dataStart, entries, metadata };
 }
@@ -162,7 +164,7 @@ export interface WriteTensor {
   dtype?: 'F32' | 'F16';
 }
 
-function toHalf(x: number): number {
+export function toHalf(x: number): number {
   // Round-to-nearest-even float32 -> float16 conversion.
   const f = new Float32Array([x]);
   const u = new Uint32Array(f.buffer)[0];

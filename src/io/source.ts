@@ -3,7 +3,9 @@
  * (`${base}/config.json`, `${base}/model.safetensors`, ...). Everything that reads model files goes
  * through this interface so the formats above it never care where the bytes come from.
  */
-import { GPT2Error } from '../errors';
+import { GPT2Error, isGPT2Error } from '../errors';
+import type { LoadProgress } from './hf';
+import { BytesCallback, declaredLength, fetchBytes, fetchToFile, httpFetch, statusError } from './http';
 
 export interface FileSource {
   /** Human-readable location of `name`, for error messages. */
@@ -14,6 +16,11 @@ export interface FileSource {
   /** Size in bytes, and a byte range [begin, end): lets big files be read piecewise. */
   size(name: string): Promise<number>;
   readRange(name: string, begin: number, end: number): Promise<Uint8Array>;
+  /**
+   * Remote sources only: fetch `names` now, reporting progress, so that later reads need no network.
+   * Loading calls it for the weight files, then reads them in ranges.
+   */
+  prefetch?(names: string[], onProgress?: (p: LoadProgress) => void): Promise<void>;
 }
 
 export function isUrl(s: string): boolean {
@@ -24,55 +31,153 @@ function joinUrl(base: string, name: string): string {
   return base.replace(/\/+$/, '') + '/' + name;
 }
 
+/** Node only: a folder that keeps the files a URL source fetches; see LoadOptions.cacheDir. */
+export interface SourceOptions {
+  cacheDir?: string;
+}
+
+function checkCacheDir(dir: unknown): string {
+  if (typeof dir !== 'string' || dir === '') throw new GPT2Error('BAD_OPTION', 'cacheDir must be a folder path');
+  if (typeof process === 'undefined' || !process.versions?.node) throw new GPT2Error('BAD_OPTION', 'cacheDir works in Node only (a browser caches over HTTP)');
+  return dir;
+}
+
+/**
+ * An http(s) base URL. Each file is fetched once, as a stream, into the cache folder (written under a
+ * temporary name, renamed when complete) or, without one, into memory; reads are then served from
+ * there. A cached file is trusted as is (pin a revision in the URL to pin the bytes).
+ */
 class UrlSource implements FileSource {
-  /** Range reads over HTTP fetch the whole file once and slice it (servers need not support Range). */
-  private whole: { name: string; bytes: Uint8Array } | null = null;
-  constructor(private readonly base: string) {}
-  private async cached(name: string): Promise<Uint8Array> {
-    if (this.whole?.name !== name) this.whole = { name, bytes: await this.read(name) };
-    return this.whole.bytes;
+  /** Whole files, when there is no cache folder. */
+  private readonly memory = new Map<string, Uint8Array>();
+  /** HEAD answers, so listing and sizing cost one request per file. */
+  private readonly heads = new Map<string, { exists: boolean; length: number | null }>();
+  /** Downloads in flight or done, so concurrent readers share one. */
+  private readonly fetching = new Map<string, Promise<void>>();
+  private readonly disk: DirSource | null;
+
+  constructor(private readonly base: string, readonly cacheDir?: string) {
+    this.disk = cacheDir === undefined ? null : new DirSource(checkCacheDir(cacheDir));
   }
-  async size(name: string): Promise<number> {
-    return (await this.cached(name)).byteLength;
+
+  withCacheDir(dir: string): UrlSource {
+    return dir === this.cacheDir ? this : new UrlSource(this.base, dir);
   }
-  async readRange(name: string, begin: number, end: number): Promise<Uint8Array> {
-    return (await this.cached(name)).subarray(begin, end);
-  }
+
   describe(name: string): string {
     return joinUrl(this.base, name);
   }
+
+  /** The cache entry of a file: a hash of its URL, plus its name for people browsing the folder. */
+  private cacheName(name: string): string {
+    const crypto = require('crypto') as typeof import('crypto');
+    const hash = crypto.createHash('sha256').update(this.describe(name)).digest('hex').slice(0, 32);
+    return `${hash}-${name.replace(/[^\w.-]+/g, '_')}`;
+  }
+
+  private async held(name: string): Promise<boolean> {
+    if (this.memory.has(name)) return true;
+    return this.disk !== null && (await this.disk.exists(this.cacheName(name)));
+  }
+
+  private fetchOnce(name: string, onBytes?: BytesCallback): Promise<void> {
+    let job = this.fetching.get(name);
+    if (!job) {
+      job = (async () => {
+        if (await this.held(name)) return;
+        const url = this.describe(name);
+        if (this.disk && this.cacheDir !== undefined) {
+          const fs = require('fs') as typeof import('fs');
+          const path = require('path') as typeof import('path');
+          await fs.promises.mkdir(this.cacheDir, { recursive: true });
+          const dest = path.join(this.cacheDir, this.cacheName(name));
+          const tmp = `${dest}.${process.pid}-${Math.random().toString(36).slice(2)}.tmp`;
+          await fetchToFile(url, dest, { partPath: tmp, onBytes });
+        } else {
+          this.memory.set(name, await fetchBytes(url, onBytes));
+        }
+      })();
+      this.fetching.set(name, job);
+      job.catch(() => this.fetching.delete(name)); // a failed download may be retried
+    }
+    return job;
+  }
+
+  private async head(name: string): Promise<{ exists: boolean; length: number | null }> {
+    const known = this.heads.get(name);
+    if (known) return known;
+    const url = this.describe(name);
+    const res = await httpFetch(url, { method: 'HEAD' });
+    await res.body?.cancel().catch(() => undefined);
+    let answer: { exists: boolean; length: number | null };
+    if (res.ok) answer = { exists: true, length: declaredLength(res) };
+    else if (res.status === 404 || res.status === 410) answer = { exists: false, length: null };
+    else if (res.status === 405 || res.status === 501) {
+      // No HEAD on this server: find out with a GET (the file is needed anyway if it exists).
+      try {
+        await this.fetchOnce(name);
+        answer = { exists: true, length: await this.size(name) };
+      } catch (e) {
+        if (!isGPT2Error(e, 'MISSING_FILE')) throw e;
+        answer = { exists: false, length: null };
+      }
+    } else throw statusError(url, res);
+    this.heads.set(name, answer);
+    return answer;
+  }
+
   async exists(name: string): Promise<boolean> {
+    if (await this.held(name)) return true;
     try {
-      const res = await fetch(joinUrl(this.base, name), { method: 'HEAD' });
-      return res.ok;
-    } catch {
-      return false;
-    }
-  }
-  async read(name: string): Promise<Uint8Array> {
-    const url = joinUrl(this.base, name);
-    let res: Response;
-    try {
-      res = await fetch(url);
+      return (await this.head(name)).exists;
     } catch (e) {
-      throw new GPT2Error('NETWORK', `could not fetch ${url}: ${(e as Error).message}`, { cause: e });
+      // Offline but this model is cached: a file never cached is one it does not have (an index, optional files).
+      if (isGPT2Error(e, 'NETWORK') && this.disk && (await this.disk.exists(this.cacheName('config.json')))) return false;
+      throw e;
     }
-    if (res.status === 404) throw new GPT2Error('MISSING_FILE', `${url} not found (HTTP 404)`);
-    if (!res.ok) throw new GPT2Error('NETWORK', `fetching ${url} failed: HTTP ${res.status} ${res.statusText}`);
-    const buf = new Uint8Array(await res.arrayBuffer());
-    const declared = Number(res.headers.get('content-length'));
-    if (Number.isFinite(declared) && declared > 0 && res.headers.get('content-encoding') == null && buf.byteLength !== declared) {
-      throw new GPT2Error('NETWORK', `${url}: body truncated (${buf.byteLength} of ${declared} bytes)`);
-    }
-    return buf;
   }
+
+  async read(name: string): Promise<Uint8Array> {
+    await this.fetchOnce(name);
+    return this.memory.get(name) ?? this.disk!.read(this.cacheName(name));
+  }
+
   async readText(name: string): Promise<string> {
     return new TextDecoder().decode(await this.read(name));
+  }
+
+  async size(name: string): Promise<number> {
+    await this.fetchOnce(name);
+    return this.memory.get(name)?.byteLength ?? this.disk!.size(this.cacheName(name));
+  }
+
+  async readRange(name: string, begin: number, end: number): Promise<Uint8Array> {
+    await this.fetchOnce(name);
+    const bytes = this.memory.get(name);
+    return bytes ? bytes.subarray(begin, end) : this.disk!.readRange(this.cacheName(name), begin, end);
+  }
+
+  async prefetch(names: string[], onProgress?: (p: LoadProgress) => void): Promise<void> {
+    // Lengths up front (HEAD, usually already asked by exists()) so the total is right from the first event.
+    const sizes: (number | null)[] = [];
+    for (const n of names) sizes.push((await this.held(n)) ? await this.size(n) : (await this.head(n)).length);
+    const total = () => sizes.reduce<number>((a, s) => a + (s ?? 0), 0);
+    let done = 0;
+    for (let i = 0; i < names.length; i++) {
+      const file = names[i];
+      await this.fetchOnce(file, (got, all) => {
+        sizes[i] = all;
+        onProgress?.({ loadedBytes: done + got, totalBytes: Math.max(total(), done + got), file });
+      });
+      sizes[i] = await this.size(file);
+      done += sizes[i] ?? 0;
+      onProgress?.({ loadedBytes: done, totalBytes: Math.max(total(), done), file });
+    }
   }
 }
 
 /** Node-only: reads from a local folder. `fs` is required lazily so browser bundles never see it. */
-class DirSource implements FileSource {
+export class DirSource implements FileSource {
   constructor(private readonly dir: string) {}
   private path(name: string): string {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
@@ -127,6 +232,11 @@ class DirSource implements FileSource {
   }
 }
 
-export function openSource(dirOrUrl: string): FileSource {
-  return isUrl(dirOrUrl) ? new UrlSource(dirOrUrl) : new DirSource(dirOrUrl);
+export function openSource(dirOrUrl: string, options: SourceOptions = {}): FileSource {
+  return isUrl(dirOrUrl) ? new UrlSource(dirOrUrl, options.cacheDir) : new DirSource(dirOrUrl);
+}
+
+/** The same source with a cache folder for what it fetches (folders are returned unchanged). */
+export function withCacheDir(source: FileSource, cacheDir: string): FileSource {
+  return source instanceof UrlSource ? source.withCacheDir(checkCacheDir(cacheDir)) : source;
 }

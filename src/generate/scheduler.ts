@@ -1,0 +1,244 @@
+/**
+ * Continuous batching: many independent requests share one running `Batch` (one forward per
+ * decode step for all of them). One async loop owns the model, so there is never more than one
+ * forward pass at a time: between steps it admits waiting sequences (each prefilled alone, then
+ * joining the batch), runs `batch.step()`, hands every row its new chunks and settles finished rows.
+ */
+import { GPT2Error } from '../errors';
+import { GPT2Model } from '../model/gpt2';
+import { Batch, GenerateResult, Sequence, StreamChunk } from './generate';
+
+export interface SchedulerOptions {
+  /** Rows decoded together at most (default 8). */
+  maxBatch?: number;
+  /** Sequences waiting beyond the free rows at most; one more is refused with QUEUE_FULL (default 64). */
+  maxQueue?: number;
+}
+
+export interface SchedulerStats {
+  /** Completion tokens produced (an end-of-text token included). */
+  tokensGenerated: number;
+  /** Batched decode steps run. */
+  steps: number;
+  /** Sequences prefilled (admitted). */
+  prefills: number;
+  /** Tokens per second over the last few seconds (0 when idle). */
+  tokensPerSecond: number;
+}
+
+interface Entry {
+  seq: Sequence;
+  onChunk?: (c: StreamChunk) => void;
+  resolve: (r: GenerateResult) => void;
+  reject: (e: unknown) => void;
+  counted: number;
+  unlisten: () => void;
+}
+
+const RATE_WINDOW_MS = 10_000;
+const yieldToIo = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+export class Scheduler {
+  readonly maxBatch: number;
+  readonly maxQueue: number;
+  private readonly waiting: Entry[] = [];
+  private rows: Entry[] = [];
+  private batch: Batch;
+  private loop: Promise<void> | null = null;
+  private closed = false;
+  private readonly jobs: { run: () => Promise<void>; cancel: (e: unknown) => void }[] = [];
+  private readonly counters = { tokensGenerated: 0, steps: 0, prefills: 0 };
+  private readonly recent: { t: number; n: number }[] = [];
+
+  constructor(private readonly model: GPT2Model, opts: SchedulerOptions = {}) {
+    const { maxBatch = 8, maxQueue = 64 } = opts;
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new GPT2Error('BAD_OPTION', `maxBatch must be an integer ≥ 1, got ${JSON.stringify(maxBatch)}`);
+    if (!Number.isInteger(maxQueue) || maxQueue < 0) throw new GPT2Error('BAD_OPTION', `maxQueue must be an integer ≥ 0, got ${JSON.stringify(maxQueue)}`);
+    this.maxBatch = maxBatch;
+    this.maxQueue = maxQueue;
+    this.batch = new Batch(model);
+  }
+
+  /** Sequences waiting for a row. */
+  get queueDepth(): number {
+    return this.waiting.length;
+  }
+
+  /** Rows in the running batch. */
+  get running(): number {
+    return this.rows.length;
+  }
+
+  /**
+   * Sequences that can be submitted now: free rows (taken at the next step boundary) plus free
+   * queue places. A request of k sequences checks this before submitting any.
+   */
+  get room(): number {
+    if (this.closed) return 0;
+    const freeRows = Math.max(0, this.maxBatch - this.rows.length);
+    return Math.max(0, this.maxQueue + freeRows - this.waiting.length);
+  }
+
+  get stats(): SchedulerStats {
+    const now = Date.now();
+    this.prune(now);
+    const n = this.recent.reduce((s, r) => s + r.n, 0);
+    const span = this.recent.length ? Math.max(1000, now - this.recent[0].t) : 1;
+    return { ...this.counters, tokensPerSecond: this.recent.length ? (n * 1000) / span : 0 };
+  }
+
+  /**
+   * Queues `seq`; resolves with its result when it finishes (aborted via `seq.options.signal`, it
+   * resolves with finishReason 'abort' and the text so far). `onChunk` gets each chunk as produced.
+   * Rejects with QUEUE_FULL when the queue is full and DISPOSED after `close()`.
+   */
+  submit(seq: Sequence, onChunk?: (c: StreamChunk) => void): Promise<GenerateResult> {
+    if (this.closed) return Promise.reject(new GPT2Error('DISPOSED', 'the scheduler is closed: it accepts no new requests'));
+    if (this.room === 0) {
+      return Promise.reject(new GPT2Error('QUEUE_FULL', `the queue is full (${this.waiting.length} waiting for ${this.maxBatch} rows): retry later`));
+    }
+    return new Promise<GenerateResult>((resolve, reject) => {
+      const entry: Entry = { seq, onChunk, resolve, reject, counted: 0, unlisten: () => undefined };
+      const signal = seq.options.signal;
+      if (signal) {
+        // A waiting sequence leaves the queue at once; a running one leaves at the next step.
+        const onAbort = (): void => {
+          const i = this.waiting.indexOf(entry);
+          if (i < 0) return;
+          this.waiting.splice(i, 1);
+          seq.finish('abort');
+          this.settle(entry);
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        entry.unlisten = () => signal.removeEventListener('abort', onAbort);
+      }
+      this.waiting.push(entry);
+      this.kick();
+    });
+  }
+
+  /**
+   * Runs `fn` alone on the model at the next step boundary (e.g. scoring a prompt), so that it
+   * never overlaps a batch step.
+   */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new GPT2Error('DISPOSED', 'the scheduler is closed: it accepts no new requests'));
+    return new Promise<T>((resolve, reject) => {
+      this.jobs.push({ run: () => fn().then(resolve, reject), cancel: reject });
+      this.kick();
+    });
+  }
+
+  /** Stops accepting work, aborts what is waiting or running, waits for the loop, frees the cache. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const e of this.waiting.splice(0)) {
+      e.seq.finish('abort');
+      this.settle(e);
+    }
+    const closed = new GPT2Error('DISPOSED', 'the scheduler was closed before this job ran');
+    for (const j of this.jobs.splice(0)) j.cancel(closed);
+    // The loop stops at the next step boundary; rows still running then end as aborted.
+    await this.loop;
+    for (const e of this.rows) {
+      e.seq.finish('abort');
+      this.settle(e);
+    }
+    this.rows = [];
+    this.batch.dispose();
+  }
+
+  private kick(): void {
+    if (this.loop) return;
+    this.loop = this.run().finally(() => {
+      this.loop = null;
+      // Work that arrived while the loop was winding down.
+      if (!this.closed && (this.waiting.length || this.jobs.length)) this.kick();
+    });
+  }
+
+  private async run(): Promise<void> {
+    while (!this.closed && (this.waiting.length || this.rows.length || this.jobs.length)) {
+      // Let HTTP handlers run (new requests, disconnects) between forward passes.
+      await yieldToIo();
+      for (const j of this.jobs.splice(0)) await j.run();
+      while (this.waiting.length && this.rows.length < this.maxBatch && !this.closed) {
+        const e = this.waiting.shift() as Entry;
+        try {
+          await this.batch.admit(e.seq);
+          this.counters.prefills++;
+        } catch (err) {
+          e.seq.finish('abort');
+          this.fail(e, err);
+          continue;
+        }
+        this.deliver(e);
+        if (e.seq.done) this.settle(e);
+        else this.rows.push(e);
+      }
+      if (!this.rows.length || this.closed) continue;
+      try {
+        await this.batch.step();
+        this.counters.steps++;
+      } catch (err) {
+        // A failed step leaves the cache unusable: fail its rows and start a fresh batch.
+        const rows = this.rows;
+        this.rows = [];
+        this.batch.dispose();
+        this.batch = new Batch(this.model);
+        for (const e of rows) this.fail(e, err);
+        continue;
+      }
+      const still: Entry[] = [];
+      for (const e of this.rows) {
+        this.deliver(e);
+        if (e.seq.done) this.settle(e);
+        else still.push(e);
+      }
+      this.rows = still;
+    }
+  }
+
+  /** Hands over the row's new chunks and counts its new tokens. */
+  private deliver(e: Entry): void {
+    const seq = e.seq;
+    while (seq.out.length) {
+      const c = seq.out.shift() as StreamChunk;
+      if (e.onChunk) {
+        try {
+          e.onChunk(c);
+        } catch {
+          // A consumer's failure must not stop the other rows; that consumer aborts its own signal.
+        }
+      }
+    }
+    const n = seq.tokens.length + (seq.finishReason === 'eos' ? 1 : 0);
+    if (n > e.counted) {
+      this.counters.tokensGenerated += n - e.counted;
+      const now = Date.now();
+      this.recent.push({ t: now, n: n - e.counted });
+      this.prune(now);
+      e.counted = n;
+    }
+  }
+
+  private settle(e: Entry): void {
+    this.deliver(e);
+    e.unlisten();
+    e.resolve(e.seq.result());
+  }
+
+  private fail(e: Entry, err: unknown): void {
+    e.unlisten();
+    e.reject(err);
+  }
+
+  private prune(now: number): void {
+    while (this.recent.length && now - this.recent[0].t > RATE_WINDOW_MS) this.recent.shift();
+    // Bound memory under heavy load: merge into coarse buckets when too many samples pile up.
+    if (this.recent.length > 4096) {
+      const merged = this.recent.splice(0, this.recent.length - 1024).reduce((s, r) => s + r.n, 0);
+      this.recent.unshift({ t: now - RATE_WINDOW_MS + 1, n: merged });
+    }
+  }
+}

@@ -1,0 +1,99 @@
+/** Continuous batching: results equal one-at-a-time generation; queue limits, aborts, close, no leaks. */
+import * as tf from '@tensorflow/tfjs-core';
+import { GPT2, GenerateOptions, isGPT2Error, loadModel } from '../src';
+import { Sequence, StreamChunk } from '../src/generate/generate';
+import { Scheduler } from '../src/generate/scheduler';
+import { TINY_DIR } from './helpers';
+
+let gpt: GPT2;
+let baseline: number;
+beforeAll(async () => {
+  gpt = await loadModel(TINY_DIR, { backend: 'cpu' });
+  baseline = tf.memory().numTensors;
+});
+afterAll(() => gpt.dispose());
+
+const seq = (prompt: number[], o: GenerateOptions): Sequence => new Sequence(prompt, o, gpt.model, gpt.tokenizer);
+const prompts = [[464], [15496, 11, 995], [40, 716, 257, 1310, 11, 290], [1, 2], [50, 51, 52, 53, 54, 55, 56, 57, 58], [7, 7, 7], [999, 1000, 1001, 1002]];
+
+test('greedy and seeded rows through the scheduler equal one-at-a-time generation, with rows joining mid-run', async () => {
+  const opts = prompts.map((_, i): GenerateOptions => (i % 2 ? { temperature: 0, maxNewTokens: 6 + i } : { seed: 100 + i, maxNewTokens: 4 + 2 * i, topK: 50 }));
+  const alone = [];
+  for (let i = 0; i < prompts.length; i++) alone.push(await gpt.generate(prompts[i], opts[i]));
+  const sched = new Scheduler(gpt.model, { maxBatch: 3, maxQueue: 16 });
+  const streamed: number[][] = prompts.map(() => []);
+  const together = await Promise.all(prompts.map((p, i) => sched.submit(seq(p, opts[i]), (c: StreamChunk) => c.token >= 0 && streamed[i].push(c.token))));
+  expect(together.map((r) => r.tokens)).toEqual(alone.map((r) => r.tokens));
+  expect(together.map((r) => r.finishReason)).toEqual(alone.map((r) => r.finishReason));
+  expect(streamed).toEqual(alone.map((r) => r.tokens));
+  const total = alone.reduce((s, r) => s + r.usage.completionTokens, 0);
+  expect(sched.stats.tokensGenerated).toBe(total);
+  expect(sched.stats.steps).toBeGreaterThan(0);
+  expect(sched.stats.steps).toBeLessThan(total); // rows shared steps
+  expect(sched.running).toBe(0);
+  expect(sched.queueDepth).toBe(0);
+  await sched.close();
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
+test('a full queue refuses with QUEUE_FULL; the others finish', async () => {
+  const sched = new Scheduler(gpt.model, { maxBatch: 1, maxQueue: 1 });
+  // Room is maxQueue plus free rows: two fit, the third is refused.
+  const a = sched.submit(seq([1, 2, 3], { temperature: 0, maxNewTokens: 5 }));
+  const b = sched.submit(seq([4, 5], { temperature: 0, maxNewTokens: 5 }));
+  await expect(sched.submit(seq([6], { temperature: 0, maxNewTokens: 5 }))).rejects.toMatchObject({ code: 'QUEUE_FULL' });
+  expect((await a).usage.completionTokens).toBe(5);
+  expect((await b).usage.completionTokens).toBe(5);
+  await sched.close();
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
+test('aborting a running or a waiting row resolves it with "abort" and leaks nothing', async () => {
+  const sched = new Scheduler(gpt.model, { maxBatch: 1, maxQueue: 4 });
+  const run = new AbortController();
+  const wait = new AbortController();
+  let chunks = 0;
+  const running = sched.submit(seq([1, 2, 3], { temperature: 0, maxNewTokens: 60, signal: run.signal }), () => {
+    if (++chunks === 3) run.abort();
+  });
+  const waiting = sched.submit(seq([4, 5], { temperature: 0, maxNewTokens: 60, signal: wait.signal }));
+  const other = sched.submit(seq([6], { temperature: 0, maxNewTokens: 3 }));
+  wait.abort();
+  const w = await waiting;
+  expect(w.finishReason).toBe('abort');
+  expect(w.tokens).toEqual([]);
+  const r = await running;
+  expect(r.finishReason).toBe('abort');
+  expect(r.tokens.length).toBeGreaterThanOrEqual(3);
+  expect(r.tokens.length).toBeLessThan(60);
+  expect((await other).finishReason).toBe('length');
+  await sched.close();
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
+test('close aborts what runs, refuses new work, and frees the cache', async () => {
+  const sched = new Scheduler(gpt.model, { maxBatch: 2, maxQueue: 4 });
+  const rows = [sched.submit(seq([1], { temperature: 0, maxNewTokens: 60 })), sched.submit(seq([2, 3], { temperature: 0, maxNewTokens: 60 })), sched.submit(seq([4], { temperature: 0, maxNewTokens: 60 }))];
+  await new Promise((r) => setTimeout(r, 30));
+  await sched.close();
+  const res = await Promise.all(rows);
+  expect(res.map((r) => r.finishReason)).toEqual(['abort', 'abort', 'abort']);
+  const err = await sched.submit(seq([1], { maxNewTokens: 2 })).catch((e: unknown) => e);
+  expect(isGPT2Error(err, 'DISPOSED')).toBe(true);
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
+test('exclusive jobs run between steps, alone on the model', async () => {
+  const sched = new Scheduler(gpt.model, { maxBatch: 2 });
+  const gen = sched.submit(seq([1, 2], { temperature: 0, maxNewTokens: 10 }));
+  const logits = await sched.exclusive(() => gpt.forward([1, 2, 3]));
+  expect(logits.length).toBe(3 * gpt.config.vocabSize);
+  expect((await gen).tokens.length).toBe(10);
+  await sched.close();
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
+test('options are checked', () => {
+  expect(() => new Scheduler(gpt.model, { maxBatch: 0 })).toThrow(/maxBatch/);
+  expect(() => new Scheduler(gpt.model, { maxQueue: -1 })).toThrow(/maxQueue/);
+});
