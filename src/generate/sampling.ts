@@ -41,11 +41,46 @@ export function sortedDesc(z: Float64Array): Int32Array {
   return idx.sort((a, b) => z[b] - z[a] || a - b);
 }
 
+/** The k-th largest value of `z` (1-based), by quickselect on a copy: O(n), no full sort. */
+export function kthLargest(z: ArrayLike<number>, k: number): number {
+  const a = Float64Array.from(z);
+  let lo = 0;
+  let hi = a.length - 1;
+  const want = k - 1; // index in descending order
+  while (lo < hi) {
+    const pivot = a[(lo + hi) >>> 1];
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (a[i] > pivot) i++;
+      while (a[j] < pivot) j--;
+      if (i <= j) {
+        const t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+        i++;
+        j--;
+      }
+    }
+    if (want <= j) hi = j;
+    else if (want >= i) lo = i;
+    else break;
+  }
+  return a[want];
+}
+
+/** Indices of the largest values, best first (ties by index), among those ≥ a threshold: a partial sort. */
+function topIndices(z: ArrayLike<number>, threshold: number): number[] {
+  const idx: number[] = [];
+  for (let i = 0; i < z.length; i++) if (z[i] >= threshold) idx.push(i);
+  return idx.sort((a, b) => z[b] - z[a] || a - b);
+}
+
 export function topK(k: number): Processor {
   return (z) => {
     if (k <= 0 || k >= z.length) return;
     // The k-th largest value; everything strictly below it goes (ties at the boundary stay, as HF).
-    const kth = Float64Array.from(z).sort((a, b) => b - a)[k - 1];
+    const kth = kthLargest(z, k);
     for (let i = 0; i < z.length; i++) if (z[i] < kth) z[i] = -Infinity;
   };
 }
@@ -66,15 +101,24 @@ export function topP(p: number): Processor {
   return (z) => {
     if (p >= 1) return;
     const probs = softmaxInPlace(Float64Array.from(z));
-    const order = sortedDesc(probs);
-    // Keep tokens while the mass before them is below p: the smallest prefix reaching p (at least one token).
-    let cum = 0;
-    let i = 0;
-    for (; i < order.length; i++) {
-      if (i > 0 && cum >= p) break;
-      cum += probs[order[i]];
+    let top = 0;
+    for (let i = 0; i < probs.length; i++) if (probs[i] > top) top = probs[i];
+    // Sort only the candidates above a threshold, lowering it until they hold mass p: everything
+    // below the threshold would sort after them anyway, so the kept set equals a full sort's.
+    for (let threshold = top / 16; ; threshold /= 16) {
+      const order = threshold > 1e-300 ? topIndices(probs, threshold) : Array.from(sortedDesc(probs));
+      let cum = 0;
+      let i = 0;
+      for (; i < order.length; i++) {
+        if (i > 0 && cum >= p) break;
+        cum += probs[order[i]];
+      }
+      if (i === order.length && cum < p && order.length < probs.length) continue; // need more candidates
+      const keep = new Uint8Array(z.length);
+      for (let j = 0; j < i; j++) keep[order[j]] = 1;
+      for (let j = 0; j < z.length; j++) if (!keep[j]) z[j] = -Infinity;
+      return;
     }
-    for (; i < order.length; i++) z[order[i]] = -Infinity;
   };
 }
 
@@ -156,7 +200,7 @@ export function tokenLogprobs(logits: ArrayLike<number>, chosen: number, n: numb
   const lp = logSoftmax(logits);
   const top: TokenLogprob[] = [];
   if (n > 0) {
-    const order = sortedDesc(lp);
+    const order = topIndices(lp, kthLargest(lp, Math.min(n, lp.length)));
     for (let i = 0; i < Math.min(n, order.length); i++) top.push({ token: order[i], logprob: lp[order[i]] });
   }
   return { logprob: lp[chosen], top };

@@ -243,7 +243,6 @@ interface Choice {
   prompt: PromptItem;
   seq: Sequence | null; // null: echo with max_tokens 0 (scoring only)
   view: TokenText;
-  text: string;
   logprobs: LegacyLogprobs | null;
 }
 
@@ -335,9 +334,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     void reply.code(404).send(errorBody(new HttpError(404, `no route ${req.method} ${req.url}`, null, 'not_found')));
   });
   app.addHook('onRequest', async (req, reply) => {
-    if (closing) {
-      await reply.code(503).header('connection', 'close').send(errorBody(new HttpError(503, 'the server is shutting down', null, 'shutting_down')));
-    }
+    if (closing) return reply.code(503).header('connection', 'close').send(errorBody(new HttpError(503, 'the server is shutting down', null, 'shutting_down')));
   });
   app.addHook('onSend', async (_req, reply, payload) => {
     // Responses finishing during shutdown end their connection, so the server can close promptly.
@@ -471,12 +468,17 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           if (o.seed !== undefined) o.seed = (o.seed + j) >>> 0;
           const seq = maxNew > 0 ? new Sequence(pr.ids, o, gpt.model, codec) : null;
           const view = new TokenText(codec, echo ? pr.text.length : 0);
-          choices.push({ index: pi * n + j, prompt: pr, seq, view, text: '', logprobs: options.logprobs !== undefined ? emptyLogprobs() : null });
+          choices.push({ index: pi * n + j, prompt: pr, seq, view, logprobs: options.logprobs !== undefined ? emptyLogprobs() : null });
         }
       });
       // Echo: the prompt's text (and with logprobs, its tokens' log-probabilities) comes first.
+      const busy = (): GPT2Error => {
+        reply.header('retry-after', '1');
+        return new GPT2Error('QUEUE_FULL', `the server is busy (${scheduler.queueDepth} waiting): retry later`);
+      };
       const scored = new Map<PromptItem, Awaited<ReturnType<typeof promptLogprobs>>>();
       if (echo && options.logprobs !== undefined) {
+        if (scheduler.room === 0) throw busy(); // scoring waits for a step boundary like a queued row
         for (const pr of prompts) scored.set(pr, await promptLogprobs(pr.ids, options.logprobs));
       }
       const echoPart = (c: Choice): { text: string; logprobs: LegacyLogprobs | null } => {
@@ -490,10 +492,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       };
 
       // Checked right before queueing (nothing awaits in between), so a request is queued whole or not at all.
-      if (choices.filter((c) => c.seq).length > scheduler.room) {
-        reply.header('retry-after', '1');
-        throw new GPT2Error('QUEUE_FULL', `the server is busy (${scheduler.queueDepth} waiting): retry later`);
-      }
+      if (choices.filter((c) => c.seq).length > scheduler.room) throw busy();
       if (stream) return await streamChoices(id, choices, echoPart, body, reply, () => why, t0);
 
       const results = await Promise.all(choices.map((c) => (c.seq ? scheduler.submit(c.seq) : Promise.resolve(null))));
@@ -621,7 +620,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     return reply;
   }
 
-  await app.listen({ host, port });
+  try {
+    await app.listen({ host, port });
+  } catch (e) {
+    await app.close().catch(() => undefined);
+    await scheduler.close();
+    throw new GPT2Error('NETWORK', `could not listen on ${host}:${port}: ${(e as Error).message}; pick another port or stop what holds it`, { cause: e });
+  }
   const addr = app.server.address();
   const boundPort = addr && typeof addr === 'object' ? addr.port : port;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${boundPort}`;

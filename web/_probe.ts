@@ -1,0 +1,20 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { BackendName, loadModel } from '../src/index';
+(window as unknown as Record<string, unknown>).__probe = async (backend: BackendName, flags: Record<string, boolean | number>) => {
+  const log: string[] = [];
+  let t = performance.now();
+  const lap = (s: string) => { const n = performance.now(); log.push(`${s}: ${(n - t).toFixed(0)}ms`); t = n; };
+  const m = await loadModel(new URL('/weights/tiny-random/', location.href).href, { backend });
+  for (const [k, v] of Object.entries(flags)) tf.env().set(k, v);
+  lap('load');
+  await m.forward([1, 2, 3, 4, 5, 6, 7, 8]); lap('fwd8 first');
+  await m.forward([1, 2, 3, 4, 5, 6, 7, 9]); lap('fwd8 again');
+  await m.forward([1, 2, 3, 4, 5, 6, 7, 9, 10]); lap('fwd9');
+  await m.forward([1, 2, 3, 4, 5, 6, 7, 9, 10, 11]); lap('fwd10');
+  await m.generate([1, 2, 3], { maxNewTokens: 10, temperature: 0, eosTokenId: null }); lap('gen 10');
+  await m.generate([1, 2, 3], { maxNewTokens: 10, temperature: 0, eosTokenId: null }); lap('gen 10 again');
+  await m.generate([1, 2, 3, 4], { maxNewTokens: 20, temperature: 0, eosTokenId: null }); lap('gen 20 p4');
+  m.dispose();
+  return log.join(', ');
+};
+document.body.dataset.ready = '1';
