@@ -90,6 +90,12 @@ export async function setBackend(name: BackendName = defaultBackend(), options: 
   }
   if (tf.getBackend() === name && tf.engine().backendName === name) return name;
   await importBackend(name, options);
+  if (name === 'webgl') {
+    // Generation changes shapes every step (the KV length grows by one), and tfjs-webgl by default
+    // bakes shapes into its shaders: one fresh compile per op per length. With shapes passed as
+    // uniforms most programs are compiled once and reused (same math, so the same results).
+    tf.env().set('WEBGL_USE_SHAPES_UNIFORMS', true);
+  }
   let ok = false;
   try {
     ok = await tf.setBackend(name);

@@ -13,6 +13,8 @@ export type { GPT2GenerateOptions } from './generate/exercise';
 export type { SeedLayer, ArrayInput } from './model/seed';
 export { MT19937 } from './generate/rng';
 export { readSafetensorsHeader, writeSafetensors } from './io/safetensors';
+export { downloadModel } from './io/download';
+export { convertToTfjs } from './io/weights';
 
 export { loadTokenizer, hasTokenizerFiles, tokenizerFromFiles } from './tokenizer';
 export type { Tokenizer, StreamDecoder, EncodeOptions } from './tokenizer';
@@ -28,8 +30,8 @@ import { hasTokenizerFiles, loadTokenizer } from './tokenizer';
  */
 export async function loadModel(source?: string, options: LoadOptions = {}): Promise<GPT2> {
   const where = source ?? defaultModelDir();
-  const files = resolveSource(where);
-  const tokenizer = (await hasTokenizerFiles(where)) ? await loadTokenizer(where) : null;
+  const files = resolveSource(where, options);
+  const tokenizer = (await hasTokenizerFiles(files)) ? await loadTokenizer(files) : null;
   const model = await loadTransformer(files, options);
   return new GPT2(model, tokenizer);
 }

@@ -101,7 +101,7 @@ async function ensureModel(): Promise<GPT2> {
   const c = m.config;
   const params = c.vocabSize * c.nEmbd + c.nPositions * c.nEmbd + c.nLayer * (12 * c.nEmbd * c.nEmbd + 13 * c.nEmbd);
   ui.modelinfo.textContent =
-    `${url} · ${c.nLayer} layers, d=${c.nEmbd}, ${c.nHead} heads, context ${c.nPositions}, ≈${(params / 1e6).toFixed(1)}M params · ` +
+    `${new URL(url).pathname} · ${c.nLayer} layers, d=${c.nEmbd}, ${c.nHead} heads, context ${c.nPositions}, ≈${(params / 1e6).toFixed(1)}M params · ` +
     `loaded on ${currentBackend()} in ${((performance.now() - t0) / 1000).toFixed(2)} s · ` +
     (m.tokenizer ? 'tokenizer: GPT-2 BPE' : 'no tokenizer files: the prompt is token ids, separated by spaces');
   document.body.dataset.tokenizer = m.tokenizer ? 'bpe' : 'none';

@@ -28,7 +28,8 @@ export interface ParityReport extends EnvReport {
   caseLogsumexpMaxDiff: number;
   /** Rows whose argmax differs from the reference, with the reference's top-2 margin. */
   argmaxMismatches: { case: number; t: number; want: number; got: number; margin: number }[];
-  greedy: { want: number[]; viaForward: number[]; viaGenerate: number[] }[];
+  /** viaForward (re-running the whole sequence per token) only when asked: slow on SwiftShader. */
+  greedy: { want: number[]; viaForward: number[] | null; viaGenerate: number[] }[];
   tensorsBefore: number;
   tensorsAfter: number;
   ms: number;
@@ -102,8 +103,12 @@ async function fetchFixture(): Promise<{ fx: TinyFixture; full: Float32Array }> 
   return { fx, full };
 }
 
-/** Logits and greedy ids of weights/tiny-random against the NumPy fixtures (as test/model.parity.test.ts does in Node). */
-async function parity(backend: BackendName): Promise<ParityReport> {
+/**
+ * Logits and greedy ids of weights/tiny-random against the NumPy fixtures (as test/model.parity.test.ts
+ * does in Node). Greedy ids come from generate() (prefill + KV-cached decode); with `viaForward` also
+ * from one full forward per token, which costs a new set of shaders per length on the GPU backends.
+ */
+async function parity(backend: BackendName, options: { viaForward?: boolean } = {}): Promise<ParityReport> {
   const t0 = performance.now();
   const { fx, full } = await fetchFixture();
   const model = await load(backend, base('/weights/tiny-random/'));
@@ -130,14 +135,16 @@ async function parity(backend: BackendName): Promise<ParityReport> {
 
     const greedy: ParityReport['greedy'] = [];
     for (const g of fx.greedy) {
-      const ids = g.prompt.slice();
-      for (let n = 0; n < g.newTokens; n++) {
-        const z = await model.forward(ids);
-        ids.push(argmax(z, (ids.length - 1) * V, ids.length * V));
+      let viaForward: number[] | null = null;
+      if (options.viaForward) {
+        viaForward = g.prompt.slice();
+        for (let n = 0; n < g.newTokens; n++) {
+          const z = await model.forward(viaForward);
+          viaForward.push(argmax(z, (viaForward.length - 1) * V, viaForward.length * V));
+        }
       }
-      // The real loop too: prefill + KV-cached decode steps.
       const r = await model.generate(g.prompt, { maxNewTokens: g.newTokens, temperature: 0, eosTokenId: null });
-      greedy.push({ want: g.ids, viaForward: ids, viaGenerate: [...g.prompt, ...r.tokens] });
+      greedy.push({ want: g.ids, viaForward, viaGenerate: [...g.prompt, ...r.tokens] });
     }
     return {
       ...env(),
@@ -157,11 +164,11 @@ async function parity(backend: BackendName): Promise<ParityReport> {
 }
 
 /** Tensor and GPU-memory counts across `calls` generate calls, one aborted stream and dispose. */
-async function memory(backend: BackendName, calls = 20): Promise<MemoryReport> {
+async function memory(backend: BackendName, calls = 20, newTokens = 4): Promise<MemoryReport> {
   const model = await load(backend, base('/weights/tiny-random/'));
   const afterLoad = mem();
   const prompt = [464, 2068, 7586, 21831, 18045, 625, 262];
-  const opts = (i: number): GenerateOptions => ({ maxNewTokens: 6, temperature: i % 2 ? 0 : 0.9, topK: 40, topP: 0.95, seed: i, eosTokenId: null });
+  const opts = (i: number): GenerateOptions => ({ maxNewTokens: newTokens, temperature: i % 2 ? 0 : 0.9, topK: 40, topP: 0.95, seed: i, eosTokenId: null });
   try {
     await model.generate(prompt, opts(0));
     const baseline = mem();

@@ -103,11 +103,18 @@ class UrlSource implements FileSource {
     return job;
   }
 
-  private async head(name: string): Promise<{ exists: boolean; length: number | null }> {
+  /** What a HEAD request says of `name`; null when the server cannot be reached. */
+  private async head(name: string): Promise<{ exists: boolean; length: number | null } | null> {
     const known = this.heads.get(name);
     if (known) return known;
     const url = this.describe(name);
-    const res = await httpFetch(url, { method: 'HEAD' });
+    let res: Response;
+    try {
+      res = await httpFetch(url, { method: 'HEAD' });
+    } catch (e) {
+      if (isGPT2Error(e, 'NETWORK')) return null;
+      throw e;
+    }
     await res.body?.cancel().catch(() => undefined);
     let answer: { exists: boolean; length: number | null };
     if (res.ok) answer = { exists: true, length: declaredLength(res) };
@@ -126,15 +133,14 @@ class UrlSource implements FileSource {
     return answer;
   }
 
+  /**
+   * A cached file exists. Otherwise HEAD decides: 2xx yes, 404/410 no, other statuses throw. An
+   * unreachable server counts as "no": offline, a cached model then loads from its cache, and when
+   * nothing is cached the required reads that follow (config.json first) report the network error.
+   */
   async exists(name: string): Promise<boolean> {
     if (await this.held(name)) return true;
-    try {
-      return (await this.head(name)).exists;
-    } catch (e) {
-      // Offline but this model is cached: a file never cached is one it does not have (an index, optional files).
-      if (isGPT2Error(e, 'NETWORK') && this.disk && (await this.disk.exists(this.cacheName('config.json')))) return false;
-      throw e;
-    }
+    return (await this.head(name))?.exists ?? false;
   }
 
   async read(name: string): Promise<Uint8Array> {
@@ -160,7 +166,7 @@ class UrlSource implements FileSource {
   async prefetch(names: string[], onProgress?: (p: LoadProgress) => void): Promise<void> {
     // Lengths up front (HEAD, usually already asked by exists()) so the total is right from the first event.
     const sizes: (number | null)[] = [];
-    for (const n of names) sizes.push((await this.held(n)) ? await this.size(n) : (await this.head(n)).length);
+    for (const n of names) sizes.push((await this.held(n)) ? await this.size(n) : ((await this.head(n))?.length ?? null));
     const total = () => sizes.reduce<number>((a, s) => a + (s ?? 0), 0);
     let done = 0;
     for (let i = 0; i < names.length; i++) {

