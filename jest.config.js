@@ -1,12 +1,32 @@
-/** @type {import('jest').Config} */
+/**
+ * `npm test` runs two projects in one jest run (one JSON report for CI):
+ * - node:    test/ — parity, engine, tokenizer, I/O, server, CLI (cpu and wasm backends)
+ * - browser: test/browser/ — real headless Chromium (webgl, webgpu, wasm, the page); needs the
+ *            `chromium` apt package: fails under CI=true without it, skipped with a reason elsewhere.
+ * Files run one at a time (maxWorkers 1): the machine has two cores and the suites are CPU-bound.
+ * @type {import('jest').Config}
+ */
+const transform = { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }] };
 module.exports = {
-  preset: 'ts-jest',
-  testEnvironment: 'node',
-  roots: ['<rootDir>/test'],
-  testMatch: ['**/*.test.ts'],
-  testPathIgnorePatterns: ['/node_modules/', '/test/browser/'],
-  testTimeout: 120000,
-  // Tests share two cores: run files one at a time so numbers stay sane.
   maxWorkers: 1,
-  transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }] },
+  testTimeout: 180000,
+  projects: [
+    {
+      displayName: 'node',
+      preset: 'ts-jest',
+      testEnvironment: 'node',
+      roots: ['<rootDir>/test'],
+      testMatch: ['**/*.test.ts'],
+      testPathIgnorePatterns: ['/node_modules/', '/test/browser/'],
+      transform,
+    },
+    {
+      displayName: 'browser',
+      preset: 'ts-jest',
+      testEnvironment: 'node',
+      roots: ['<rootDir>/test/browser'],
+      testMatch: ['**/*.test.ts'],
+      transform,
+    },
+  ],
 };
