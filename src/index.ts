@@ -4,7 +4,7 @@ export type { SamplingOptions, TokenLogprob } from './generate/sampling';
 export { GPT2Error, isGPT2Error } from './errors';
 export type { GPT2ErrorCode } from './errors';
 export { setBackend, currentBackend, BACKENDS } from './backend';
-export type { BackendName } from './backend';
+export type { BackendName, BackendOptions } from './backend';
 export type { GPT2Config } from './model/config';
 export type { LoadOptions } from './load';
 export type { LoadProgress } from './io/hf';
