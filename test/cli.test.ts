@@ -58,3 +58,18 @@ describe('gpt2-tfjs CLI', () => {
     expect(noPrompt.code).toBe(1);
   });
 });
+
+test('score prints loss and perplexity of a file', async () => {
+  const fs = await import('fs');
+  const os = await import('os');
+  const path = await import('path');
+  const f = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'gpt2-score-')), 'a.txt');
+  fs.writeFileSync(f, 'To be, or not to be, that is the question.');
+  const a = await run(['score', f, '--model', TINY_DIR, '--backend', 'cpu', '--json']);
+  expect(a.code).toBe(0);
+  const r = JSON.parse(a.out);
+  expect(r.tokens).toBeGreaterThan(5);
+  expect(r.perplexity).toBeCloseTo(Math.exp(r.loss), 6);
+  const missing = await run(['score', '/nonexistent.txt', '--model', TINY_DIR]);
+  expect(missing.code).toBe(1);
+});

@@ -122,6 +122,41 @@ export function buildProgram(io: CliIO): Command {
     });
 
   program
+    .command('score')
+    .description('mean next-token cross-entropy (loss, perplexity) of a text file under the model')
+    .argument('<file>', 'UTF-8 text file ("-" for stdin)')
+    .addOption(modelOption())
+    .addOption(backendOption())
+    .option('--window <n>', 'tokens per window (default: the model context)', int('--window', 2))
+    .option('--json', 'print one JSON object')
+    .option('-q, --quiet', 'no progress bar')
+    .addHelpText('after', '\nExamples:\n  $ gpt2-tfjs score ../shared/data/tinyshakespeare.txt\n  $ cat notes.txt | gpt2-tfjs score - --json')
+    .action(async (file: string, o) => {
+      let text: string;
+      if (file === '-') {
+        if (!io.stdin) throw new CliError('no stdin to read');
+        text = await readStdin(io.stdin);
+      } else {
+        const fs = await import('fs');
+        try {
+          text = fs.readFileSync(file, 'utf8');
+        } catch (e) {
+          throw new CliError(`cannot read ${file}: ${(e as Error).message}`);
+        }
+      }
+      const gpt = await loadWithProgress(io, o.model, o.backend, o.quiet || o.json);
+      try {
+        const t0 = Date.now();
+        const r = await gpt.score(text, { windowSize: o.window });
+        const seconds = (Date.now() - t0) / 1000;
+        if (o.json) io.stdout.write(JSON.stringify({ file, ...r, seconds }) + '\n');
+        else io.stdout.write(`${file}: loss ${r.loss.toFixed(4)} nats/token, perplexity ${r.perplexity.toFixed(2)} over ${r.tokens} predicted tokens (${seconds.toFixed(1)} s)\n`);
+      } finally {
+        gpt.dispose();
+      }
+    });
+
+  program
     .command('bench')
     .description('measure prefill and decode tokens/s, time to first token, peak RSS and tensor count')
     .addOption(modelOption())
