@@ -12,7 +12,7 @@ import { loadTokenizer } from '../src/tokenizer';
 
 const root = path.join(__dirname, '..');
 const textFile = process.argv[2] ?? '/work/shared/data/tinyshakespeare.txt';
-const tokDir = process.argv[3] ?? path.join(root, 'weights', 'tokenizer', 'gpt2');
+const tokDir = process.argv[3] ?? path.join(root, 'weights', 'tiny-random');
 
 function seconds(f: () => void): number {
   const t = process.hrtime.bigint();

@@ -7,7 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
-export const GPT2_DIR = path.join(__dirname, '..', 'weights', 'tokenizer', 'gpt2');
+export const GPT2_DIR = path.join(__dirname, '..', 'weights', 'tiny-random') // ships OpenAI's GPT-2 vocab.json + merges.txt;
 
 const S = '(?:(?!\\uFEFF)[\\s\\x85])'; // Python `regex` \s
 const NS = `(?:(?!${S})[^])`; // Python \S
