@@ -134,9 +134,10 @@ export class GPT2Model {
   }
 
   /** Additive mask: [B, T, Tk] (causal + padding) for T > 1, [B, Tk, 1] (padding) for T == 1. */
-  private mask(B: number, T: number, past: number, pad: number[]): tf.Tensor3D {
+  private mask(B: number, T: number, past: number, pad: number[]): tf.Tensor3D | null {
     const Tk = past + T;
     if (T === 1) {
+      if (pad.every((p) => p === 0)) return null; // one new position, nothing padded: nothing to mask
       const m = new Float32Array(B * Tk);
       for (let b = 0; b < B; b++) for (let j = 0; j < pad[b]; j++) m[b * Tk + j] = MASK_NEG;
       return tf.tensor3d(m, [B, Tk, 1]);

@@ -14,8 +14,9 @@ import { BlockParams, Linear, Norm } from './params';
 export const MASK_NEG = -3e4;
 
 export function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
-  const { mean, variance } = tf.moments(x, -1, true); // [N, d] -> [N, 1] each (biased variance)
-  return tf.add(tf.mul(tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps))), p.g), p.b) as tf.Tensor2D; // [N, d]
+  const xc = tf.sub(x, tf.mean(x, -1, true)); // [N, d], centred
+  const variance = tf.mean(tf.square(xc), -1, true); // [N, 1], biased as torch
+  return tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(variance, eps))), p.g), p.b) as tf.Tensor2D; // [N, d]
 }
 
 export function linear(x: tf.Tensor2D, p: Linear): tf.Tensor2D {
@@ -44,8 +45,8 @@ export interface AttnContext {
   batch: number; // B
   steps: number; // T new positions per row
   nHead: number; // H
-  /** Additive mask: [B, T, Tk] when T > 1 (causal + padding), [B, Tk, 1] when T == 1 (padding only). */
-  mask: tf.Tensor3D;
+  /** Additive mask: [B, T, Tk] when T > 1 (causal + padding), [B, Tk, 1] when T == 1 (padding only; null when no row is padded). */
+  mask: tf.Tensor3D | null;
 }
 
 export interface LayerKV {
@@ -73,7 +74,7 @@ export function attention(x: tf.Tensor2D, p: BlockParams, past: LayerKV | null, 
   if (T === 1) {
     // Decode: one query per row. Elementwise multiply-and-sum beats H tiny matMuls (op overhead dominates).
     const scores = tf.sum(tf.mul(tf.reshape(qs, [B, 1, H, hd]), tf.reshape(kAll, [B, Tk, H, hd])), -1); // [B, Tk, H]
-    const probs = tf.softmax(tf.transpose(tf.add(scores, ctx.mask), [0, 2, 1])); // [B, H, Tk]
+    const probs = tf.softmax(tf.transpose(ctx.mask ? tf.add(scores, ctx.mask) : scores, [0, 2, 1])); // [B, H, Tk]
     const w = tf.reshape(tf.transpose(probs, [0, 2, 1]), [B, Tk, H, 1]); // [B, Tk, H, 1]
     a = tf.reshape(tf.sum(tf.mul(w, tf.reshape(vAll, [B, Tk, H, hd])), 1), [B, d]); // [B, H, hd] -> [B, d]
   } else {
@@ -86,7 +87,8 @@ export function attention(x: tf.Tensor2D, p: BlockParams, past: LayerKV | null, 
       const qh = tf.unstack(tf.transpose(tf.reshape(B === 1 ? qs : tf.slice(qs, [b * T, 0], [T, d]), [T, H, hd]), [1, 0, 2])); // H × [T, hd]
       const kh = tf.unstack(tf.transpose(rowOf(kAll, Tk), [1, 2, 0])); // H × [hd, Tk]
       const vh = tf.unstack(tf.transpose(rowOf(vAll, Tk), [1, 0, 2])); // H × [Tk, hd]
-      const mb = tf.reshape(B === 1 ? ctx.mask : tf.slice(ctx.mask, [b, 0, 0], [1, T, Tk]), [T, Tk]); // [T, Tk]
+      const mask = ctx.mask as tf.Tensor3D; // always present when T > 1 (causal)
+      const mb = tf.reshape(B === 1 ? mask : tf.slice(mask, [b, 0, 0], [1, T, Tk]), [T, Tk]); // [T, Tk]
       const heads: tf.Tensor2D[] = [];
       for (let h = 0; h < H; h++) {
         const probs = tf.softmax(tf.add(tf.matMul(qh[h] as tf.Tensor2D, kh[h] as tf.Tensor2D), mb)); // [T, hd] @ [hd, Tk] -> [T, Tk]
