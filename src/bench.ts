@@ -41,13 +41,15 @@ function now(): number {
 }
 
 export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
-  const promptTokens = o.promptTokens ?? 256;
-  const newTokens = o.newTokens ?? 64;
   const B = o.batch ?? 1;
   const t0 = now();
   const gpt = await loadModel(o.model, { backend: o.backend });
   const loadSeconds = now() - t0;
   try {
+    // Defaults (256 + 64) shrink to fit a small context; explicit sizes are taken as given.
+    const P = gpt.config.nPositions;
+    const newTokens = o.newTokens ?? Math.min(64, Math.floor(P / 4));
+    const promptTokens = o.promptTokens ?? Math.min(256, P - newTokens + 1);
     const V = gpt.config.vocabSize;
     // Deterministic pseudo-random prompts (different per row); greedy so every run does the same work.
     const prompt = (row: number) => Array.from({ length: promptTokens }, (_, i) => (i * 7919 + row * 104729 + 13) % (V - 1));

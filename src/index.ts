@@ -20,7 +20,8 @@ export { loadTokenizer, hasTokenizerFiles, tokenizerFromFiles } from './tokenize
 export type { Tokenizer, StreamDecoder, EncodeOptions } from './tokenizer';
 
 import { GPT2 } from './gpt2';
-import { LoadOptions, defaultModelDir, loadTransformer, resolveSource } from './load';
+import { GPT2Error } from './errors';
+import { LoadOptions, loadTransformer, resolveSource } from './load';
 import { hasTokenizerFiles, loadTokenizer } from './tokenizer';
 
 /**
@@ -29,9 +30,12 @@ import { hasTokenizerFiles, loadTokenizer } from './tokenizer';
  * and prompts must be token ids). It is read first: a broken tokenizer fails before any weight loads.
  */
 export async function loadModel(source?: string, options: LoadOptions = {}): Promise<GPT2> {
-  const where = source ?? defaultModelDir();
-  const files = resolveSource(where, options);
+  const files = resolveSource(source, options);
   const tokenizer = (await hasTokenizerFiles(files)) ? await loadTokenizer(files) : null;
   const model = await loadTransformer(files, options);
+  if (tokenizer && tokenizer.vocabSize > model.config.vocabSize) {
+    model.dispose();
+    throw new GPT2Error('BAD_TOKENIZER', `${files.describe('.')}: the tokenizer has ${tokenizer.vocabSize} tokens but the model only ${model.config.vocabSize} (vocab_size): they do not belong together`);
+  }
   return new GPT2(model, tokenizer);
 }

@@ -5,7 +5,7 @@
 import { BackendName, setBackend } from './backend';
 import { GPT2Error } from './errors';
 import { LoadProgress, readConfigJson } from './io/hf';
-import { FileSource, isUrl, openSource, withCacheDir } from './io/source';
+import { FileSource, isUrl, openSource } from './io/source';
 import { streamWeights } from './io/weights';
 import { GPT2Config, parseConfig } from './model/config';
 import { GPT2Model } from './model/gpt2';
@@ -31,7 +31,6 @@ export function defaultModelDir(): string {
 }
 
 export async function loadTransformer(source: FileSource, opts: LoadOptions = {}): Promise<GPT2Model> {
-  if (opts.cacheDir !== undefined) source = withCacheDir(source, opts.cacheDir);
   await setBackend(opts.backend);
   const config: GPT2Config = parseConfig(await readConfigJson(source), source.describe('config.json'));
   const params = await buildParams(config, streamWeights(source, opts.onProgress));
@@ -40,7 +39,9 @@ export async function loadTransformer(source: FileSource, opts: LoadOptions = {}
 
 export function resolveSource(dirOrUrl: string | undefined, opts: Pick<LoadOptions, 'cacheDir'> = {}): FileSource {
   if (dirOrUrl !== undefined && typeof dirOrUrl !== 'string') throw new GPT2Error('BAD_OPTION', 'model source must be a folder path or an http(s) URL');
+  if (typeof window !== 'undefined' && (dirOrUrl === undefined || !isUrl(dirOrUrl))) {
+    throw new GPT2Error('BAD_OPTION', 'in a browser the model source must be an http(s) URL (the page serves weights/ alongside)');
+  }
   const src = dirOrUrl ?? defaultModelDir();
-  if (!isUrl(src) && typeof window !== 'undefined') throw new GPT2Error('BAD_OPTION', 'in a browser the model source must be an http(s) URL');
   return openSource(src, { cacheDir: opts.cacheDir });
 }

@@ -73,3 +73,10 @@ test('score prints loss and perplexity of a file', async () => {
   const missing = await run(['score', '/nonexistent.txt', '--model', TINY_DIR]);
   expect(missing.code).toBe(1);
 });
+
+test('generate without -n fits a small context (the default budget shrinks to it)', async () => {
+  const a = await run(['generate', 'ROMEO:', '--model', TINY_DIR, '--backend', 'cpu', '--json']);
+  expect(a.code).toBe(0);
+  const r = JSON.parse(a.out);
+  expect(r.usage.completionTokens).toBeGreaterThan(0);
+});

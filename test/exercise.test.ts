@@ -54,6 +54,10 @@ describe.each(['cpu', 'wasm'] as const)('gpt2Generate on %s', (backend) => {
       () => gpt2Generate([], fx.wte, fx.wpe, fx.layers, fx.lnFG, fx.lnFB, 2, 1),
       () => gpt2Generate([1], [[1, 2], [3]], fx.wpe, fx.layers, fx.lnFG, fx.lnFB, 2, 1),
       () => gpt2Generate([1], fx.wte, fx.wpe, fx.layers, fx.lnFG, fx.lnFB, 2, 1, { seed: -3 }),
+      // a layer whose Wk does not fit n_embd, layers not an array, a bad rng
+      () => gpt2Generate([1], fx.wte, fx.wpe, [{ ...fx.layers[0], attnWeights: [fx.layers[0].attnWeights[0], [[1, 2]], fx.layers[0].attnWeights[2], fx.layers[0].attnWeights[3]] }], fx.lnFG, fx.lnFB, 2, 1),
+      () => gpt2Generate([1], fx.wte, fx.wpe, {} as unknown as SeedLayer[], fx.lnFG, fx.lnFB, 2, 1),
+      () => gpt2Generate([1], fx.wte, fx.wpe, fx.layers, fx.lnFG, fx.lnFB, 2, 1, { rng: 'mt' as 'numpy' }),
     ];
     for (const f of bad) await expect(f()).rejects.toBeInstanceOf(GPT2Error);
     expect(tf.memory().numTensors).toBe(before);

@@ -206,3 +206,17 @@ describe('text generation with the tokenizer (wasm)', () => {
     expect(r.usage.promptTokens).toBe(1);
   });
 });
+
+test('a model padded past the tokenizer vocabulary never samples a padding id', async () => {
+  const model = await loadModel(TINY_DIR, { backend: 'cpu' });
+  try {
+    // Pretend the tokenizer knows only the first 1000 ids: sampling must stay below that.
+    const real = model.tokenizer!;
+    const small = Object.create(real, { vocabSize: { value: 1000 } });
+    const limited = new GPT2(model.model, small);
+    const r = await limited.generate([464], { temperature: 1.5, seed: 4, maxNewTokens: 30, eosTokenId: null });
+    expect(r.tokens.every((t) => t < 1000)).toBe(true);
+  } finally {
+    model.dispose();
+  }
+});

@@ -10,8 +10,9 @@ import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import { GPT2, GPT2Error, loadModel } from '../src';
 import { GPT2ErrorCode } from '../src/errors';
-import { LoadProgress, canonicalName, listWeightFiles, streamTensors } from '../src/io/hf';
-import { openSource } from '../src/io/source';
+import { LoadProgress, canonicalName, listWeightFiles, parseIndex, streamTensors } from '../src/io/hf';
+import { isSafeRelativePath } from '../src/io/paths';
+import { DirSource, openSource } from '../src/io/source';
 import { WriteTensor, readSafetensorsHeader, readTensor, writeSafetensors } from '../src/io/safetensors';
 import { TINY_DIR, maxAbsDiff } from './helpers';
 
@@ -404,8 +405,21 @@ describe('bad sharded checkpoints', () => {
     await expectLoadFails(shardedFolder(index, {}), 'BAD_WEIGHTS', /model\.safetensors\.index\.json: missing "weight_map" object/);
   });
 
-  test.each(['../model.safetensors', '/etc/passwd', 3])('a shard name %j that escapes the folder or is not a string', async (f) => {
+  test.each(['../model.safetensors', '/etc/passwd', 3, '..\\model.safetensors', 'a\\..\\..\\b', '\\\\host\\share', 'C:\\x.safetensors'])('a shard name %j that escapes the folder or is not a string', async (f) => {
     await expectLoadFails(shardedFolder({ weight_map: { 'wte.weight': f } }, {}), 'BAD_WEIGHTS', /bad shard name/);
+  });
+
+  test('one path check for index, manifest and download names: dots inside a name are fine', () => {
+    for (const ok of ['a..b.safetensors', 'sub/model.safetensors', '.hidden', 'x..']) expect(isSafeRelativePath(ok)).toBe(true);
+    for (const no of ['', '..', 'a/../b', 'a\\..', '/abs', '\\abs', 'C:/x', 'a\0b', null, 3]) expect(isSafeRelativePath(no)).toBe(false);
+    expect(parseIndex(JSON.stringify({ weight_map: { a: 'a..b.safetensors', b: 'c.safetensors', c: 'a..b.safetensors' } }), 'idx')).toEqual(['a..b.safetensors', 'c.safetensors']);
+    expect(() => parseIndex('{"weight_map": {"a": "..\\\\x"}}', 'idx')).toThrow(/idx: bad shard name/);
+  });
+
+  test('reading a range of a file that does not exist → MISSING_FILE', async () => {
+    const err = await new DirSource(tmpRoot).readRange('nope.safetensors', 0, 8).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(GPT2Error);
+    expect(err).toMatchObject({ code: 'MISSING_FILE', message: expect.stringMatching(/nope\.safetensors does not exist/) });
   });
 
   test('a bad second shard is reported before any tensor is uploaded', async () => {

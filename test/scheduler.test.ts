@@ -1,7 +1,7 @@
 /** Continuous batching: results equal one-at-a-time generation; queue limits, aborts, close, no leaks. */
 import * as tf from '@tensorflow/tfjs-core';
 import { GPT2, GenerateOptions, isGPT2Error, loadModel } from '../src';
-import { Sequence, StreamChunk } from '../src/generate/generate';
+import { Batch, Sequence, StreamChunk } from '../src/generate/generate';
 import { Scheduler } from '../src/generate/scheduler';
 import { TINY_DIR } from './helpers';
 
@@ -89,6 +89,37 @@ test('exclusive jobs run between steps, alone on the model', async () => {
   const logits = await sched.exclusive(() => gpt.forward([1, 2, 3]));
   expect(logits.length).toBe(3 * gpt.config.vocabSize);
   expect((await gen).tokens.length).toBe(10);
+  await sched.close();
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
+test('a sequence being prefilled holds its row, so the queue cannot overfill by one', async () => {
+  const sched = new Scheduler(gpt.model, { maxBatch: 1, maxQueue: 1 });
+  const admit = Batch.prototype.admit;
+  const seen: number[] = [];
+  const spy = jest.spyOn(Batch.prototype, 'admit').mockImplementation(function (this: Batch, s: Sequence) {
+    seen.push(sched.room);
+    return admit.call(this, s);
+  });
+  try {
+    await sched.submit(seq([1, 2], { temperature: 0, maxNewTokens: 2 }));
+  } finally {
+    spy.mockRestore();
+  }
+  expect(seen).toEqual([1]); // the one row is taken by the admitted sequence; one queue place is left
+  await sched.close();
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
+test('an exclusive job that throws synchronously rejects alone; the loop goes on', async () => {
+  const sched = new Scheduler(gpt.model, { maxBatch: 2 });
+  const gen = sched.submit(seq([1, 2], { temperature: 0, maxNewTokens: 4 }));
+  const boom = (): Promise<number> => {
+    throw new Error('boom');
+  };
+  await expect(sched.exclusive(boom)).rejects.toThrow('boom');
+  expect((await gen).tokens.length).toBe(4);
+  expect(await sched.exclusive(() => Promise.resolve(7))).toBe(7);
   await sched.close();
   expect(tf.memory().numTensors).toBe(baseline);
 });

@@ -423,6 +423,46 @@ describe('load, cancellation and lifecycle', () => {
     expect(tf.memory().numTensors).toBe(baseline);
   });
 
+  test('echo + logprobs checks the request between prompts: a timeout during scoring skips the rest', async () => {
+    const s = await startServer({ model: gpt, port: 0, requestTimeoutMs: 20 });
+    const forward = gpt.forward.bind(gpt);
+    // Each scoring forward takes 60 ms, past the 20 ms timeout.
+    const spy = jest.spyOn(gpt, 'forward').mockImplementation(async (ids: number[]) => {
+      const out = await forward(ids);
+      await new Promise((r) => setTimeout(r, 60));
+      return out;
+    });
+    try {
+      const r = await post({ prompt: [[1, 2], [3, 4], [5, 6]], max_tokens: 0, echo: true, logprobs: 0 }, s);
+      expect(r.status).toBe(504);
+      expect((r.json as ErrorBody).error.code).toBe('timeout');
+      expect(spy).toHaveBeenCalledTimes(1);
+    } finally {
+      spy.mockRestore();
+      await s.close();
+    }
+    expect(tf.memory().numTensors).toBe(baseline);
+  });
+
+  test('many choices on one request print no MaxListenersExceededWarning', async () => {
+    const s = await startServer({ model: gpt, port: 0, maxChoices: 16 });
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => {
+      warnings.push(w.name);
+    };
+    process.on('warning', onWarning);
+    try {
+      const r = await complete({ prompt: [1], n: 16, max_tokens: 2, temperature: 0 }, s);
+      expect(r.choices).toHaveLength(16);
+      await new Promise((res) => setImmediate(res));
+      expect(warnings).not.toContain('MaxListenersExceededWarning');
+    } finally {
+      process.off('warning', onWarning);
+      await s.close();
+    }
+    expect(tf.memory().numTensors).toBe(baseline);
+  });
+
   test('graceful close: in-flight requests finish, new ones are refused, tensors are freed', async () => {
     const s = await startServer({ model: gpt, port: 0, shutdownGraceMs: 10_000 });
     const inflight = post({ prompt: [1, 2], max_tokens: 30, temperature: 0 }, s);

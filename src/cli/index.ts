@@ -83,7 +83,7 @@ export function buildProgram(io: CliIO): Command {
     .argument('[prompt]', 'the prompt; read from stdin when omitted')
     .addOption(modelOption())
     .addOption(backendOption())
-    .option('-n, --max-new-tokens <n>', 'tokens to generate', int('--max-new-tokens', 1, 100000), 100)
+    .option('-n, --max-new-tokens <n>', 'tokens to generate (default 64, or what the context leaves)', int('--max-new-tokens', 1, 100000))
     .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', num('--temperature', 0), 0.8)
     .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', int('--top-k', 0), 0)
     .option('--top-p <p>', 'nucleus sampling mass (1 = off)', num('--top-p', Number.MIN_VALUE, 1), 1)
@@ -203,10 +203,13 @@ export function buildProgram(io: CliIO): Command {
       io.stderr.write(`gpt2-tfjs listening on ${srv.url} (backend ${o.backend}); Ctrl-C to stop\n`);
       await new Promise<void>((resolve) => {
         const stop = () => {
-          void srv.close().then(() => {
-            gpt.dispose();
-            resolve();
-          });
+          srv
+            .close()
+            .catch((e: Error) => io.stderr.write(`gpt2-tfjs: error while closing: ${e.message}\n`))
+            .finally(() => {
+              gpt.dispose();
+              resolve();
+            });
         };
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);

@@ -7,6 +7,7 @@ import * as tf from '../tf';
 import { GPT2Error } from '../errors';
 import { ArrayInput, SeedLayer, SeedParams, seedLogits, toTensor } from '../model/seed';
 import { MT19937, Rng, choice, unseeded } from './rng';
+import { argmax, softmaxInPlace, temperature } from './sampling';
 
 export interface GPT2GenerateOptions {
   /** Makes the draw deterministic (MT19937 seeded like `np.random.seed(seed)`). */
@@ -15,27 +16,39 @@ export interface GPT2GenerateOptions {
   rng?: 'numpy' | Rng;
 }
 
-export function softmax64(logits: ArrayLike<number>, temperature: number): Float64Array {
-  const n = logits.length;
-  const z = new Float64Array(n);
-  let max = -Infinity;
-  for (let i = 0; i < n; i++) {
-    z[i] = logits[i] / temperature;
-    if (z[i] > max) max = z[i];
-  }
-  let sum = 0;
-  for (let i = 0; i < n; i++) {
-    z[i] = Math.exp(z[i] - max);
-    sum += z[i];
-  }
-  for (let i = 0; i < n; i++) z[i] /= sum;
-  return z;
+/** softmax(logits / temperature) in float64, as the NumPy original computes it. */
+export function softmax64(logits: ArrayLike<number>, t: number): Float64Array {
+  const z = Float64Array.from(logits);
+  temperature(t)(z, []);
+  return softmaxInPlace(z);
 }
 
-function argmax(a: ArrayLike<number>): number {
-  let best = 0;
-  for (let i = 1; i < a.length; i++) if (a[i] > a[best]) best = i;
-  return best;
+/** Every layer's arrays must fit n_embd = d, so a wrong shape is a typed error and not a tf shape error mid-step. */
+function checkShapes(p: SeedParams, d: number): void {
+  const want = (t: tf.Tensor, shape: (number | null)[], what: string): number[] => {
+    if (t.shape.length !== shape.length || shape.some((s, i) => s !== null && s !== t.shape[i])) {
+      throw new GPT2Error('BAD_INPUT', `${what} has shape [${t.shape}], expected [${shape.map((s) => s ?? 'any')}] (n_embd ${d})`);
+    }
+    return t.shape;
+  };
+  want(p.lnF[0], [d], 'ln_f_g');
+  want(p.lnF[1], [d], 'ln_f_b');
+  p.layers.forEach((l, i) => {
+    const [wq, wk, wv, wo] = l.attnWeights;
+    const dk = want(wq, [d, null], `layers[${i}].Wq`)[1];
+    want(wk, [d, dk], `layers[${i}].Wk`);
+    const dv = want(wv, [d, null], `layers[${i}].Wv`)[1];
+    want(wo, [dv, d], `layers[${i}].Wo`);
+    want(l.attnBiases[0], [dk], `layers[${i}].bq`);
+    want(l.attnBiases[1], [dk], `layers[${i}].bk`);
+    want(l.attnBiases[2], [dv], `layers[${i}].bv`);
+    want(l.attnBiases[3], [d], `layers[${i}].bo`);
+    const f = want(l.ffnWeights[0], [d, null], `layers[${i}].W1`)[1];
+    want(l.ffnWeights[1], [f], `layers[${i}].b1`);
+    want(l.ffnWeights[2], [f, d], `layers[${i}].W2`);
+    want(l.ffnWeights[3], [d], `layers[${i}].b2`);
+    for (const [j, t] of [...l.ln1, ...l.ln2].entries()) want(t, [d], `layers[${i}].ln${j < 2 ? 1 : 2}[${j % 2}]`);
+  });
 }
 
 export async function gpt2Generate(
@@ -54,6 +67,11 @@ export async function gpt2Generate(
     throw new GPT2Error('BAD_OPTION', `temperature must be a finite number ≥ 0 (0 = greedy), got ${temperature}`);
   }
   if (!Array.isArray(tokenIds) || tokenIds.length === 0) throw new GPT2Error('BAD_INPUT', 'tokenIds must be a non-empty array');
+  if (options === null || typeof options !== 'object') throw new GPT2Error('BAD_OPTION', 'options must be an object');
+  if (options.rng !== undefined && options.rng !== 'numpy' && typeof (options.rng as Rng).random !== 'function') {
+    throw new GPT2Error('BAD_OPTION', "options.rng must be 'numpy' or an object with a random() method");
+  }
+  if (!Array.isArray(layers)) throw new GPT2Error('BAD_INPUT', 'layers must be an array of layer objects');
   let rng: Rng;
   if (options.rng && options.rng !== 'numpy') rng = options.rng;
   else rng = options.seed !== undefined ? new MT19937(options.seed) : options.rng === 'numpy' ? new MT19937((Math.random() * 2 ** 32) >>> 0) : unseeded;
@@ -80,6 +98,7 @@ export async function gpt2Generate(
     };
     const [V, d] = p.wte.shape;
     if (p.wpe.shape[1] !== d) throw new GPT2Error('BAD_INPUT', `wpe is [${p.wpe.shape}] but wte is [${p.wte.shape}]: embedding sizes differ`);
+    checkShapes(p, d);
     const ids = tokenIds.slice();
     if (ids.length + nTokens > p.wpe.shape[0] + 1 && nTokens > 0) {
       throw new GPT2Error('CONTEXT_OVERFLOW', `${ids.length} prompt + ${nTokens} new tokens need ${ids.length + nTokens - 1} positions; wpe has ${p.wpe.shape[0]}`);

@@ -10,6 +10,7 @@ import { Sampler, SamplingOptions, TokenLogprob, tokenLogprobs } from './samplin
 
 /** What generation needs of a tokenizer (the tokenizer module's Tokenizer satisfies it). */
 export interface TextCodec {
+  readonly vocabSize: number;
   encode(text: string, opts?: { allowSpecial?: boolean }): number[];
   decode(ids: readonly number[]): string;
   createDecoder(): { push(id: number): string; flush(): string };
@@ -105,7 +106,7 @@ export class Sequence {
     const stops = o.stop === undefined ? [] : Array.isArray(o.stop) ? o.stop : [o.stop];
     if (!stops.every((s) => typeof s === 'string' && s.length > 0)) throw new GPT2Error('BAD_OPTION', 'stop must be a non-empty string or an array of them');
     if (stops.length && !codec) throw new GPT2Error('BAD_OPTION', 'stop strings need a tokenizer; this model has none (pass token ids and use eosTokenId)');
-    if (maxNew >= c.nPositions) throw new GPT2Error('CONTEXT_OVERFLOW', `maxNewTokens (${maxNew}) must be below the model's context of ${c.nPositions}`);
+    if (maxNew > c.nPositions) throw new GPT2Error('CONTEXT_OVERFLOW', `maxNewTokens (${maxNew}) exceeds the model's context of ${c.nPositions}`);
     // The last generated token is never fed back, so prompt + maxNew - 1 positions are needed.
     const room = c.nPositions - maxNew + 1;
     let ids = prompt;
@@ -117,7 +118,9 @@ export class Sequence {
     }
     this.context = ids.slice();
     this.promptTokens = ids.length;
-    this.sampler = new Sampler(o, makeRng(o.seed));
+    // A model whose embedding is padded past the tokenizer's vocabulary must never pick a padding id.
+    const limit = codec && codec.vocabSize < c.vocabSize ? codec.vocabSize : undefined;
+    this.sampler = new Sampler(o, makeRng(o.seed), limit);
     this.stops = stops;
     this.decoder = codec ? codec.createDecoder() : null;
     this.maxNew = maxNew;
@@ -187,6 +190,7 @@ export class Sequence {
     this.finishReason = reason;
     const rest = this.decoder ? this.decoder.flush() : '';
     const tail = rest ? this.addText(rest) : '';
+    if (reason !== 'length') this.finishReason = reason; // a stop string in the flushed tail does not hide an abort or eos
     const held = this.finishReason === 'stop' ? '' : this.release(this.text.length);
     const text = tail + held;
     if (text) {

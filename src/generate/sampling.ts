@@ -158,8 +158,9 @@ export function checkSamplingOptions(o: SamplingOptions): Required<SamplingOptio
 export class Sampler {
   private readonly processors: Processor[] = [];
   private readonly greedy: boolean;
-  constructor(opts: SamplingOptions, private readonly rng: Rng) {
+  constructor(opts: SamplingOptions, private readonly rng: Rng, vocabLimit?: number) {
     const o = checkSamplingOptions(opts);
+    if (vocabLimit !== undefined) this.processors.push((z) => z.fill(-Infinity, vocabLimit));
     if (o.repetitionPenalty !== 1) this.processors.push(repetitionPenalty(o.repetitionPenalty));
     this.greedy = o.temperature === 0;
     if (this.greedy) return; // filters cannot change the argmax

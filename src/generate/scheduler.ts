@@ -43,6 +43,8 @@ export class Scheduler {
   readonly maxQueue: number;
   private readonly waiting: Entry[] = [];
   private rows: Entry[] = [];
+  /** The entry being prefilled: off `waiting`, not yet in `rows`, but it holds a row. */
+  private admitting: Entry | null = null;
   private batch: Batch;
   private loop: Promise<void> | null = null;
   private closed = false;
@@ -75,7 +77,7 @@ export class Scheduler {
    */
   get room(): number {
     if (this.closed) return 0;
-    const freeRows = Math.max(0, this.maxBatch - this.rows.length);
+    const freeRows = Math.max(0, this.maxBatch - this.rows.length - (this.admitting ? 1 : 0));
     return Math.max(0, this.maxQueue + freeRows - this.waiting.length);
   }
 
@@ -124,7 +126,8 @@ export class Scheduler {
   exclusive<T>(fn: () => Promise<T>): Promise<T> {
     if (this.closed) return Promise.reject(new GPT2Error('DISPOSED', 'the scheduler is closed: it accepts no new requests'));
     return new Promise<T>((resolve, reject) => {
-      this.jobs.push({ run: () => fn().then(resolve, reject), cancel: reject });
+      // Through a promise, so that a synchronous throw in `fn` rejects this job, not the loop.
+      this.jobs.push({ run: () => Promise.resolve().then(fn).then(resolve, reject), cancel: reject });
       this.kick();
     });
   }
@@ -150,7 +153,8 @@ export class Scheduler {
 
   private kick(): void {
     if (this.loop) return;
-    this.loop = this.run().finally(() => {
+    // `run` catches what it expects; anything else fails the work it touched, never escapes unhandled.
+    this.loop = this.run().catch((err: unknown) => this.crash(err)).finally(() => {
       this.loop = null;
       // Work that arrived while the loop was winding down.
       if (!this.closed && (this.waiting.length || this.jobs.length)) this.kick();
@@ -164,6 +168,7 @@ export class Scheduler {
       for (const j of this.jobs.splice(0)) await j.run();
       while (this.waiting.length && this.rows.length < this.maxBatch && !this.closed) {
         const e = this.waiting.shift() as Entry;
+        this.admitting = e;
         try {
           await this.batch.admit(e.seq);
           this.counters.prefills++;
@@ -171,6 +176,8 @@ export class Scheduler {
           e.seq.finish('abort');
           this.fail(e, err);
           continue;
+        } finally {
+          this.admitting = null;
         }
         this.deliver(e);
         if (e.seq.done) this.settle(e);
@@ -231,6 +238,19 @@ export class Scheduler {
   private fail(e: Entry, err: unknown): void {
     e.unlisten();
     e.reject(err);
+  }
+
+  /** An unexpected throw in the loop: fail the running rows and the pending jobs, start a fresh batch. */
+  private crash(err: unknown): void {
+    const rows = this.rows;
+    this.rows = [];
+    this.batch.dispose();
+    this.batch = new Batch(this.model);
+    for (const e of rows) {
+      e.seq.finish('abort');
+      this.fail(e, err);
+    }
+    for (const j of this.jobs.splice(0)) j.cancel(err);
   }
 
   private prune(now: number): void {

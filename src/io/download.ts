@@ -5,8 +5,9 @@
  * interruption, and renamed only when its length is right. Files already present are kept.
  */
 import { GPT2Error, isGPT2Error } from '../errors';
-import { LoadProgress } from './hf';
+import { LoadProgress, parseIndex } from './hf';
 import { fetchToFile } from './http';
+import { isSafeRelativePath } from './paths';
 import { SIDE_FILES } from './weights';
 
 export interface DownloadOptions {
@@ -33,10 +34,6 @@ export interface DownloadResult {
 
 const DEFAULT_ENDPOINT = 'https://huggingface.co';
 
-function safeFile(f: unknown): f is string {
-  return typeof f === 'string' && f !== '' && !f.startsWith('/') && !f.split(/[\\/]/).includes('..');
-}
-
 export async function downloadModel(id: string, options: DownloadOptions): Promise<DownloadResult> {
   const fs = require('fs') as typeof import('fs');
   const path = require('path') as typeof import('path');
@@ -47,7 +44,7 @@ export async function downloadModel(id: string, options: DownloadOptions): Promi
   const endpoint = (options.endpoint ?? process.env.HF_ENDPOINT ?? DEFAULT_ENDPOINT).replace(/\/+$/, '');
   const revision = options.revision ?? 'main';
   if (!/^https?:\/\//i.test(endpoint)) throw new GPT2Error('BAD_OPTION', `endpoint must be an http(s) URL (got "${endpoint}")`);
-  if (options.files && !options.files.every(safeFile)) throw new GPT2Error('BAD_OPTION', 'files must be relative file names inside the model repository');
+  if (options.files && !options.files.every(isSafeRelativePath)) throw new GPT2Error('BAD_OPTION', 'files must be relative file names inside the model repository');
   const dir = options.to;
   await fs.promises.mkdir(dir, { recursive: true });
 
@@ -91,18 +88,7 @@ export async function downloadModel(id: string, options: DownloadOptions): Promi
   await fetchFile('config.json', true);
   if (await fetchFile('model.safetensors.index.json', false)) {
     const indexPath = path.join(dir, 'model.safetensors.index.json');
-    let shards: unknown[];
-    try {
-      const map = (JSON.parse(await fs.promises.readFile(indexPath, 'utf8')) as { weight_map?: unknown }).weight_map;
-      if (map === null || typeof map !== 'object') throw new Error('missing "weight_map" object');
-      shards = [...new Set(Object.values(map as Record<string, unknown>))];
-    } catch (e) {
-      throw new GPT2Error('BAD_WEIGHTS', `${indexPath}: ${(e as Error).message}`);
-    }
-    for (const s of shards) {
-      if (!safeFile(s)) throw new GPT2Error('BAD_WEIGHTS', `${indexPath}: bad shard name ${JSON.stringify(s)}`);
-      await fetchFile(s, true);
-    }
+    for (const s of parseIndex(await fs.promises.readFile(indexPath, 'utf8'), indexPath)) await fetchFile(s, true);
   } else if (!(await fetchFile('model.safetensors', false))) {
     throw new GPT2Error(
       'MISSING_FILE',

@@ -4,6 +4,7 @@
  * nothing of tf or of the model math.
  */
 import { GPT2Error } from '../errors';
+import { isSafeRelativePath } from './paths';
 import { FileSource } from './source';
 import { HostTensor, SafetensorsHeader, decodeToFloat32, parseHeader, readHeaderLength } from './safetensors';
 
@@ -37,30 +38,37 @@ export function canonicalName(key: string): string | null {
   return k;
 }
 
+/**
+ * The shard files named by a `model.safetensors.index.json` text, each once, in first-seen order;
+ * BAD_WEIGHTS (prefixed with `where`) for bad JSON, a missing `weight_map` or an unsafe shard name.
+ */
+export function parseIndex(text: string, where: string): string[] {
+  let index: unknown;
+  try {
+    index = JSON.parse(text);
+  } catch (e) {
+    throw new GPT2Error('BAD_WEIGHTS', `${where}: not valid JSON (${(e as Error).message})`);
+  }
+  const map = index !== null && typeof index === 'object' ? (index as { weight_map?: unknown }).weight_map : undefined;
+  if (map === null || typeof map !== 'object' || Array.isArray(map)) {
+    throw new GPT2Error('BAD_WEIGHTS', `${where}: missing "weight_map" object`);
+  }
+  const files = [...new Set(Object.values(map as Record<string, unknown>))];
+  for (const f of files) {
+    if (!isSafeRelativePath(f)) throw new GPT2Error('BAD_WEIGHTS', `${where}: bad shard name ${JSON.stringify(f)}`);
+  }
+  return files as string[];
+}
+
 /** The weight files of a folder, in read order. */
 export async function listWeightFiles(source: FileSource): Promise<string[]> {
   if (await source.exists('model.safetensors.index.json')) {
-    const text = await source.readText('model.safetensors.index.json');
-    let index: unknown;
-    try {
-      index = JSON.parse(text);
-    } catch (e) {
-      throw new GPT2Error('BAD_WEIGHTS', `${source.describe('model.safetensors.index.json')}: not valid JSON (${(e as Error).message})`);
-    }
-    const map = index !== null && typeof index === 'object' ? (index as { weight_map?: unknown }).weight_map : undefined;
-    if (map === null || typeof map !== 'object' || Array.isArray(map)) {
-      throw new GPT2Error('BAD_WEIGHTS', `${source.describe('model.safetensors.index.json')}: missing "weight_map" object`);
-    }
-    const files = [...new Set(Object.values(map as Record<string, unknown>))];
+    const where = source.describe('model.safetensors.index.json');
+    const files = parseIndex(await source.readText('model.safetensors.index.json'), where);
     for (const f of files) {
-      if (typeof f !== 'string' || f.includes('..') || f.startsWith('/')) {
-        throw new GPT2Error('BAD_WEIGHTS', `${source.describe('model.safetensors.index.json')}: bad shard name ${JSON.stringify(f)}`);
-      }
-      if (!(await source.exists(f))) {
-        throw new GPT2Error('MISSING_FILE', `${source.describe('model.safetensors.index.json')} names shard "${f}", which does not exist`);
-      }
+      if (!(await source.exists(f))) throw new GPT2Error('MISSING_FILE', `${where} names shard "${f}", which does not exist`);
     }
-    return files as string[];
+    return files;
   }
   if (await source.exists('model.safetensors')) return ['model.safetensors'];
   throw new GPT2Error('MISSING_FILE', `no weights: neither ${source.describe('model.safetensors')} nor model.safetensors.index.json exists`);

@@ -222,7 +222,15 @@ export class DirSource implements FileSource {
   }
   async readRange(name: string, begin: number, end: number): Promise<Uint8Array> {
     const fs = require('fs') as typeof import('fs');
-    const fh = await fs.promises.open(this.path(name), 'r');
+    const file = this.path(name);
+    let fh: import('fs').promises.FileHandle;
+    try {
+      fh = await fs.promises.open(file, 'r');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new GPT2Error('MISSING_FILE', `${file} does not exist`);
+      throw new GPT2Error('MISSING_FILE', `cannot read ${file}: ${(e as Error).message}`, { cause: e });
+    }
     try {
       const out = new Uint8Array(end - begin);
       let got = 0;

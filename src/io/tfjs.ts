@@ -14,6 +14,7 @@
  */
 import { GPT2Error } from '../errors';
 import { LoadProgress, NamedHostTensor, canonicalName } from './hf';
+import { isSafeRelativePath } from './paths';
 import { decodeToFloat32, toHalf } from './safetensors';
 import { FileSource } from './source';
 
@@ -72,10 +73,6 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
-function isSafePath(p: unknown): p is string {
-  return typeof p === 'string' && p !== '' && !p.startsWith('/') && !p.split(/[\\/]/).includes('..');
-}
-
 /** Reads and validates `model.json`; duplicate weight names and unsupported dtypes fail here. */
 export async function readTfjsManifest(source: FileSource): Promise<TfjsManifest> {
   const where = source.describe(MANIFEST_FILE);
@@ -101,7 +98,7 @@ export async function readTfjsManifest(source: FileSource): Promise<TfjsManifest
     if (!isRecord(g) || !Array.isArray(g.paths) || !Array.isArray(g.weights)) fail(`${group} must be { paths: [...], weights: [...] }`);
     const { paths, weights } = g as { paths: unknown[]; weights: unknown[] };
     for (const p of paths) {
-      if (!isSafePath(p)) fail(`${group}: bad shard path ${JSON.stringify(p)}`);
+      if (!isSafeRelativePath(p)) fail(`${group}: bad shard path ${JSON.stringify(p)}`);
       if (seenPaths.has(p as string)) fail(`shard "${p}" is listed twice`);
       seenPaths.add(p as string);
     }

@@ -63,6 +63,10 @@ export function parseConfig(raw: Record<string, unknown>, where = 'config.json')
     }
     nInner = innerRaw;
   }
+  // Variants of the attention math this forward pass does not implement: refuse rather than differ silently.
+  if (raw.scale_attn_by_inverse_layer_idx === true) throw new GPT2Error('BAD_CONFIG', `${where}: scale_attn_by_inverse_layer_idx is not supported`);
+  if (raw.scale_attn_weights === false) throw new GPT2Error('BAD_CONFIG', `${where}: scale_attn_weights: false is not supported`);
+  if (raw.add_cross_attention === true) throw new GPT2Error('BAD_CONFIG', `${where}: add_cross_attention (encoder-decoder GPT-2) is not supported`);
   const eps = raw.layer_norm_epsilon ?? DEFAULTS.layer_norm_epsilon;
   if (typeof eps !== 'number' || !(eps > 0)) throw new GPT2Error('BAD_CONFIG', `${where}: "layer_norm_epsilon" must be a positive number`);
   const actName = raw.activation_function ?? DEFAULTS.activation_function;

@@ -133,6 +133,22 @@ export class GPT2Model {
     }
   }
 
+  /** Embeddings and the blocks (call inside a tidy): token + position embedding, then every layer. */
+  private hidden(ids: Int32Array, pos: Int32Array, ctx: AttnContext, cache: KVCache | null): { x: tf.Tensor2D; kvs: LayerKV[] } {
+    const c = this.config;
+    const p = this.params;
+    const idx = tf.tensor1d(ids, 'int32');
+    const tokEmb = p.wte ? tf.gather(p.wte, idx) : tf.transpose(tf.gather(p.headT, idx, 1)); // [N] -> [N, d]
+    let x = tf.add(tokEmb, tf.gather(p.wpe, tf.tensor1d(pos, 'int32'))) as tf.Tensor2D; // [N, d]
+    const kvs: LayerKV[] = [];
+    for (let l = 0; l < c.nLayer; l++) {
+      const r = block(x, p.h[l], cache?.layers?.[l] ?? null, ctx, c.layerNormEpsilon, c.activation); // [N, d]
+      x = r.x;
+      kvs.push(r.kv);
+    }
+    return { x, kvs };
+  }
+
   /** Additive mask: [B, T, Tk] (causal + padding) for T > 1, [B, Tk, 1] (padding) for T == 1. */
   private mask(B: number, T: number, past: number, pad: number[]): tf.Tensor3D | null {
     const Tk = past + T;
@@ -173,16 +189,10 @@ export class GPT2Model {
       }
     }
     const kept = tf.tidy(() => {
-      const idx = tf.tensor1d(flat, 'int32');
-      const tokEmb = p.wte ? tf.gather(p.wte, idx) : tf.transpose(tf.gather(p.headT, idx, 1)); // [N, d]
-      let x = tf.add(tokEmb, tf.gather(p.wpe, tf.tensor1d(pos, 'int32'))) as tf.Tensor2D; // [N, d]
       const ctx: AttnContext = { batch: B, steps: T, nHead: c.nHead, mask: this.mask(B, T, past, pad) };
-      const kvs: LayerKV[] = [];
-      for (let l = 0; l < c.nLayer; l++) {
-        const r = block(x, p.h[l], cache?.layers?.[l] ?? null, ctx, c.layerNormEpsilon, c.activation);
-        x = r.x;
-        kvs.push(r.kv);
-      }
+      const h = this.hidden(flat, pos, ctx, cache);
+      const kvs = h.kvs;
+      let x = h.x; // [N, d]
       if (opts.lastOnly && T > 1) {
         const last = Int32Array.from({ length: B }, (_, b) => b * T + T - 1);
         x = tf.gather(x, tf.tensor1d(last, 'int32')); // [N, d] -> [B, d]
@@ -215,11 +225,9 @@ export class GPT2Model {
     const p = this.params;
     const T = ids.length;
     const nll = tf.tidy(() => {
-      const idx = tf.tensor1d(ids.slice(0, T - 1), 'int32');
-      const tokEmb = p.wte ? tf.gather(p.wte, idx) : tf.transpose(tf.gather(p.headT, idx, 1)); // [T-1, d]
-      let x = tf.add(tokEmb, tf.slice(p.wpe, [0, 0], [T - 1, c.nEmbd])) as tf.Tensor2D; // [T-1, d]
       const ctx: AttnContext = { batch: 1, steps: T - 1, nHead: c.nHead, mask: this.mask(1, T - 1, 0, [0]) };
-      for (let l = 0; l < c.nLayer; l++) x = block(x, p.h[l], null, ctx, c.layerNormEpsilon, c.activation).x;
+      const positions = Int32Array.from({ length: T - 1 }, (_, t) => t);
+      const { x } = this.hidden(Int32Array.from(ids.slice(0, T - 1)), positions, ctx, null); // [T-1, d]
       const logp = tf.logSoftmax(tf.matMul(layerNorm(x, p.ln_f, c.layerNormEpsilon), p.headT)); // [T-1, V]
       const flat = Int32Array.from({ length: T - 1 }, (_, t) => t * c.vocabSize + ids[t + 1]);
       return tf.neg(tf.gather(tf.reshape(logp, [-1]), tf.tensor1d(flat, 'int32'))); // [T-1]

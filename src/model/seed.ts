@@ -75,7 +75,7 @@ export function toTensor(a: ArrayInput, what: string, rank: 1 | 2, owned: tf.Ten
       throw new GPT2Error('BAD_INPUT', `${what}: not a rectangular numeric array (${(e as Error).message})`);
     }
     owned.push(t);
-  } else if (a && typeof a === 'object' && 'data' in a && 'shape' in a) {
+  } else if (a && typeof a === 'object' && 'data' in a && 'shape' in a && Array.isArray(a.shape) && a.data && typeof a.data.length === 'number') {
     const n = a.shape.reduce((x, y) => x * y, 1);
     if (a.data.length !== n) throw new GPT2Error('BAD_INPUT', `${what}: data has ${a.data.length} values but shape [${a.shape}] needs ${n}`);
     t = tf.tensor(a.data, a.shape, 'float32');

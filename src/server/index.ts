@@ -11,6 +11,7 @@
  * share the scheduler's one loop, so the model never runs two forward passes at once.
  */
 import { randomUUID } from 'crypto';
+import { setMaxListeners } from 'events';
 import type { Server } from 'http';
 import Fastify, { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
@@ -424,10 +425,19 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     return { prompts, n, options, maxNew, echo };
   }
 
-  /** Log-probabilities of the prompt's own tokens (echo + logprobs), computed between decode steps. */
-  async function promptLogprobs(ids: number[], top: number): Promise<{ token: number; logprob: number | null; top: TokenLogprob[] | null }[]> {
+  /**
+   * Log-probabilities of the prompt's own tokens (echo + logprobs), computed between decode steps;
+   * null when `signal` aborted before the forward ran.
+   *
+   * Cost: `gpt.forward` copies all [T, V] float32 logits back to the host (about 205 MB for 1024
+   * tokens of GPT-2) and runs alone on the model, stalling every decoding row while it does; once
+   * started it cannot be interrupted. A device-side per-token scorer can replace it here.
+   */
+  async function promptLogprobs(ids: number[], top: number, signal: AbortSignal): Promise<{ token: number; logprob: number | null; top: TokenLogprob[] | null }[] | null> {
     const V = gpt.config.vocabSize;
-    const logits = await scheduler.exclusive(() => gpt.forward(ids));
+    // The job waits for a step boundary: skip the forward if the request was cancelled meanwhile.
+    const logits = await scheduler.exclusive(async () => (signal.aborted ? null : gpt.forward(ids)));
+    if (!logits) return null;
     return ids.map((id, i) => {
       if (i === 0) return { token: id, logprob: null, top: null };
       const lp = tokenLogprobs(logits.subarray((i - 1) * V, i * V), id, top);
@@ -443,6 +453,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
     // Cancellation: a client that goes away, the request timeout, and shutdown all abort this one signal.
     const ctl = new AbortController();
+    // Every choice's queued row listens on this one signal (up to maxChoices); no leak warning for that.
+    setMaxListeners(maxChoices + 1, ctl.signal);
     let why: 'disconnect' | 'timeout' | null = null;
     const onClose = (): void => {
       if (!reply.raw.writableFinished) {
@@ -476,10 +488,23 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         reply.header('retry-after', '1');
         return new GPT2Error('QUEUE_FULL', `the server is busy (${scheduler.queueDepth} waiting): retry later`);
       };
-      const scored = new Map<PromptItem, Awaited<ReturnType<typeof promptLogprobs>>>();
+      const scored = new Map<PromptItem, NonNullable<Awaited<ReturnType<typeof promptLogprobs>>>>();
       if (echo && options.logprobs !== undefined) {
         if (scheduler.room === 0) throw busy(); // scoring waits for a step boundary like a queued row
-        for (const pr of prompts) scored.set(pr, await promptLogprobs(pr.ids, options.logprobs));
+        // Each prompt is one uninterruptible forward: check the request's signal before and after each.
+        for (const pr of prompts) {
+          if (ctl.signal.aborted) break;
+          const lp = await promptLogprobs(pr.ids, options.logprobs, ctl.signal);
+          if (!lp) break;
+          scored.set(pr, lp);
+        }
+        if (ctl.signal.aborted) {
+          if (why === 'disconnect') {
+            requests.inc({ route: '/v1/completions', status: '499' }); // nobody to answer; no response, no onResponse
+            return reply;
+          }
+          throw new HttpError(504, `the request did not finish within ${requestTimeoutMs} ms`, null, 'timeout');
+        }
       }
       const echoPart = (c: Choice): { text: string; logprobs: LegacyLogprobs | null } => {
         if (!echo) return { text: '', logprobs: null };

@@ -15,7 +15,7 @@ import { BytePairEncodingCore } from 'gpt-tokenizer/cjs/BytePairEncodingCore';
 import { tryConvertToString } from 'gpt-tokenizer/cjs/utfUtil';
 import { GPT2Error } from '../errors';
 import { BYTE_TO_CHAR, vocabStringToBytes } from './bytes';
-import { BPEData, EOS_TOKEN } from './parse';
+import { BPEData, EOS_TOKEN, bad } from './parse';
 import { Utf8StreamDecoder, decodeUtf8 } from './stream';
 import type { EncodeOptions, StreamDecoder, Tokenizer } from './types';
 
@@ -34,10 +34,6 @@ const utf8Encoder = new TextEncoder();
 
 function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
-
-function bad(file: string, problem: string): GPT2Error {
-  return new GPT2Error('BAD_TOKENIZER', `${file}: ${problem}; re-download or re-export the tokenizer files`);
 }
 
 class GPT2Tokenizer implements Tokenizer {

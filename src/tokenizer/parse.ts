@@ -25,7 +25,8 @@ export const EOS_TOKEN = '<|endoftext|>';
 
 const FIX = 're-download or re-export the tokenizer files';
 
-function bad(file: string, problem: string): GPT2Error {
+/** A BAD_TOKENIZER error naming the file and the problem, with the usual fix. */
+export function bad(file: string, problem: string): GPT2Error {
   return new GPT2Error('BAD_TOKENIZER', `${file}: ${problem}; ${FIX}`);
 }
 
