@@ -48,6 +48,11 @@ def main():
            "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "bos_token_id": 50256, "eos_token_id": 50256}
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
+    # The real GPT-2 vocabulary (shipped with the tiny test model), so text prompts work too.
+    tiny = os.path.join(os.path.dirname(__file__), "..", "weights", "tiny-random")
+    for name in ("vocab.json", "merges.txt"):
+        with open(os.path.join(tiny, name), "rb") as src, open(os.path.join(a.out, name), "wb") as dst:
+            dst.write(src.read())
     print(f"wrote {a.out} ({sum(v.size for v in w.values()):,} parameters)")
 
 
