@@ -46,3 +46,18 @@ export function logsumexp(row: ArrayLike<number>): number {
   for (let i = 0; i < row.length; i++) s += Math.exp(row[i] - max);
   return Math.log(s) + max;
 }
+
+/** Logits of `ids`, then the model is disposed (one-shot loads in I/O tests). */
+export async function forwardAndDispose(model: { forward(ids: number[]): Promise<Float32Array>; dispose(): void }, ids: number[]): Promise<Float32Array> {
+  try {
+    return await model.forward(ids);
+  } finally {
+    model.dispose();
+  }
+}
+
+/** Bit-identical logits (same weights read through another path). */
+export function expectSameLogits(got: Float32Array, reference: Float32Array): void {
+  expect(got.length).toBe(reference.length);
+  expect(maxAbsDiff(got, reference)).toBe(0);
+}

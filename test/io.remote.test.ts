@@ -11,7 +11,7 @@ import { downloadModel } from '../src/io/download';
 import { LoadProgress } from '../src/io/hf';
 import { WriteTensor, readSafetensorsHeader, readTensor, writeSafetensors } from '../src/io/safetensors';
 import { SIDE_FILES } from '../src/io/weights';
-import { TINY_DIR, maxAbsDiff } from './helpers';
+import { TINY_DIR, maxAbsDiff, forwardAndDispose, expectSameLogits } from './helpers';
 import { TestServer, serveFile, startServer } from './serve';
 
 const IDS = [464, 2068, 7586, 21831, 18045, 625, 262, 50256];
@@ -79,18 +79,8 @@ async function hubServer(): Promise<TestServer> {
   });
 }
 
-async function logits(model: GPT2): Promise<Float32Array> {
-  try {
-    return await model.forward(IDS);
-  } finally {
-    model.dispose();
-  }
-}
-
-function expectSameLogits(got: Float32Array): void {
-  expect(got.length).toBe(reference.length);
-  expect(maxAbsDiff(got, reference)).toBe(0);
-}
+const logits = (model: GPT2): Promise<Float32Array> => forwardAndDispose(model, IDS);
+const expectSame = (got: Float32Array): void => expectSameLogits(got, reference);
 
 function expectProgress(events: LoadProgress[], total: number): void {
   expect(events.length).toBeGreaterThan(3);
@@ -132,7 +122,7 @@ describe('loadModel from a URL', () => {
   test('a plain base URL gives the logits of the folder, with download progress', async () => {
     const events: LoadProgress[] = [];
     const model = await loadModel(`${server.url}/plain`, { backend: 'cpu', onProgress: (p) => events.push({ ...p }) });
-    expectSameLogits(await logits(model));
+    expectSame(await logits(model));
     expectProgress(events, TINY_SIZE);
     expect(events.every((e) => e.file === 'model.safetensors')).toBe(true);
   });
@@ -142,7 +132,7 @@ describe('loadModel from a URL', () => {
     const cacheDir = path.join(tmp, 'cache-hub');
     const url = `${own.url}/test/tiny/resolve/main`;
     const events: LoadProgress[] = [];
-    expectSameLogits(await logits(await loadModel(url, { backend: 'cpu', cacheDir, onProgress: (p) => events.push({ ...p }) })));
+    expectSame(await logits(await loadModel(url, { backend: 'cpu', cacheDir, onProgress: (p) => events.push({ ...p }) })));
     expectProgress(events, TINY_SIZE);
     const cached = fs.readdirSync(cacheDir);
     expect(cached.filter((f) => f.endsWith('-config.json'))).toHaveLength(1);
@@ -153,12 +143,12 @@ describe('loadModel from a URL', () => {
 
     // Online again: config and weights are not fetched a second time.
     own.requests.length = 0;
-    expectSameLogits(await logits(await loadModel(url, { backend: 'cpu', cacheDir })));
+    expectSame(await logits(await loadModel(url, { backend: 'cpu', cacheDir })));
     expect(own.requests.filter((r) => r.method === 'GET' && /config\.json|safetensors/.test(r.path))).toEqual([]);
 
     await own.close();
     const offline: LoadProgress[] = [];
-    expectSameLogits(await logits(await loadModel(url, { backend: 'cpu', cacheDir, onProgress: (p) => offline.push({ ...p }) })));
+    expectSame(await logits(await loadModel(url, { backend: 'cpu', cacheDir, onProgress: (p) => offline.push({ ...p }) })));
     expect(offline[offline.length - 1]).toMatchObject({ loadedBytes: TINY_SIZE, totalBytes: TINY_SIZE });
     // Without the cache the same URL is unreachable now.
     expect((await rejection(loadModel(url, { backend: 'cpu' }))).code).toBe('NETWORK');
@@ -168,7 +158,7 @@ describe('loadModel from a URL', () => {
     const cacheDir = path.join(tmp, 'cache-sharded');
     const events: LoadProgress[] = [];
     const model = await loadModel(`${server.url}/test/sharded/resolve/main`, { backend: 'cpu', cacheDir, onProgress: (p) => events.push({ ...p }) });
-    expectSameLogits(await logits(model));
+    expectSame(await logits(model));
     const total = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'].reduce((a, f) => a + fs.statSync(path.join(shardedDir, f)).size, 0);
     expectProgress(events, total);
     expect(new Set(events.map((e) => e.file))).toEqual(new Set(['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']));
@@ -236,7 +226,7 @@ describe('download', () => {
     expect(fs.readdirSync(to).sort()).toEqual(['config.json', 'model.safetensors', ...sideFiles()].sort());
     for (const f of fs.readdirSync(to)) expect(fs.readFileSync(path.join(to, f)).equals(fs.readFileSync(path.join(TINY_DIR, f)))).toBe(true);
     expect(server.requests.every((q) => q.path.startsWith('/test/tiny/resolve/main/'))).toBe(true);
-    expectSameLogits(await logits(await loadModel(to, { backend: 'cpu' })));
+    expectSame(await logits(await loadModel(to, { backend: 'cpu' })));
   });
 
   test('an interrupted download keeps its .part and resumes it with a Range request', async () => {
@@ -288,7 +278,7 @@ describe('download', () => {
     const r = await downloadModel('test/sharded', { to, endpoint: server.url });
     expect(r.files).toEqual(['config.json', 'model.safetensors.index.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']);
     for (const f of r.files) expect(fs.readFileSync(path.join(to, f)).equals(fs.readFileSync(path.join(shardedDir, f)))).toBe(true);
-    expectSameLogits(await logits(await loadModel(to, { backend: 'cpu' })));
+    expectSame(await logits(await loadModel(to, { backend: 'cpu' })));
   });
 
   test('an unknown model or revision is MISSING_FILE (exit code 1) and leaves no .part', async () => {

@@ -8,7 +8,7 @@ import { LoadProgress } from '../src/io/hf';
 import { openSource } from '../src/io/source';
 import { TfjsModelJson, writeTfjsManifest } from '../src/io/tfjs';
 import { SIDE_FILES, convertToTfjs, detectWeights, streamWeights } from '../src/io/weights';
-import { TINY_DIR, maxAbsDiff } from './helpers';
+import { TINY_DIR, maxAbsDiff, forwardAndDispose, expectSameLogits } from './helpers';
 import { TestServer, serveFile, startServer } from './serve';
 
 const IDS = [464, 2068, 7586, 21831, 18045, 625, 262, 50256];
@@ -18,18 +18,8 @@ let tmp: string;
 let out: string; // float32, 1 MiB shards
 let reference: Float32Array;
 
-async function logits(model: GPT2): Promise<Float32Array> {
-  try {
-    return await model.forward(IDS);
-  } finally {
-    model.dispose();
-  }
-}
-
-function expectSameLogits(got: Float32Array): void {
-  expect(got.length).toBe(reference.length);
-  expect(maxAbsDiff(got, reference)).toBe(0);
-}
+const logits = (model: GPT2): Promise<Float32Array> => forwardAndDispose(model, IDS);
+const expectSame = (got: Float32Array): void => expectSameLogits(got, reference);
 
 function readManifest(dir: string): TfjsModelJson {
   return JSON.parse(fs.readFileSync(path.join(dir, 'model.json'), 'utf8')) as TfjsModelJson;
@@ -94,7 +84,7 @@ describe('convert to a tfjs manifest', () => {
   test('loadModel from the converted folder gives identical logits', async () => {
     expect((await detectWeights(openSource(out))).format).toBe('tfjs');
     const events: LoadProgress[] = [];
-    expectSameLogits(await logits(await loadModel(out, { backend: 'cpu', onProgress: (p) => events.push({ ...p }) })));
+    expectSame(await logits(await loadModel(out, { backend: 'cpu', onProgress: (p) => events.push({ ...p }) })));
     const total = readManifest(out).weightsManifest[0].paths.reduce((a, p) => a + fs.statSync(path.join(out, p)).size, 0);
     expect(events[events.length - 1]).toMatchObject({ loadedBytes: total, totalBytes: total });
     for (let i = 1; i < events.length; i++) expect(events[i].loadedBytes).toBeGreaterThanOrEqual(events[i - 1].loadedBytes);
@@ -109,7 +99,7 @@ describe('convert to a tfjs manifest', () => {
     const w = readManifest(half).weightsManifest[0].weights[0];
     expect(w).toEqual({ name: 'wte.weight', shape: [50257, 32], dtype: 'float32', quantization: { dtype: 'float16' } });
     // tiny-random is stored as F16, so float16 shards hold the very same values.
-    expectSameLogits(await logits(await loadModel(half, { backend: 'cpu' })));
+    expectSame(await logits(await loadModel(half, { backend: 'cpu' })));
   });
 
   test('a manifest with dtype "float16" reads the same values', async () => {
@@ -134,7 +124,7 @@ describe('convert to a tfjs manifest', () => {
     const r = await convertToTfjs(openSource(TINY_DIR), dir, { shardBytes: 4 * MiB });
     expect(r.paths.length).toBeLessThan(before);
     expect(fs.readdirSync(dir).filter((f) => f.endsWith('.bin')).sort()).toEqual([...r.paths].sort());
-    expectSameLogits(await logits(await loadModel(dir, { backend: 'cpu' })));
+    expectSame(await logits(await loadModel(dir, { backend: 'cpu' })));
   });
 
   test('a folder that already holds safetensors weights is refused', async () => {
@@ -158,7 +148,7 @@ describe('loading a tfjs manifest over HTTP', () => {
   test('identical logits, download progress across the shards, cache reused', async () => {
     const cacheDir = path.join(tmp, 'cache');
     const events: LoadProgress[] = [];
-    expectSameLogits(await logits(await loadModel(`${server.url}/tfjs`, { backend: 'cpu', cacheDir, onProgress: (p) => events.push({ ...p }) })));
+    expectSame(await logits(await loadModel(`${server.url}/tfjs`, { backend: 'cpu', cacheDir, onProgress: (p) => events.push({ ...p }) })));
     const paths = readManifest(out).weightsManifest[0].paths;
     const total = paths.reduce((a, p) => a + fs.statSync(path.join(out, p)).size, 0);
     for (let i = 1; i < events.length; i++) expect(events[i].loadedBytes).toBeGreaterThanOrEqual(events[i - 1].loadedBytes);
@@ -166,7 +156,7 @@ describe('loading a tfjs manifest over HTTP', () => {
     expect(events[events.length - 1]).toMatchObject({ loadedBytes: total, totalBytes: total });
     expect(fs.readdirSync(cacheDir).filter((f) => f.endsWith('.bin'))).toHaveLength(paths.length);
     server.requests.length = 0;
-    expectSameLogits(await logits(await loadModel(`${server.url}/tfjs`, { backend: 'cpu', cacheDir })));
+    expectSame(await logits(await loadModel(`${server.url}/tfjs`, { backend: 'cpu', cacheDir })));
     expect(server.requests.filter((r) => r.method === 'GET' && r.path.endsWith('.bin'))).toEqual([]);
   });
 });
@@ -230,6 +220,6 @@ describe('broken manifests', () => {
     fs.writeFileSync(path.join(dir, 'model.json'), '{ broken');
     fs.copyFileSync(path.join(TINY_DIR, 'model.safetensors'), path.join(dir, 'model.safetensors'));
     expect((await detectWeights(openSource(dir))).format).toBe('safetensors');
-    expectSameLogits(await logits(await loadModel(dir, { backend: 'cpu' })));
+    expectSame(await logits(await loadModel(dir, { backend: 'cpu' })));
   });
 });
