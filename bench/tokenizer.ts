@@ -11,7 +11,7 @@ import * as path from 'path';
 import { loadTokenizer } from '../src/tokenizer';
 
 const root = path.join(__dirname, '..');
-const textFile = process.argv[2] ?? '/work/shared/data/tinyshakespeare.txt';
+const textFile = process.argv[2] ?? process.env.TINYSHAKESPEARE ?? path.join(root, '..', 'shared', 'data', 'tinyshakespeare.txt');
 const tokDir = process.argv[3] ?? path.join(root, 'weights', 'tiny-random');
 
 function seconds(f: () => void): number {

@@ -61,3 +61,20 @@ export function expectSameLogits(got: Float32Array, reference: Float32Array): vo
   expect(got.length).toBe(reference.length);
   expect(maxAbsDiff(got, reference)).toBe(0);
 }
+
+/**
+ * The shared Tiny Shakespeare corpus: $TINYSHAKESPEARE, else shared/ beside the checkout (as CI lays
+ * it out), else the workplace's /work/shared. Fails loudly when none exists.
+ */
+export function corpusPath(): string {
+  const fs = require('fs') as typeof import('fs');
+  const path = require('path') as typeof import('path');
+  const candidates = [
+    process.env.TINYSHAKESPEARE,
+    path.join(ROOT, '..', 'shared', 'data', 'tinyshakespeare.txt'),
+    '/work/shared/data/tinyshakespeare.txt',
+  ].filter((p): p is string => !!p);
+  const found = candidates.find((p) => fs.existsSync(p));
+  if (!found) throw new Error(`tinyshakespeare.txt not found (looked in: ${candidates.join(', ')}); set TINYSHAKESPEARE`);
+  return found;
+}

@@ -7,10 +7,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { GPT2, loadModel } from '../src';
-import { ROOT } from './helpers';
+import { ROOT, corpusPath } from './helpers';
 
 const DIR = path.join(ROOT, 'weights', 'gpt2-shakespeare');
-const CORPUS = path.join(ROOT, '..', 'shared', 'data', 'tinyshakespeare.txt');
+const CORPUS = corpusPath();
 
 interface Training {
   data: { tokens: number; split_index: number; val_tokens: number };

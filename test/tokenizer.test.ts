@@ -13,8 +13,9 @@ import {
   tokenizerFromVocabAndMerges,
 } from '../src/tokenizer';
 import { EncoderPy, GPT2_DIR } from './tokenizer.reference';
+import { corpusPath } from './helpers';
 
-const SHAKESPEARE = '/work/shared/data/tinyshakespeare.txt';
+const SHAKESPEARE = corpusPath();
 const EOT = '<|endoftext|>';
 const vocabText = fs.readFileSync(path.join(GPT2_DIR, 'vocab.json'), 'utf8');
 const mergesText = fs.readFileSync(path.join(GPT2_DIR, 'merges.txt'), 'utf8');
