@@ -1,5 +1,6 @@
 import * as fs from 'fs';
 import * as path from 'path';
+import { GPT2Error } from '../src/errors';
 
 export const ROOT = path.join(__dirname, '..');
 export const TINY_DIR = path.join(ROOT, 'weights', 'tiny-random');
@@ -77,4 +78,15 @@ export function corpusPath(): string {
   const found = candidates.find((p) => fs.existsSync(p));
   if (!found) throw new Error(`tinyshakespeare.txt not found (looked in: ${candidates.join(', ')}); set TINYSHAKESPEARE`);
   return found;
+}
+
+/** The GPT2Error a promise rejects with (fails the test if it resolves or throws something else). */
+export async function rejection(p: Promise<unknown>): Promise<GPT2Error> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(GPT2Error);
+    return e as GPT2Error;
+  }
+  throw new Error('expected a rejection');
 }

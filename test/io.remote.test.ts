@@ -5,13 +5,13 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { GPT2, GPT2Error, loadModel } from '../src';
+import { GPT2, loadModel } from '../src';
 import { main } from '../src/cli';
 import { downloadModel } from '../src/io/download';
 import { LoadProgress } from '../src/io/hf';
 import { WriteTensor, readSafetensorsHeader, readTensor, writeSafetensors } from '../src/io/safetensors';
 import { SIDE_FILES } from '../src/io/weights';
-import { TINY_DIR, maxAbsDiff, forwardAndDispose, expectSameLogits } from './helpers';
+import { TINY_DIR, maxAbsDiff, forwardAndDispose, expectSameLogits, rejection } from './helpers';
 import { TestServer, serveFile, startServer } from './serve';
 
 const IDS = [464, 2068, 7586, 21831, 18045, 625, 262, 50256];
@@ -91,16 +91,6 @@ function expectProgress(events: LoadProgress[], total: number): void {
 
 function tempFiles(dir: string): string[] {
   return fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => /\.(tmp|part)$/.test(f)) : [];
-}
-
-async function rejection(p: Promise<unknown>): Promise<GPT2Error> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(GPT2Error);
-    return e as GPT2Error;
-  }
-  throw new Error('expected a rejection');
 }
 
 beforeAll(async () => {

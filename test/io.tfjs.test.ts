@@ -2,13 +2,13 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { GPT2, GPT2Error, loadModel } from '../src';
+import { GPT2, loadModel } from '../src';
 import { main } from '../src/cli';
 import { LoadProgress } from '../src/io/hf';
 import { openSource } from '../src/io/source';
 import { TfjsModelJson, writeTfjsManifest } from '../src/io/tfjs';
 import { SIDE_FILES, convertToTfjs, detectWeights, streamWeights } from '../src/io/weights';
-import { TINY_DIR, maxAbsDiff, forwardAndDispose, expectSameLogits } from './helpers';
+import { TINY_DIR, maxAbsDiff, forwardAndDispose, expectSameLogits, rejection } from './helpers';
 import { TestServer, serveFile, startServer } from './serve';
 
 const IDS = [464, 2068, 7586, 21831, 18045, 625, 262, 50256];
@@ -30,16 +30,6 @@ function copyOut(name: string): string {
   const dir = path.join(tmp, name);
   fs.cpSync(out, dir, { recursive: true });
   return dir;
-}
-
-async function rejection(p: Promise<unknown>): Promise<GPT2Error> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(GPT2Error);
-    return e as GPT2Error;
-  }
-  throw new Error('expected a rejection');
 }
 
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

@@ -172,6 +172,7 @@ export class Sampler {
 
   /** Picks the next token from raw logits; `context` is every token so far (prompt included). */
   sample(logits: ArrayLike<number>, context: readonly number[]): number {
+    if (this.greedy && this.processors.length === 0) return argmax(logits); // no float64 copy on the plain greedy path
     const z = Float64Array.from(logits);
     for (const p of this.processors) p(z, context);
     if (this.greedy) return argmax(z);
