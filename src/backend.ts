@@ -4,6 +4,8 @@
  */
 import * as tf from './tf';
 import { GPT2Error } from './errors';
+import { enableWasmKernels } from './model/wasm/kernels';
+import { withSharedWasmMemory } from './model/wasm/shared-memory';
 
 export type BackendName = 'cpu' | 'wasm' | 'webgl' | 'webgpu' | 'tensorflow';
 export const BACKENDS: readonly BackendName[] = ['cpu', 'wasm', 'webgl', 'webgpu', 'tensorflow'];
@@ -33,6 +35,13 @@ export interface BackendOptions {
    * The threaded binary is chosen only when the page is cross-origin isolated (COOP/COEP headers).
    */
   wasmPaths?: string | Record<string, string>;
+  /**
+   * wasm only, Node: threads for the matrix products and attention (1 or 2; default 2 when the
+   * machine has 2+ cores). With 2, tfjs-backend-wasm is started on a shared memory and a worker
+   * thread runs half of each of our kernels (bit-identical results). Takes effect only when the
+   * wasm backend is first initialised in this process; env GPT2_TFJS_THREADS overrides the default.
+   */
+  threads?: number;
 }
 
 function runtimeName(): string {
@@ -88,7 +97,10 @@ export async function setBackend(name: BackendName = defaultBackend(), options: 
   if (!BACKENDS.includes(name)) {
     throw new GPT2Error('BAD_OPTION', `unknown backend "${name}" (choose one of: ${BACKENDS.join(', ')})`);
   }
-  if (tf.getBackend() === name && tf.engine().backendName === name) return name;
+  if (tf.getBackend() === name && tf.engine().backendName === name) {
+    if (name === 'wasm') await enableWasmKernels({ threads: wasmThreads(options) });
+    return name;
+  }
   await importBackend(name, options);
   if (name === 'webgl') {
     // Generation changes shapes every step (the KV length grows by one), and tfjs-webgl by default
@@ -97,16 +109,40 @@ export async function setBackend(name: BackendName = defaultBackend(), options: 
     tf.env().set('WEBGL_USE_SHAPES_UNIFORMS', true);
   }
   let ok = false;
+  const threads = name === 'wasm' ? wasmThreads(options) : 1;
   try {
-    ok = await tf.setBackend(name);
+    if (name === 'wasm' && isNode && threads > 1 && !tf.engine().registry['wasm']) {
+      ok = (await withSharedWasmMemory(() => tf.setBackend(name))).result;
+    } else {
+      ok = await tf.setBackend(name);
+    }
   } catch (e) {
     throw new GPT2Error('BACKEND_UNAVAILABLE', `backend "${name}" failed to initialise: ${(e as Error).message}`, { cause: e });
   }
   if (!ok) throw new GPT2Error('BACKEND_UNAVAILABLE', `backend "${name}" failed to initialise in this runtime`);
   await tf.ready();
+  // Our SIMD kernels (linear, layer norm, decode attention) share the wasm backend's memory.
+  if (name === 'wasm') await enableWasmKernels({ threads });
   // Production mode skips per-op debug checks and the "install tfjs-node" console notice.
   tf.enableProdMode();
   return name;
+}
+
+function wasmThreads(options: BackendOptions): number {
+  const env = isNode ? Number(process.env.GPT2_TFJS_THREADS) : NaN;
+  const wanted = options.threads ?? (Number.isFinite(env) && env > 0 ? env : isNode ? cores() : 1);
+  if (!Number.isInteger(wanted) || wanted < 1) throw new GPT2Error('BAD_OPTION', `threads must be a positive integer, got ${wanted}`);
+  return Math.min(wanted, 2);
+}
+
+function cores(): number {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const os = require('os') as typeof import('os');
+    return os.availableParallelism?.() ?? os.cpus().length;
+  } catch {
+    return 1;
+  }
 }
 
 export function currentBackend(): string {

@@ -5,7 +5,7 @@
 import * as tf from '../tf';
 import { GPT2Error } from '../errors';
 import { GPT2Config } from './config';
-import { AttnContext, LayerKV, MASK_NEG, block, layerNorm } from './layers';
+import { AttnContext, LayerKV, MASK_NEG, block, cachePrefix, layerNorm, project } from './layers';
 import { Params, disposeParams } from './params';
 
 /**
@@ -21,9 +21,13 @@ export class KVCache {
   get batch(): number {
     return this.pad.length;
   }
-  /** Replaces the cached tensors (disposing the old ones). */
+  /** Replaces the cached tensors (disposing the old ones, except buffers the new layers reuse). */
   update(layers: LayerKV[], length: number): void {
-    this.disposeTensors();
+    const kept = new Set(layers.flatMap((l) => [l.k, l.v]));
+    for (const l of this.layers ?? []) {
+      if (!kept.has(l.k)) l.k.dispose();
+      if (!kept.has(l.v)) l.v.dispose();
+    }
     this.layers = layers;
     this.length = length;
   }
@@ -59,10 +63,11 @@ export class KVCache {
     const padB = T - other.length;
     const mine = this.layers;
     const theirs = other.layers;
+    const [lenA, lenB] = [this.length, other.length];
     const merged = tf.tidy(() =>
       mine.flatMap((l, i) => {
-        const grow = (t: tf.Tensor3D, n: number): tf.Tensor3D => (n ? tf.pad(t, [[0, 0], [n, 0], [0, 0]]) : t); // [B, Tc, d] -> [B, T, d]
-        return [tf.concat([grow(l.k, padA), grow(theirs[i].k, padB)], 0), tf.concat([grow(l.v, padA), grow(theirs[i].v, padB)], 0)];
+        const grow = (t: tf.Tensor3D, len: number, n: number): tf.Tensor3D => (n ? tf.pad(cachePrefix(t, len), [[0, 0], [n, 0], [0, 0]]) : cachePrefix(t, len)); // [B, Tc, d] -> [B, T, d]
+        return [tf.concat([grow(l.k, lenA, padA), grow(theirs[i].k, lenB, padB)], 0), tf.concat([grow(l.v, lenA, padA), grow(theirs[i].v, lenB, padB)], 0)];
       }),
     ) as tf.Tensor3D[];
     const pad = [...this.pad.map((p) => p + padA), ...other.pad.map((p) => p + padB)];
@@ -82,12 +87,13 @@ export class KVCache {
     const trim = Math.min(...pad);
     const T = this.length - trim;
     const layers = this.layers;
+    const len = this.length;
     const idx = rows.length === this.pad.length && rows.every((r, i) => r === i) ? null : rows;
     if (!idx && trim === 0) return;
     const kept = tf.tidy(() => {
       const sel = idx ? tf.tensor1d(idx, 'int32') : null;
       const cut = (t: tf.Tensor3D): tf.Tensor3D => {
-        const g = sel ? tf.gather(t, sel) : t; // [B, Tc, d] -> [B', Tc, d]
+        const g = sel ? tf.gather(cachePrefix(t, len), sel) : cachePrefix(t, len); // [B, Tc, d] -> [B', Tc, d]
         return trim ? tf.slice(g, [0, trim, 0], [rows.length, T, g.shape[2]]) : g; // -> [B', Tc - trim, d]
       };
       return layers.flatMap((l) => [cut(l.k), cut(l.v)]);
@@ -189,7 +195,7 @@ export class GPT2Model {
       }
     }
     const kept = tf.tidy(() => {
-      const ctx: AttnContext = { batch: B, steps: T, nHead: c.nHead, mask: this.mask(B, T, past, pad) };
+      const ctx: AttnContext = { batch: B, steps: T, past, nHead: c.nHead, mask: this.mask(B, T, past, pad) };
       const h = this.hidden(flat, pos, ctx, cache);
       const kvs = h.kvs;
       let x = h.x; // [N, d]
@@ -197,7 +203,7 @@ export class GPT2Model {
         const last = Int32Array.from({ length: B }, (_, b) => b * T + T - 1);
         x = tf.gather(x, tf.tensor1d(last, 'int32')); // [N, d] -> [B, d]
       }
-      const out = tf.matMul(layerNorm(x, p.ln_f, c.layerNormEpsilon), p.headT); // [rows, d] -> [rows, V]
+      const out = project(layerNorm(x, p.ln_f, c.layerNormEpsilon), p.headT); // [rows, d] -> [rows, V]
       // tidy keeps what it returns: the logits and, when caching, every layer's keys/values.
       return [out, ...(cache ? kvs.flatMap((l) => [l.k, l.v]) : [])];
     });
@@ -225,10 +231,10 @@ export class GPT2Model {
     const p = this.params;
     const T = ids.length;
     const nll = tf.tidy(() => {
-      const ctx: AttnContext = { batch: 1, steps: T - 1, nHead: c.nHead, mask: this.mask(1, T - 1, 0, [0]) };
+      const ctx: AttnContext = { batch: 1, steps: T - 1, past: 0, nHead: c.nHead, mask: this.mask(1, T - 1, 0, [0]) };
       const positions = Int32Array.from({ length: T - 1 }, (_, t) => t);
       const { x } = this.hidden(Int32Array.from(ids.slice(0, T - 1)), positions, ctx, null); // [T-1, d]
-      const logp = tf.logSoftmax(tf.matMul(layerNorm(x, p.ln_f, c.layerNormEpsilon), p.headT)); // [T-1, V]
+      const logp = tf.logSoftmax(project(layerNorm(x, p.ln_f, c.layerNormEpsilon), p.headT)); // [T-1, V]
       const flat = Int32Array.from({ length: T - 1 }, (_, t) => t * c.vocabSize + ids[t + 1]);
       return tf.neg(tf.gather(tf.reshape(logp, [-1]), tf.tensor1d(flat, 'int32'))); // [T-1]
     });

@@ -5,6 +5,7 @@
 import * as tf from '../tf';
 import { Activation } from './config';
 import { BlockParams, Linear, Norm } from './params';
+import { kernelAttend1, kernelLayerNorm, kernelLinear, wasmKernelsActive, writeCacheRows } from './wasm/kernels';
 
 /**
  * Additive attention mask value. Finite even where WebGL textures are float16 (max 65504), so
@@ -14,13 +15,20 @@ import { BlockParams, Linear, Norm } from './params';
 export const MASK_NEG = -3e4;
 
 export function layerNorm(x: tf.Tensor2D, p: Norm, eps: number): tf.Tensor2D {
+  const fused = kernelLayerNorm(x, p.g, p.b, eps); // wasm: one pass per row
+  if (fused) return fused;
   const xc = tf.sub(x, tf.mean(x, -1, true)); // [N, d], centred
   const variance = tf.mean(tf.square(xc), -1, true); // [N, 1], biased as torch
   return tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(variance, eps))), p.g), p.b) as tf.Tensor2D; // [N, d]
 }
 
 export function linear(x: tf.Tensor2D, p: Linear): tf.Tensor2D {
-  return tf.fused.matMul({ a: x, b: p.w, bias: p.b }) as tf.Tensor2D; // [N, in] -> [N, out]
+  return kernelLinear(x, p.w, p.b, 'none') ?? (tf.fused.matMul({ a: x, b: p.w, bias: p.b }) as tf.Tensor2D); // [N, in] -> [N, out]
+}
+
+/** x @ w without a bias (the output head). */
+export function project(x: tf.Tensor2D, w: tf.Tensor2D): tf.Tensor2D {
+  return kernelLinear(x, w, null, 'none') ?? tf.matMul(x, w); // [N, in] -> [N, out]
 }
 
 /** gelu_new = 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³))), written as x·σ(2·√(2/π)(x + 0.044715 x³)): same function, fewer ops. */
@@ -36,7 +44,8 @@ export function activate(x: tf.Tensor2D, act: Activation): tf.Tensor2D {
 }
 
 export function mlp(x: tf.Tensor2D, p: BlockParams, act: Activation): tf.Tensor2D {
-  const h = activate(linear(x, p.c_fc), act); // [N, d] -> [N, n_inner]
+  const fused = act === 'gelu' ? null : kernelLinear(x, p.c_fc.w, p.c_fc.b, act); // wasm: activation fused into the matMul
+  const h = fused ?? activate(linear(x, p.c_fc), act); // [N, d] -> [N, n_inner]
   return linear(h, p.mlp_c_proj); // [N, n_inner] -> [N, d]
 }
 
@@ -44,14 +53,29 @@ export function mlp(x: tf.Tensor2D, p: BlockParams, act: Activation): tf.Tensor2
 export interface AttnContext {
   batch: number; // B
   steps: number; // T new positions per row
+  past: number; // positions already in the cache (its buffers may hold more, unused, positions)
   nHead: number; // H
   /** Additive mask: [B, T, Tk] when T > 1 (causal + padding), [B, Tk, 1] when T == 1 (padding only; null when no row is padded). */
   mask: tf.Tensor3D | null;
 }
 
 export interface LayerKV {
-  k: tf.Tensor3D; // [B, Tk, d]
-  v: tf.Tensor3D; // [B, Tk, d]
+  k: tf.Tensor3D; // [B, cap, d]: the first `past` positions are keys; the rest is room to grow
+  v: tf.Tensor3D; // [B, cap, d]
+}
+
+/** Positions a cache buffer grows by when a decode step finds it full (one copy per this many steps). */
+export const KV_GROW = 128;
+
+/** The first `n` positions of a cache buffer [B, cap, d] -> [B, n, d]. */
+export function cachePrefix(t: tf.Tensor3D, n: number): tf.Tensor3D {
+  return t.shape[1] === n ? t : tf.slice(t, [0, 0, 0], [t.shape[0], n, t.shape[2]]);
+}
+
+/** A buffer holding `buf`'s first `len` positions with room for `n` more: `buf` itself when it has room. */
+function withRoom(buf: tf.Tensor3D, len: number, n: number): tf.Tensor3D {
+  if (buf.shape[1] >= len + n) return buf;
+  return tf.pad(cachePrefix(buf, len), [[0, 0], [0, n + KV_GROW], [0, 0]]); // [B, len, d] -> [B, len + n + KV_GROW, d]
 }
 
 /**
@@ -65,10 +89,21 @@ export function attention(x: tf.Tensor2D, p: BlockParams, past: LayerKV | null, 
   const [q, k, v] = tf.split(linear(x, p.c_attn), 3, 1) as tf.Tensor2D[]; // [N, d] -> [N, 3d] -> 3 × [N, d]
   const kNew = tf.reshape(k, [B, T, d]) as tf.Tensor3D;
   const vNew = tf.reshape(v, [B, T, d]) as tf.Tensor3D;
-  const kAll = past ? tf.concat([past.k, kNew], 1) : kNew; // [B, Tk, d]
-  const vAll = past ? tf.concat([past.v, vNew], 1) : vNew; // [B, Tk, d]
+  const scale = 1 / Math.sqrt(hd);
+  if (T === 1 && wasmKernelsActive()) {
+    // wasm decode: the new key/value are written into the cache buffers in place (no per-step copy
+    // of the whole cache), and one kernel does scores, softmax and the weighted sum.
+    const kBuf = past ? withRoom(past.k, ctx.past, 1) : withRoom(kNew, 0, 1);
+    const vBuf = past ? withRoom(past.v, ctx.past, 1) : withRoom(vNew, 0, 1);
+    writeCacheRows(kBuf, kNew, ctx.past);
+    writeCacheRows(vBuf, vNew, ctx.past);
+    const a = kernelAttend1(q, kBuf, vBuf, ctx.past + 1, ctx.mask, H, scale) as tf.Tensor2D; // [B, d]
+    return { out: linear(a, p.c_proj), kv: { k: kBuf, v: vBuf } };
+  }
+  const kAll = past ? tf.concat([cachePrefix(past.k, ctx.past), kNew], 1) : kNew; // [B, Tk, d]
+  const vAll = past ? tf.concat([cachePrefix(past.v, ctx.past), vNew], 1) : vNew; // [B, Tk, d]
   const Tk = kAll.shape[1];
-  const qs = tf.mul(q, 1 / Math.sqrt(hd)) as tf.Tensor2D; // [N, d], scaled once here instead of per score
+  const qs = tf.mul(q, scale) as tf.Tensor2D; // [N, d], scaled once here instead of per score
 
   let a: tf.Tensor2D;
   if (T === 1) {

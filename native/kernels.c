@@ -1,0 +1,242 @@
+/*
+ * gpt2-tfjs WASM SIMD kernels. Compiled to a tiny WebAssembly module that *imports the memory of
+ * tfjs-backend-wasm*, so it reads and writes tensors where the backend keeps them (no copies).
+ *
+ * Rules for this file (checked by native/build.sh): no libc, no static data, no stack use. Every
+ * function works only through the pointers it is given; the module must have no data segment and
+ * must never touch the __stack_pointer, or it would scribble on the backend's heap.
+ */
+#include <wasm_simd128.h>
+
+typedef float f32;
+#define EXPORT(name) __attribute__((export_name(#name)))
+
+/* ---------- exp, tanh-free gelu_new ---------- */
+
+/* expf for x in float32 range, ~1 ulp-ish (rel err < 2e-7): 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2]. */
+static inline v128_t v_exp(v128_t x) {
+  const v128_t hi = wasm_f32x4_splat(88.3762626647949f), lo = wasm_f32x4_splat(-87.3365447505531f);
+  x = wasm_f32x4_pmax(wasm_f32x4_pmin(x, hi), lo);
+  v128_t n = wasm_f32x4_nearest(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)));
+  /* r = x - n*ln2 in two steps (Cody-Waite) */
+  v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(n, wasm_f32x4_splat(0.693359375f)));
+  r = wasm_f32x4_sub(r, wasm_f32x4_mul(n, wasm_f32x4_splat(-2.12194440e-4f)));
+  v128_t p = wasm_f32x4_splat(1.9875691500e-4f);
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.3981999507e-3f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(8.3334519073e-3f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(4.1665795894e-2f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(1.6666665459e-1f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), wasm_f32x4_splat(5.0000001201e-1f));
+  v128_t r2 = wasm_f32x4_mul(r, r);
+  p = wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_mul(p, r2), r), wasm_f32x4_splat(1.0f));
+  /* scale by 2^n: build the exponent bits; n in [-126, 127] after the clamp above */
+  v128_t e = wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(n), wasm_i32x4_splat(127)), 23);
+  return wasm_f32x4_mul(p, e);
+}
+
+static inline f32 s_exp(f32 x) { return wasm_f32x4_extract_lane(v_exp(wasm_f32x4_splat(x)), 0); }
+
+/* gelu_new(x) = x * sigmoid(2*sqrt(2/pi)*(x + 0.044715 x^3)) = x / (1 + exp(-u)) */
+static inline v128_t v_gelu(v128_t x) {
+  const v128_t c = wasm_f32x4_splat(1.5957691216057308f); /* 2*sqrt(2/pi) */
+  const v128_t c3 = wasm_f32x4_splat(0.0713548162726009f); /* 0.044715 * c */
+  v128_t u = wasm_f32x4_mul(x, wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_mul(x, x), c3), c));
+  v128_t e = v_exp(wasm_f32x4_neg(u));
+  return wasm_f32x4_div(x, wasm_f32x4_add(wasm_f32x4_splat(1.0f), e));
+}
+static inline f32 s_gelu(f32 x) { return wasm_f32x4_extract_lane(v_gelu(wasm_f32x4_splat(x)), 0); }
+
+/* act: 0 none, 1 gelu_new, 2 relu */
+static inline v128_t v_act(v128_t x, int act) {
+  if (act == 1) return v_gelu(x);
+  if (act == 2) return wasm_f32x4_pmax(x, wasm_f32x4_splat(0.0f));
+  return x;
+}
+static inline f32 s_act(f32 x, int act) {
+  if (act == 1) return s_gelu(x);
+  if (act == 2) return x > 0.0f ? x : 0.0f;
+  return x;
+}
+
+/* ---------- linear: y[M,N] = act(x[M,K] @ W[K,N] + b[N]) ---------- */
+
+/* Few rows (decode): stream W once, row by row (sequential reads the prefetcher loves); each W row
+ * chunk is reused from L1 for all M rows. y holds the running sums (a TILE-wide slice stays in L1). */
+#define TILE 1024
+static void linear_rows(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int N, int ld) {
+  for (int j0 = 0; j0 < N; j0 += TILE) {
+    int nb = N - j0 < TILE ? N - j0 : TILE;
+    int nv = nb & ~15;
+    for (int m = 0; m < M; m++) {
+      f32* ym = y + m * ld + j0;
+      if (b) for (int j = 0; j < nb; j++) ym[j] = b[j0 + j];
+      else for (int j = 0; j < nb; j++) ym[j] = 0.0f;
+    }
+    int k = 0;
+    for (; k + 4 <= K; k += 4) {
+      const f32* w0 = W + (long)k * ld + j0;
+      const f32* w1 = w0 + ld;
+      const f32* w2 = w1 + ld;
+      const f32* w3 = w2 + ld;
+      for (int m = 0; m < M; m++) {
+        const f32* xm = x + m * K + k;
+        v128_t s0 = wasm_f32x4_splat(xm[0]), s1 = wasm_f32x4_splat(xm[1]);
+        v128_t s2 = wasm_f32x4_splat(xm[2]), s3 = wasm_f32x4_splat(xm[3]);
+        f32* ym = y + m * ld + j0;
+        int j = 0;
+        for (; j < nv; j += 16) {
+          for (int u = 0; u < 16; u += 4) {
+            v128_t a = wasm_v128_load(ym + j + u);
+            v128_t t0 = wasm_f32x4_add(wasm_f32x4_mul(s0, wasm_v128_load(w0 + j + u)), wasm_f32x4_mul(s1, wasm_v128_load(w1 + j + u)));
+            v128_t t1 = wasm_f32x4_add(wasm_f32x4_mul(s2, wasm_v128_load(w2 + j + u)), wasm_f32x4_mul(s3, wasm_v128_load(w3 + j + u)));
+            wasm_v128_store(ym + j + u, wasm_f32x4_add(a, wasm_f32x4_add(t0, t1)));
+          }
+        }
+        for (; j < nb; j++) ym[j] += xm[0] * w0[j] + xm[1] * w1[j] + xm[2] * w2[j] + xm[3] * w3[j];
+      }
+    }
+    for (; k < K; k++) {
+      const f32* w0 = W + (long)k * ld + j0;
+      for (int m = 0; m < M; m++) {
+        f32 xv = x[m * K + k];
+        f32* ym = y + m * ld + j0;
+        for (int j = 0; j < nb; j++) ym[j] += xv * w0[j];
+      }
+    }
+  }
+}
+
+/* Many rows (prefill): 4x8 register tile. For each 8-column panel and block of KC rows, the W panel
+ * is first copied to `pack` (contiguous): W's row stride is often a multiple of 4 KB (N = 3072), and
+ * reading the panel in place would map every row to the same L1 set. */
+#define KC 256
+static void linear_tiles(const f32* x, const f32* W, const f32* b, f32* y, int M4, int K, int N, int ld, f32* pack) {
+  int N8 = N & ~7;
+  for (int j = 0; j < N8; j += 8) {
+    for (int k0 = 0; k0 < K; k0 += KC) {
+      int k1 = k0 + KC < K ? k0 + KC : K;
+      const f32* src = W + (long)k0 * ld + j;
+      for (int k = 0; k < k1 - k0; k++, src += ld) {
+        wasm_v128_store(pack + k * 8, wasm_v128_load(src));
+        wasm_v128_store(pack + k * 8 + 4, wasm_v128_load(src + 4));
+      }
+      for (int m = 0; m < M4; m += 4) {
+        f32* y0 = y + m * ld + j;
+        f32* y1 = y0 + ld;
+        f32* y2 = y1 + ld;
+        f32* y3 = y2 + ld;
+        v128_t a00, a01, a10, a11, a20, a21, a30, a31;
+        if (k0 == 0) {
+          v128_t b0 = b ? wasm_v128_load(b + j) : wasm_f32x4_splat(0.0f);
+          v128_t b1 = b ? wasm_v128_load(b + j + 4) : wasm_f32x4_splat(0.0f);
+          a00 = a10 = a20 = a30 = b0;
+          a01 = a11 = a21 = a31 = b1;
+        } else {
+          a00 = wasm_v128_load(y0); a01 = wasm_v128_load(y0 + 4);
+          a10 = wasm_v128_load(y1); a11 = wasm_v128_load(y1 + 4);
+          a20 = wasm_v128_load(y2); a21 = wasm_v128_load(y2 + 4);
+          a30 = wasm_v128_load(y3); a31 = wasm_v128_load(y3 + 4);
+        }
+        const f32* x0 = x + m * K + k0;
+        const f32* x1 = x0 + K;
+        const f32* x2 = x1 + K;
+        const f32* x3 = x2 + K;
+        const f32* pk = pack;
+        for (int k = 0; k < k1 - k0; k++, pk += 8) {
+          v128_t w0 = wasm_v128_load(pk), w1 = wasm_v128_load(pk + 4);
+          v128_t s;
+          s = wasm_v128_load32_splat(x0 + k); a00 = wasm_f32x4_add(a00, wasm_f32x4_mul(s, w0)); a01 = wasm_f32x4_add(a01, wasm_f32x4_mul(s, w1));
+          s = wasm_v128_load32_splat(x1 + k); a10 = wasm_f32x4_add(a10, wasm_f32x4_mul(s, w0)); a11 = wasm_f32x4_add(a11, wasm_f32x4_mul(s, w1));
+          s = wasm_v128_load32_splat(x2 + k); a20 = wasm_f32x4_add(a20, wasm_f32x4_mul(s, w0)); a21 = wasm_f32x4_add(a21, wasm_f32x4_mul(s, w1));
+          s = wasm_v128_load32_splat(x3 + k); a30 = wasm_f32x4_add(a30, wasm_f32x4_mul(s, w0)); a31 = wasm_f32x4_add(a31, wasm_f32x4_mul(s, w1));
+        }
+        wasm_v128_store(y0, a00); wasm_v128_store(y0 + 4, a01);
+        wasm_v128_store(y1, a10); wasm_v128_store(y1 + 4, a11);
+        wasm_v128_store(y2, a20); wasm_v128_store(y2 + 4, a21);
+        wasm_v128_store(y3, a30); wasm_v128_store(y3 + 4, a31);
+      }
+    }
+  }
+  /* the last N % 8 columns */
+  for (int m = 0; m < M4; m++)
+    for (int jj = N8; jj < N; jj++) {
+      f32 s = b ? b[jj] : 0.0f;
+      for (int k = 0; k < K; k++) s += x[m * K + k] * W[(long)k * ld + jj];
+      y[m * ld + jj] = s;
+    }
+}
+
+static void apply_act(f32* y, int n, int act) {
+  if (act == 0) return;
+  int j = 0;
+  for (; j + 4 <= n; j += 4) wasm_v128_store(y + j, v_act(wasm_v128_load(y + j), act));
+  for (; j < n; j++) y[j] = s_act(y[j], act);
+}
+
+/* y[:, 0:n] = act(x @ W[:, 0:n] + b[0:n]) where W and y have row stride `ld` (>= n): the caller may
+ * hand each thread a column slice (W + j0, b + j0, y + j0). pack: KC * 8 floats, used when M >= 16. */
+EXPORT(linear)
+void linear(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int n, int ld, int act, f32* pack) {
+  int M4 = M >= 16 ? (M & ~3) : 0; /* rows handled by the register-tiled path */
+  if (M4) linear_tiles(x, W, b, y, M4, K, n, ld, pack);
+  if (M > M4) linear_rows(x + M4 * K, W, b, y + M4 * ld, M - M4, K, n, ld);
+  if (act) for (int m = 0; m < M; m++) apply_act(y + m * ld, n, act);
+}
+
+/* ---------- layer norm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b ---------- */
+
+EXPORT(layer_norm)
+void layer_norm(const f32* x, const f32* g, const f32* b, f32* y, int M, int D, f32 eps) {
+  for (int m = 0; m < M; m++) {
+    const f32* xm = x + m * D;
+    f32* ym = y + m * D;
+    f32 s = 0.0f;
+    for (int j = 0; j < D; j++) s += xm[j];
+    f32 mean = s / D;
+    f32 v = 0.0f;
+    for (int j = 0; j < D; j++) { f32 c = xm[j] - mean; v += c * c; }
+    f32 r = 1.0f / __builtin_sqrtf(v / D + eps);
+    for (int j = 0; j < D; j++) ym[j] = (xm[j] - mean) * r * g[j] + b[j];
+  }
+}
+
+/* ---------- decode attention: one query per row against the cached keys/values ----------
+ * q [B, D] (D = H*hd), k/v [B, Tk, D] with row b's keys at [b, 0..Tk), mask [B, Tk] additive or 0,
+ * out [B, D], scratch >= Tk floats. Scores are scaled by `scale`. Heads [h0, h1) only (threads split heads). */
+EXPORT(attend1)
+void attend1(const f32* q, const f32* k, const f32* v, const f32* mask, f32* out, f32* scratch,
+             int B, int Tk, int H, int hd, int ldkv, f32 scale, int h0, int h1) {
+  int D = H * hd;
+  for (int bi = 0; bi < B; bi++) {
+    const f32* kb = k + (long)bi * ldkv * D;
+    const f32* vb = v + (long)bi * ldkv * D;
+    const f32* mb = mask ? mask + bi * Tk : 0;
+    for (int h = h0; h < h1; h++) {
+      const f32* qh = q + bi * D + h * hd;
+      f32 mx = -3.4e38f;
+      for (int t = 0; t < Tk; t++) {
+        const f32* kt = kb + (long)t * D + h * hd;
+        v128_t acc = wasm_f32x4_splat(0.0f);
+        int j = 0;
+        for (; j + 4 <= hd; j += 4) acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_v128_load(qh + j), wasm_v128_load(kt + j)));
+        f32 s = wasm_f32x4_extract_lane(acc, 0) + wasm_f32x4_extract_lane(acc, 1) + wasm_f32x4_extract_lane(acc, 2) + wasm_f32x4_extract_lane(acc, 3);
+        for (; j < hd; j++) s += qh[j] * kt[j];
+        s = s * scale + (mb ? mb[t] : 0.0f);
+        scratch[t] = s;
+        if (s > mx) mx = s;
+      }
+      f32 sum = 0.0f;
+      for (int t = 0; t < Tk; t++) { f32 e = s_exp(scratch[t] - mx); scratch[t] = e; sum += e; }
+      f32 inv = 1.0f / sum;
+      f32* oh = out + bi * D + h * hd;
+      for (int j = 0; j < hd; j++) oh[j] = 0.0f;
+      for (int t = 0; t < Tk; t++) {
+        const f32* vt = vb + (long)t * D + h * hd;
+        v128_t p = wasm_f32x4_splat(scratch[t] * inv);
+        int j = 0;
+        for (; j + 4 <= hd; j += 4) wasm_v128_store(oh + j, wasm_f32x4_add(wasm_v128_load(oh + j), wasm_f32x4_mul(p, wasm_v128_load(vt + j))));
+        for (; j < hd; j++) oh[j] += scratch[t] * inv * vt[j];
+      }
+    }
+  }
+}

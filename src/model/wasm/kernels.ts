@@ -1,0 +1,250 @@
+/**
+ * Hand-written WASM SIMD kernels for the tfjs `wasm` backend (source: native/kernels.c, built by
+ * native/build.sh into kernels.wasm.ts). The module imports the backend's own WebAssembly.Memory,
+ * so it works on tensors in place, and is registered as three extra tfjs kernels:
+ *
+ *   GPT2Linear     y = act(x @ W + b)            replaces fused matMul (+ gelu): streams W once per call
+ *                                                 instead of keeping an XNNPACK-packed second copy
+ *   GPT2LayerNorm  (x - mean) / sqrt(var + eps) · g + b, one pass per row (10 ops → 1)
+ *   GPT2Attend1    decode attention, one query per row against the cache (≈12 ops → 1)
+ *
+ * Why: tfjs-backend-wasm 4.22 runs a decode-time matrix-vector product through XNNPACK at ~10 GB/s of
+ * weights and keeps every weight twice (its tensor + XNNPACK's packed copy); small ops cost ~6 µs each.
+ *
+ * They are used only when the active backend is `wasm` and `enableWasmKernels()` has run for it
+ * (setBackend does that); everywhere else the callers fall back to plain tf ops, which are also
+ * the reference the kernels are tested against.
+ */
+import * as tf from '../../tf';
+import { KERNELS_WASM_BASE64 } from './kernels.wasm';
+import { patchMemoryImportToShared } from './shared-memory';
+import { KernelThread } from './threads';
+
+interface KernelExports {
+  linear(x: number, w: number, b: number, y: number, M: number, K: number, n: number, ld: number, act: number, pack: number): void;
+  layer_norm(x: number, g: number, b: number, y: number, M: number, D: number, eps: number): void;
+  attend1(q: number, k: number, v: number, mask: number, out: number, scratch: number, B: number, Tk: number, H: number, hd: number, ldkv: number, scale: number, h0: number, h1: number): void;
+}
+
+/** What the wasm backend object exposes that the kernels use (tfjs-backend-wasm 4.x internals). */
+interface WasmBackendLike {
+  wasm: { asm?: { memory?: WebAssembly.Memory }; HEAPF32: Float32Array };
+  dataIdMap: { get(id: object): { memoryOffset: number } | undefined };
+  makeOutput(shape: number[], dtype: 'float32'): tf.TensorInfo;
+  disposeData(id: object): void;
+}
+
+/** KC x 8 floats: the packed W panel of the kernel's tiled path (KC = 256 in kernels.c). */
+const PACK_FLOATS = 256 * 8;
+
+export const ACT_CODES = { none: 0, gelu_new: 1, relu: 2 } as const;
+export type KernelActivation = keyof typeof ACT_CODES;
+
+let compiled: Promise<WebAssembly.Module> | null = null;
+let compiledShared: Promise<WebAssembly.Module> | null = null;
+let state: { memory: WebAssembly.Memory; exports: KernelExports; thread: KernelThread | null } | null = null;
+let registered = false;
+let disabled = false;
+
+function decodeBase64(s: string): Uint8Array {
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+function memoryOf(b: unknown): WebAssembly.Memory | null {
+  const m = (b as WasmBackendLike | undefined)?.wasm?.asm?.memory;
+  return m instanceof WebAssembly.Memory ? m : null;
+}
+
+/**
+ * Instantiates the kernels against the current wasm backend's memory (async: browsers refuse to
+ * compile modules over 4 KB synchronously). Returns false, and the model keeps using plain tf ops,
+ * when the backend does not expose its memory (a tfjs-backend-wasm build this was not written for).
+ */
+export async function enableWasmKernels(opts: { threads?: number } = {}): Promise<boolean> {
+  const backend = tf.findBackend('wasm');
+  const memory = memoryOf(backend);
+  if (!memory || disabled) return false;
+  const wantThread = (opts.threads ?? 1) > 1 && memory.buffer instanceof SharedArrayBuffer;
+  if (state?.memory === memory && (!!state.thread?.usable || !wantThread)) return true;
+  // A shared memory needs the import declared shared: the same module with its import flag rewritten.
+  const shared = memory.buffer instanceof SharedArrayBuffer;
+  const module = shared
+    ? await (compiledShared ??= WebAssembly.compile(patchMemoryImportToShared(decodeBase64(KERNELS_WASM_BASE64)) as BufferSource))
+    : await (compiled ??= WebAssembly.compile(decodeBase64(KERNELS_WASM_BASE64) as BufferSource));
+  const instance = await WebAssembly.instantiate(module, { env: { memory } });
+  await state?.thread?.stop();
+  let thread: KernelThread | null = null;
+  if (wantThread) {
+    try {
+      thread = await KernelThread.start(module, memory);
+    } catch {
+      thread = null; // no worker_threads here: one thread
+    }
+  }
+  state = { memory, exports: instance.exports as unknown as KernelExports, thread };
+  if (!registered) {
+    registerKernels();
+    registered = true;
+  }
+  return true;
+}
+
+/** Turns the kernels off (or back on) for this process: for A/B benchmarks and tests. */
+export function setWasmKernelsDisabled(off: boolean): void {
+  disabled = off;
+}
+
+/** The kernels, when the active backend is the wasm backend they were instantiated for. */
+function active(): KernelExports | null {
+  if (disabled || !state || tf.getBackend() !== 'wasm') return null;
+  return memoryOf(tf.engine().backend) === state.memory ? state.exports : null;
+}
+
+export function wasmKernelsActive(): boolean {
+  return active() !== null;
+}
+
+function offset(backend: WasmBackendLike, t: tf.TensorInfo): number {
+  const d = backend.dataIdMap.get(t.dataId);
+  if (!d) throw new Error('gpt2-tfjs kernel: tensor is not on the wasm backend');
+  return d.memoryOffset;
+}
+
+function exportsFor(): KernelExports {
+  if (!state) throw new Error('gpt2-tfjs kernels are not instantiated');
+  return state.exports;
+}
+
+/** The worker thread when it can take half of a job of `work` multiply-adds (small jobs stay on one thread). */
+function threadFor(work: number): KernelThread | null {
+  const t = state?.thread;
+  return t && t.usable && work >= 1 << 16 ? t : null;
+}
+
+/** Number of kernel threads in use (1, or 2 with the worker). */
+export function wasmKernelThreads(): number {
+  return state?.thread?.usable ? 2 : 1;
+}
+
+type KernelArgs = { inputs: Record<string, tf.TensorInfo>; backend: unknown; attrs?: tf.NamedAttrMap };
+
+function registerKernels(): void {
+  tf.registerKernel({
+    kernelName: 'GPT2Linear',
+    backendName: 'wasm',
+    kernelFunc: ({ inputs, backend, attrs }: KernelArgs) => {
+      const be = backend as WasmBackendLike;
+      const { x, w, b } = inputs;
+      const [M, K] = x.shape;
+      const N = w.shape[1];
+      const out = be.makeOutput([M, N], 'float32');
+      if (M * N === 0) return out;
+      const act = attrs?.act as number;
+      const thread = threadFor(M * K * N);
+      const pack = M >= 16 ? be.makeOutput([2 * PACK_FLOATS], 'float32') : null; // the tiled path's W panels, one per thread
+      const [px, pw, pb, py, pp] = [offset(be, x), offset(be, w), b ? offset(be, b) : 0, offset(be, out), pack ? offset(be, pack) : 0];
+      try {
+        // Two threads: the worker takes columns [n0, N), this thread [0, n0).
+        const n0 = thread ? (N >> 1) & ~15 : N;
+        if (thread) thread.post(1, [px, pw + 4 * n0, pb && pb + 4 * n0, py + 4 * n0, M, K, N - n0, N, act, pp && pp + 4 * PACK_FLOATS]);
+        try {
+          exportsFor().linear(px, pw, pb, py, M, K, n0, N, act, pp);
+        } finally {
+          thread?.wait();
+        }
+      } finally {
+        if (pack) be.disposeData(pack.dataId);
+      }
+      return out;
+    },
+  } as unknown as tf.KernelConfig);
+  tf.registerKernel({
+    kernelName: 'GPT2LayerNorm',
+    backendName: 'wasm',
+    kernelFunc: ({ inputs, backend, attrs }: KernelArgs) => {
+      const be = backend as WasmBackendLike;
+      const { x, g, b } = inputs;
+      const [M, D] = x.shape;
+      const out = be.makeOutput([M, D], 'float32');
+      if (M * D > 0) exportsFor().layer_norm(offset(be, x), offset(be, g), offset(be, b), offset(be, out), M, D, attrs?.eps as number);
+      return out;
+    },
+  } as unknown as tf.KernelConfig);
+  tf.registerKernel({
+    kernelName: 'GPT2Attend1',
+    backendName: 'wasm',
+    kernelFunc: ({ inputs, backend, attrs }: KernelArgs) => {
+      const be = backend as WasmBackendLike;
+      const { q, k, v, mask } = inputs;
+      const [B, D] = q.shape;
+      const Tk = attrs?.Tk as number;
+      const ldkv = k.shape[1];
+      const H = attrs?.nHead as number;
+      const scale = attrs?.scale as number;
+      const out = be.makeOutput([B, D], 'float32');
+      const scratch = be.makeOutput([2 * Tk], 'float32'); // softmax row, one per thread
+      const thread = threadFor(B * Tk * D);
+      const ints = [offset(be, q), offset(be, k), offset(be, v), mask ? offset(be, mask) : 0, offset(be, out), offset(be, scratch), B, Tk, H, D / H, ldkv];
+      try {
+        // Two threads: the worker takes heads [H/2, H).
+        const h0 = thread ? H >> 1 : H;
+        if (thread) {
+          const theirs = ints.slice();
+          theirs[5] += 4 * Tk;
+          thread.post(2, [...theirs, h0, H], scale);
+        }
+        try {
+          exportsFor().attend1(...(ints as [number, number, number, number, number, number, number, number, number, number, number]), scale, 0, h0);
+        } finally {
+          thread?.wait();
+        }
+      } finally {
+        be.disposeData(scratch.dataId);
+      }
+      return out;
+    },
+  } as unknown as tf.KernelConfig);
+}
+
+/** y = act(x @ w + b) on the kernels; null when they are not active (caller uses tf ops). */
+export function kernelLinear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D | null {
+  if (!active()) return null;
+  const inputs: tf.NamedTensorMap = b ? { x, w, b } : { x, w };
+  return tf.engine().runKernel('GPT2Linear', inputs, { act: ACT_CODES[act] }) as tf.Tensor2D;
+}
+
+export function kernelLayerNorm(x: tf.Tensor2D, g: tf.Tensor1D, b: tf.Tensor1D, eps: number): tf.Tensor2D | null {
+  if (!active()) return null;
+  return tf.engine().runKernel('GPT2LayerNorm', { x, g, b }, { eps }) as tf.Tensor2D;
+}
+
+/**
+ * Decode attention: q [B, d] against the first `Tk` positions of k/v [B, cap, d] (cap >= Tk: a
+ * cache buffer with room to grow), with an optional additive mask [B, Tk, 1] → [B, d].
+ */
+export function kernelAttend1(q: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, Tk: number, mask: tf.Tensor3D | null, nHead: number, scale: number): tf.Tensor2D | null {
+  if (!active()) return null;
+  const inputs: tf.NamedTensorMap = mask ? { q, k, v, mask } : { q, k, v };
+  return tf.engine().runKernel('GPT2Attend1', inputs, { nHead, scale, Tk }) as tf.Tensor2D;
+}
+
+/**
+ * Writes `rows` [B, T, d] into the cache buffer `buf` [B, cap, d] at positions [pos, pos + T), in
+ * place (the one deliberate mutation of a tensor in this library: `buf` is a KV-cache buffer that
+ * only its KVCache references). Returns false, writing nothing, when the kernels are not active.
+ */
+export function writeCacheRows(buf: tf.Tensor3D, rows: tf.Tensor3D, pos: number): boolean {
+  if (!active()) return false;
+  const be = tf.engine().backend as unknown as WasmBackendLike;
+  const [B, cap, d] = buf.shape;
+  const T = rows.shape[1];
+  if (rows.shape[0] !== B || rows.shape[2] !== d || pos + T > cap) throw new Error(`cache write of ${rows.shape} at ${pos} does not fit ${buf.shape}`);
+  const heap = be.wasm.HEAPF32;
+  const dst = offset(be, buf) >> 2;
+  const src = offset(be, rows) >> 2;
+  for (let b = 0; b < B; b++) heap.copyWithin(dst + (b * cap + pos) * d, src + b * T * d, src + (b + 1) * T * d);
+  return true;
+}

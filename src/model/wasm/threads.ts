@@ -1,0 +1,115 @@
+/**
+ * A second thread for the kernels (Node): one worker_threads Worker instantiates kernels.wasm on the
+ * same shared memory as tfjs-backend-wasm and runs half of each kernel call (half the columns of a
+ * matrix product, half the heads of decode attention) while the calling thread runs the other half.
+ * Each call is a few integers in a small SharedArrayBuffer and an Atomics notify; the caller then
+ * waits (spinning briefly, then Atomics.wait) for the worker's half. Splitting by output columns or
+ * heads keeps every sum in the same order as one thread, so results are bit-identical.
+ */
+
+const enum Slot {
+  Seq = 0, // bumped by the caller for each job
+  Op = 1, // 0 quit, 1 linear, 2 attend1
+  Args = 2, // up to 16 int args
+  FloatArg = 18, // one float32 arg
+  Done = 19, // the worker writes the job's Seq here when finished
+  Error = 20, // 1 when the worker's kernel threw
+}
+const CTRL_INTS = 32;
+
+/** The worker: plain JS (evaluated with `eval: true`), so it needs no build step or file path. */
+const WORKER_SOURCE = `
+const { parentPort } = require('node:worker_threads');
+parentPort.once('message', ({ module, memory, ctrl }) => {
+  const c = new Int32Array(ctrl), f = new Float32Array(ctrl);
+  let k;
+  try { k = new WebAssembly.Instance(module, { env: { memory } }).exports; }
+  catch (e) { parentPort.postMessage({ error: String(e) }); return; }
+  parentPort.postMessage({ ready: true });
+  let last = Atomics.load(c, ${Slot.Seq});
+  for (;;) {
+    const t0 = performance.now();
+    while (Atomics.load(c, ${Slot.Seq}) === last) {
+      if (performance.now() - t0 > 2) Atomics.wait(c, ${Slot.Seq}, last); // idle: sleep until the next job
+    }
+    last = Atomics.load(c, ${Slot.Seq});
+    const op = c[${Slot.Op}];
+    if (op === 0) return;
+    const a = ${Slot.Args};
+    try {
+      if (op === 1) k.linear(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9]);
+      else if (op === 2) k.attend1(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10], f[${Slot.FloatArg}], c[a + 11], c[a + 12]);
+    } catch (e) { Atomics.store(c, ${Slot.Error}, 1); }
+    Atomics.store(c, ${Slot.Done}, last);
+    Atomics.notify(c, ${Slot.Done});
+  }
+});
+`;
+
+export class KernelThread {
+  private readonly ctrl = new Int32Array(new SharedArrayBuffer(CTRL_INTS * 4));
+  private readonly f32 = new Float32Array(this.ctrl.buffer);
+  private seq = 0;
+  private broken = false;
+
+  private constructor(private readonly worker: { terminate(): Promise<number>; postMessage(m: unknown): void }) {}
+
+  /** Starts the worker on `memory` (must be shared) and resolves once its kernels are instantiated. */
+  static async start(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<KernelThread> {
+    const { Worker } = await import('node:worker_threads');
+    const worker = new Worker(WORKER_SOURCE, { eval: true });
+    worker.unref(); // never keeps the process alive
+    const t = new KernelThread(worker);
+    await new Promise<void>((resolve, reject) => {
+      worker.once('message', (m: { ready?: boolean; error?: string }) => (m.ready ? resolve() : reject(new Error(m.error))));
+      worker.once('error', reject);
+      worker.postMessage({ module, memory, ctrl: t.ctrl.buffer });
+    });
+    worker.on('error', () => (t.broken = true));
+    worker.on('exit', () => (t.broken = true));
+    return t;
+  }
+
+  get usable(): boolean {
+    return !this.broken;
+  }
+
+  /** Hands a job to the worker; call `wait()` after doing the caller's half. */
+  post(op: 1 | 2, ints: number[], float = 0): void {
+    const c = this.ctrl;
+    for (let i = 0; i < ints.length; i++) c[Slot.Args + i] = ints[i];
+    this.f32[Slot.FloatArg] = float;
+    c[Slot.Op] = op;
+    this.seq = (this.seq + 1) | 0;
+    Atomics.store(c, Slot.Seq, this.seq);
+    Atomics.notify(c, Slot.Seq);
+  }
+
+  /** Blocks until the worker finished the last job (it normally ends within microseconds of the caller). */
+  wait(): void {
+    const c = this.ctrl;
+    const t0 = performance.now();
+    for (;;) {
+      const done = Atomics.load(c, Slot.Done);
+      if (done === this.seq) break;
+      const waited = performance.now() - t0;
+      if (waited > 30_000 || this.broken) {
+        this.broken = true;
+        throw new Error('gpt2-tfjs kernel thread stopped answering; falling back to one thread');
+      }
+      if (waited > 1) Atomics.wait(c, Slot.Done, done, 5);
+    }
+    if (Atomics.load(c, Slot.Error)) {
+      this.broken = true;
+      throw new Error('gpt2-tfjs kernel thread failed');
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.ctrl[Slot.Op] = 0;
+    Atomics.add(this.ctrl, Slot.Seq, 1);
+    Atomics.notify(this.ctrl, Slot.Seq);
+    this.broken = true;
+    await this.worker.terminate();
+  }
+}
