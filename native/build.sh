@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 clang --target=wasm32 -O3 -msimd128 -nostdlib -fno-builtin -ffast-math -fno-finite-math-only \
   -Wl,--no-entry -Wl,--import-memory -Wl,-z,stack-size=0 \
-  -o kernels.wasm kernels.c
+  ${CFLAGS:-} -o kernels.wasm kernels.c
 node check-module.js kernels.wasm
 if llvm-objdump-14 -d kernels.wasm | grep -q 'global\.'; then echo 'kernels.wasm uses a global (stack?): refused' >&2; exit 1; fi
 node -e '

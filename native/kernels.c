@@ -63,9 +63,12 @@ static inline f32 s_act(f32 x, int act) {
 /* Few rows (decode): stream W once, row by row (sequential reads the prefetcher loves); each W row
  * chunk is reused from L1 for all M rows. y holds the running sums (a TILE-wide slice stays in L1). */
 #define TILE 1024
-static void linear_rows(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int N, int ld) {
-  for (int j0 = 0; j0 < N; j0 += TILE) {
-    int nb = N - j0 < TILE ? N - j0 : TILE;
+static void linear_rows(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int N, int ld, int ldx) {
+  /* equal tiles of at most TILE columns (a short last tile would stream W rows in tiny pieces) */
+  int ntiles = (N + TILE - 1) / TILE;
+  int tile = ((N + ntiles - 1) / ntiles + 15) & ~15;
+  for (int j0 = 0; j0 < N; j0 += tile) {
+    int nb = N - j0 < tile ? N - j0 : tile;
     int nv = nb & ~15;
     for (int m = 0; m < M; m++) {
       f32* ym = y + m * ld + j0;
@@ -79,7 +82,7 @@ static void linear_rows(const f32* x, const f32* W, const f32* b, f32* y, int M,
       const f32* w2 = w1 + ld;
       const f32* w3 = w2 + ld;
       for (int m = 0; m < M; m++) {
-        const f32* xm = x + m * K + k;
+        const f32* xm = x + m * ldx + k;
         v128_t s0 = wasm_f32x4_splat(xm[0]), s1 = wasm_f32x4_splat(xm[1]);
         v128_t s2 = wasm_f32x4_splat(xm[2]), s3 = wasm_f32x4_splat(xm[3]);
         f32* ym = y + m * ld + j0;
@@ -98,7 +101,7 @@ static void linear_rows(const f32* x, const f32* W, const f32* b, f32* y, int M,
     for (; k < K; k++) {
       const f32* w0 = W + (long)k * ld + j0;
       for (int m = 0; m < M; m++) {
-        f32 xv = x[m * K + k];
+        f32 xv = x[m * ldx + k];
         f32* ym = y + m * ld + j0;
         for (int j = 0; j < nb; j++) ym[j] += xv * w0[j];
       }
@@ -110,7 +113,10 @@ static void linear_rows(const f32* x, const f32* W, const f32* b, f32* y, int M,
  * is first copied to `pack` (contiguous): W's row stride is often a multiple of 4 KB (N = 3072), and
  * reading the panel in place would map every row to the same L1 set. */
 #define KC 256
-static void linear_tiles(const f32* x, const f32* W, const f32* b, f32* y, int M4, int K, int N, int ld, f32* pack) {
+#ifndef MIN_TILED_ROWS
+#define MIN_TILED_ROWS 16
+#endif
+static void linear_tiles(const f32* x, const f32* W, const f32* b, f32* y, int M4, int K, int N, int ld, int ldx, f32* pack) {
   int N8 = N & ~7;
   for (int j = 0; j < N8; j += 8) {
     for (int k0 = 0; k0 < K; k0 += KC) {
@@ -137,10 +143,10 @@ static void linear_tiles(const f32* x, const f32* W, const f32* b, f32* y, int M
           a20 = wasm_v128_load(y2); a21 = wasm_v128_load(y2 + 4);
           a30 = wasm_v128_load(y3); a31 = wasm_v128_load(y3 + 4);
         }
-        const f32* x0 = x + m * K + k0;
-        const f32* x1 = x0 + K;
-        const f32* x2 = x1 + K;
-        const f32* x3 = x2 + K;
+        const f32* x0 = x + m * ldx + k0;
+        const f32* x1 = x0 + ldx;
+        const f32* x2 = x1 + ldx;
+        const f32* x3 = x2 + ldx;
         const f32* pk = pack;
         for (int k = 0; k < k1 - k0; k++, pk += 8) {
           v128_t w0 = wasm_v128_load(pk), w1 = wasm_v128_load(pk + 4);
@@ -161,7 +167,7 @@ static void linear_tiles(const f32* x, const f32* W, const f32* b, f32* y, int M
   for (int m = 0; m < M4; m++)
     for (int jj = N8; jj < N; jj++) {
       f32 s = b ? b[jj] : 0.0f;
-      for (int k = 0; k < K; k++) s += x[m * K + k] * W[(long)k * ld + jj];
+      for (int k = 0; k < K; k++) s += x[m * ldx + k] * W[(long)k * ld + jj];
       y[m * ld + jj] = s;
     }
 }
@@ -173,14 +179,24 @@ static void apply_act(f32* y, int n, int act) {
   for (; j < n; j++) y[j] = s_act(y[j], act);
 }
 
-/* y[:, 0:n] = act(x @ W[:, 0:n] + b[0:n]) where W and y have row stride `ld` (>= n): the caller may
- * hand each thread a column slice (W + j0, b + j0, y + j0). pack: KC * 8 floats, used when M >= 16. */
+/* y[:, 0:n] = act(x[:, 0:K] @ W[0:K, 0:n] + b[0:n]). W and y have row stride `ld` (>= n), x has row
+ * stride `ldx` (>= K): a caller may hand each thread a column slice (W + j0, b + j0, y + j0) or a
+ * slice of the inner dimension (x + k0, W + k0 * ld, no bias, act 0, summed afterwards by add_act).
+ * pack: KC * 8 floats, used when M >= 16. */
 EXPORT(linear)
-void linear(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int n, int ld, int act, f32* pack) {
-  int M4 = M >= 16 ? (M & ~3) : 0; /* rows handled by the register-tiled path */
-  if (M4) linear_tiles(x, W, b, y, M4, K, n, ld, pack);
-  if (M > M4) linear_rows(x + M4 * K, W, b, y + M4 * ld, M - M4, K, n, ld);
+void linear(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int n, int ld, int ldx, int act, f32* pack) {
+  int M4 = M >= MIN_TILED_ROWS ? (M & ~3) : 0; /* rows handled by the register-tiled path */
+  if (M4) linear_tiles(x, W, b, y, M4, K, n, ld, ldx, pack);
+  if (M > M4) linear_rows(x + M4 * ldx, W, b, y + M4 * ld, M - M4, K, n, ld, ldx);
   if (act) for (int m = 0; m < M; m++) apply_act(y + m * ld, n, act);
+}
+
+/* y = act(y + y2), n floats: joins the two halves of an inner-dimension split */
+EXPORT(add_act)
+void add_act(f32* y, const f32* y2, int n, int act) {
+  int j = 0;
+  for (; j + 4 <= n; j += 4) wasm_v128_store(y + j, v_act(wasm_f32x4_add(wasm_v128_load(y + j), wasm_v128_load(y2 + j)), act));
+  for (; j < n; j++) y[j] = s_act(y[j] + y2[j], act);
 }
 
 /* ---------- layer norm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b ---------- */
@@ -201,8 +217,95 @@ void layer_norm(const f32* x, const f32* g, const f32* b, f32* y, int M, int D, 
 }
 
 /* ---------- decode attention: one query per row against the cached keys/values ----------
- * q [B, D] (D = H*hd), k/v [B, Tk, D] with row b's keys at [b, 0..Tk), mask [B, Tk] additive or 0,
- * out [B, D], scratch >= Tk floats. Scores are scaled by `scale`. Heads [h0, h1) only (threads split heads). */
+ * q [B, D] (D = H*hd), k/v [B, ldkv, D] with row b's keys at [b, 0..Tk), mask [B, Tk] additive or 0,
+ * out [B, D], scratch >= Tk + 4 floats. Scores are scaled by `scale`. Heads [h0, h1) only (threads
+ * split heads). Four keys at a time for the scores; the weighted sum of values keeps 32 output lanes
+ * in registers across all positions. */
+static inline f32 hsum(v128_t a) {
+  return wasm_f32x4_extract_lane(a, 0) + wasm_f32x4_extract_lane(a, 1) + wasm_f32x4_extract_lane(a, 2) + wasm_f32x4_extract_lane(a, 3);
+}
+
+static void scores_into(const f32* qh, const f32* kh, const f32* mb, f32* sc, int Tk, int D, int hd, f32 scale) {
+  int t = 0;
+  const v128_t vs = wasm_f32x4_splat(scale);
+  if ((hd & 3) == 0) {
+    for (; t + 4 <= Tk; t += 4) {
+      const f32* k0 = kh + (long)t * D;
+      const f32* k1 = k0 + D;
+      const f32* k2 = k1 + D;
+      const f32* k3 = k2 + D;
+      v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0, a2 = a0, a3 = a0;
+      for (int j = 0; j < hd; j += 4) {
+        v128_t qv = wasm_v128_load(qh + j);
+        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(qv, wasm_v128_load(k0 + j)));
+        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(qv, wasm_v128_load(k1 + j)));
+        a2 = wasm_f32x4_add(a2, wasm_f32x4_mul(qv, wasm_v128_load(k2 + j)));
+        a3 = wasm_f32x4_add(a3, wasm_f32x4_mul(qv, wasm_v128_load(k3 + j)));
+      }
+      /* 4x4 transpose-add: r = [sum a0, sum a1, sum a2, sum a3] */
+      v128_t s01 = wasm_f32x4_add(wasm_i32x4_shuffle(a0, a1, 0, 4, 1, 5), wasm_i32x4_shuffle(a0, a1, 2, 6, 3, 7));
+      v128_t s23 = wasm_f32x4_add(wasm_i32x4_shuffle(a2, a3, 0, 4, 1, 5), wasm_i32x4_shuffle(a2, a3, 2, 6, 3, 7));
+      v128_t r = wasm_f32x4_add(wasm_i32x4_shuffle(s01, s23, 0, 1, 4, 5), wasm_i32x4_shuffle(s01, s23, 2, 3, 6, 7));
+      r = wasm_f32x4_mul(r, vs);
+      if (mb) r = wasm_f32x4_add(r, wasm_v128_load(mb + t));
+      wasm_v128_store(sc + t, r);
+    }
+  }
+  for (; t < Tk; t++) {
+    const f32* kt = kh + (long)t * D;
+    f32 s = 0.0f;
+    for (int j = 0; j < hd; j++) s += qh[j] * kt[j];
+    sc[t] = s * scale + (mb ? mb[t] : 0.0f);
+  }
+}
+
+/* sc[t] = exp(sc[t] - max) / sum, in place */
+static void softmax_inplace(f32* sc, int Tk) {
+  f32 mx = -3.4e38f;
+  for (int t = 0; t < Tk; t++) mx = sc[t] > mx ? sc[t] : mx;
+  v128_t vm = wasm_f32x4_splat(mx), vsum = wasm_f32x4_splat(0.0f);
+  int t = 0;
+  for (; t + 4 <= Tk; t += 4) {
+    v128_t e = v_exp(wasm_f32x4_sub(wasm_v128_load(sc + t), vm));
+    wasm_v128_store(sc + t, e);
+    vsum = wasm_f32x4_add(vsum, e);
+  }
+  f32 sum = hsum(vsum);
+  for (; t < Tk; t++) { f32 e = s_exp(sc[t] - mx); sc[t] = e; sum += e; }
+  v128_t inv = wasm_f32x4_splat(1.0f / sum);
+  t = 0;
+  for (; t + 4 <= Tk; t += 4) wasm_v128_store(sc + t, wasm_f32x4_mul(wasm_v128_load(sc + t), inv));
+  for (; t < Tk; t++) sc[t] *= 1.0f / sum;
+}
+
+/* oh[0:hd] = sum_t p[t] * vh[t*D + 0:hd] */
+static void weighted_sum(const f32* p, const f32* vh, f32* oh, int Tk, int D, int hd) {
+  int c = 0;
+  for (; c + 32 <= hd; c += 32) {
+    v128_t o0 = wasm_f32x4_splat(0.0f), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
+    const f32* vt = vh + c;
+    for (int t = 0; t < Tk; t++, vt += D) {
+      v128_t pt = wasm_v128_load32_splat(p + t);
+      o0 = wasm_f32x4_add(o0, wasm_f32x4_mul(pt, wasm_v128_load(vt)));
+      o1 = wasm_f32x4_add(o1, wasm_f32x4_mul(pt, wasm_v128_load(vt + 4)));
+      o2 = wasm_f32x4_add(o2, wasm_f32x4_mul(pt, wasm_v128_load(vt + 8)));
+      o3 = wasm_f32x4_add(o3, wasm_f32x4_mul(pt, wasm_v128_load(vt + 12)));
+      o4 = wasm_f32x4_add(o4, wasm_f32x4_mul(pt, wasm_v128_load(vt + 16)));
+      o5 = wasm_f32x4_add(o5, wasm_f32x4_mul(pt, wasm_v128_load(vt + 20)));
+      o6 = wasm_f32x4_add(o6, wasm_f32x4_mul(pt, wasm_v128_load(vt + 24)));
+      o7 = wasm_f32x4_add(o7, wasm_f32x4_mul(pt, wasm_v128_load(vt + 28)));
+    }
+    f32* o = oh + c;
+    wasm_v128_store(o, o0); wasm_v128_store(o + 4, o1); wasm_v128_store(o + 8, o2); wasm_v128_store(o + 12, o3);
+    wasm_v128_store(o + 16, o4); wasm_v128_store(o + 20, o5); wasm_v128_store(o + 24, o6); wasm_v128_store(o + 28, o7);
+  }
+  for (; c < hd; c++) {
+    f32 s = 0.0f;
+    for (int t = 0; t < Tk; t++) s += p[t] * vh[(long)t * D + c];
+    oh[c] = s;
+  }
+}
+
 EXPORT(attend1)
 void attend1(const f32* q, const f32* k, const f32* v, const f32* mask, f32* out, f32* scratch,
              int B, int Tk, int H, int hd, int ldkv, f32 scale, int h0, int h1) {
@@ -212,31 +315,9 @@ void attend1(const f32* q, const f32* k, const f32* v, const f32* mask, f32* out
     const f32* vb = v + (long)bi * ldkv * D;
     const f32* mb = mask ? mask + bi * Tk : 0;
     for (int h = h0; h < h1; h++) {
-      const f32* qh = q + bi * D + h * hd;
-      f32 mx = -3.4e38f;
-      for (int t = 0; t < Tk; t++) {
-        const f32* kt = kb + (long)t * D + h * hd;
-        v128_t acc = wasm_f32x4_splat(0.0f);
-        int j = 0;
-        for (; j + 4 <= hd; j += 4) acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_v128_load(qh + j), wasm_v128_load(kt + j)));
-        f32 s = wasm_f32x4_extract_lane(acc, 0) + wasm_f32x4_extract_lane(acc, 1) + wasm_f32x4_extract_lane(acc, 2) + wasm_f32x4_extract_lane(acc, 3);
-        for (; j < hd; j++) s += qh[j] * kt[j];
-        s = s * scale + (mb ? mb[t] : 0.0f);
-        scratch[t] = s;
-        if (s > mx) mx = s;
-      }
-      f32 sum = 0.0f;
-      for (int t = 0; t < Tk; t++) { f32 e = s_exp(scratch[t] - mx); scratch[t] = e; sum += e; }
-      f32 inv = 1.0f / sum;
-      f32* oh = out + bi * D + h * hd;
-      for (int j = 0; j < hd; j++) oh[j] = 0.0f;
-      for (int t = 0; t < Tk; t++) {
-        const f32* vt = vb + (long)t * D + h * hd;
-        v128_t p = wasm_f32x4_splat(scratch[t] * inv);
-        int j = 0;
-        for (; j + 4 <= hd; j += 4) wasm_v128_store(oh + j, wasm_f32x4_add(wasm_v128_load(oh + j), wasm_f32x4_mul(p, wasm_v128_load(vt + j))));
-        for (; j < hd; j++) oh[j] += scratch[t] * inv * vt[j];
-      }
+      scores_into(q + bi * D + h * hd, kb + h * hd, mb, scratch, Tk, D, hd, scale);
+      softmax_inplace(scratch, Tk);
+      weighted_sum(scratch, vb + h * hd, out + bi * D + h * hd, Tk, D, hd);
     }
   }
 }

@@ -6,10 +6,13 @@ import { BackendName, currentBackend } from './backend';
 import { Batch, Sequence } from './generate/generate';
 import * as tf from './tf';
 import { loadModel } from './index';
+import { wasmKernelThreads } from './model/wasm/kernels';
 
 export interface BenchOptions {
   model?: string;
   backend?: BackendName;
+  /** wasm in Node: kernel threads (see LoadOptions.threads). */
+  threads?: number;
   promptTokens?: number;
   newTokens?: number;
   batch?: number;
@@ -20,6 +23,8 @@ export interface BenchOptions {
 export interface BenchResult {
   model: string;
   backend: string;
+  /** Threads the model's kernels ran on (wasm in Node: 1 or 2; other backends: 1 as far as we control). */
+  threads: number;
   nLayer: number;
   nHead: number;
   nEmbd: number;
@@ -43,7 +48,7 @@ function now(): number {
 export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
   const B = o.batch ?? 1;
   const t0 = now();
-  const gpt = await loadModel(o.model, { backend: o.backend });
+  const gpt = await loadModel(o.model, { backend: o.backend, threads: o.threads });
   const loadSeconds = now() - t0;
   try {
     // Defaults (256 + 64) shrink to fit a small context; explicit sizes are taken as given.
@@ -76,6 +81,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
     return {
       model: o.model ?? 'default',
       backend: currentBackend(),
+      threads: currentBackend() === 'wasm' ? wasmKernelThreads() : 1,
       nLayer: gpt.config.nLayer,
       nHead: gpt.config.nHead,
       nEmbd: gpt.config.nEmbd,

@@ -22,6 +22,11 @@ export interface LoadOptions {
    * network. Without it, a URL's files are fetched into memory on every load.
    */
   cacheDir?: string;
+  /**
+   * wasm, Node: threads for the model's kernels, 1 or 2 (default: 2 on a machine with 2+ cores;
+   * env GPT2_TFJS_THREADS). Fixed when the wasm backend first starts in the process.
+   */
+  threads?: number;
 }
 
 /** The folder of the model shipped with the package (weights/ beside src/ and dist/). */
@@ -31,7 +36,7 @@ export function defaultModelDir(): string {
 }
 
 export async function loadTransformer(source: FileSource, opts: LoadOptions = {}): Promise<GPT2Model> {
-  await setBackend(opts.backend);
+  await setBackend(opts.backend, { threads: opts.threads });
   const config: GPT2Config = parseConfig(await readConfigJson(source), source.describe('config.json'));
   const params = await buildParams(config, streamWeights(source, opts.onProgress));
   return new GPT2Model(config, params);

@@ -37,6 +37,7 @@ function collect(v: string, prev: string[] = []): string[] {
 }
 
 const backendOption = () => new Option('-b, --backend <name>', 'tfjs backend').choices([...BACKENDS]).default('wasm');
+const threadsOption = () => new Option('--threads <n>', 'wasm in Node: threads for the matrix products, 1 or 2 (default: 2 with 2+ cores; env GPT2_TFJS_THREADS)').argParser(int('--threads', 1, 2));
 const modelOption = () => new Option('-m, --model <dir-or-url>', 'model folder or http(s) base URL in Hugging Face layout (default: the bundled Shakespeare model)');
 
 async function readStdin(stdin: NodeJS.ReadableStream): Promise<string> {
@@ -46,14 +47,15 @@ async function readStdin(stdin: NodeJS.ReadableStream): Promise<string> {
 }
 
 /** Loads a model with a progress bar on stderr when it is a terminal. */
-export async function loadWithProgress(io: CliIO, model: string | undefined, backend: BackendName, quiet = false): Promise<GPT2> {
-  if (quiet || !io.stderr.isTTY) return loadModel(model, { backend });
+export async function loadWithProgress(io: CliIO, model: string | undefined, backend: BackendName, quiet = false, threads?: number): Promise<GPT2> {
+  if (quiet || !io.stderr.isTTY) return loadModel(model, { backend, threads });
   const { SingleBar, Presets } = await import('cli-progress');
   const bar = new SingleBar({ format: 'loading {file} [{bar}] {percentage}% | {value}/{total} MB', stream: io.stderr as NodeJS.WritableStream, clearOnComplete: true }, Presets.shades_classic);
   let started = false;
   try {
     return await loadModel(model, {
       backend,
+      threads,
       onProgress: (p: LoadProgress) => {
         const mb = (b: number) => Math.round(b / 1e5) / 10;
         if (!started) {
@@ -83,6 +85,7 @@ export function buildProgram(io: CliIO): Command {
     .argument('[prompt]', 'the prompt; read from stdin when omitted')
     .addOption(modelOption())
     .addOption(backendOption())
+    .addOption(threadsOption())
     .option('-n, --max-new-tokens <n>', 'tokens to generate (default 64, or what the context leaves)', int('--max-new-tokens', 1, 100000))
     .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', num('--temperature', 0), 0.8)
     .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', int('--top-k', 0), 0)
@@ -101,7 +104,7 @@ export function buildProgram(io: CliIO): Command {
         prompt = (await readStdin(io.stdin)).replace(/\n$/, '');
       }
       if (!prompt) throw new CliError('the prompt is empty');
-      const gpt = await loadWithProgress(io, o.model, o.backend, o.quiet || o.json);
+      const gpt = await loadWithProgress(io, o.model, o.backend, o.quiet || o.json, o.threads);
       try {
         const opts: GenerateOptions = {
           maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
@@ -127,6 +130,7 @@ export function buildProgram(io: CliIO): Command {
     .argument('<file>', 'UTF-8 text file ("-" for stdin)')
     .addOption(modelOption())
     .addOption(backendOption())
+    .addOption(threadsOption())
     .option('--window <n>', 'tokens per window (default: the model context)', int('--window', 2))
     .option('--json', 'print one JSON object')
     .option('-q, --quiet', 'no progress bar')
@@ -144,7 +148,7 @@ export function buildProgram(io: CliIO): Command {
           throw new CliError(`cannot read ${file}: ${(e as Error).message}`);
         }
       }
-      const gpt = await loadWithProgress(io, o.model, o.backend, o.quiet || o.json);
+      const gpt = await loadWithProgress(io, o.model, o.backend, o.quiet || o.json, o.threads);
       try {
         const t0 = Date.now();
         const r = await gpt.score(text, { windowSize: o.window });
@@ -161,6 +165,7 @@ export function buildProgram(io: CliIO): Command {
     .description('measure prefill and decode tokens/s, time to first token, peak RSS and tensor count')
     .addOption(modelOption())
     .addOption(backendOption())
+    .addOption(threadsOption())
     .option('--prompt-tokens <n>', 'prompt length', int('--prompt-tokens', 1), 256)
     .option('--new-tokens <n>', 'tokens to generate', int('--new-tokens', 1), 64)
     .option('--batch <n>', 'sequences decoded together', int('--batch', 1, 64), 1)
@@ -168,11 +173,11 @@ export function buildProgram(io: CliIO): Command {
     .addHelpText('after', '\nExamples:\n  $ python3 bench/make_random_checkpoint.py   # 124M-shaped random model in bench/models/\n  $ gpt2-tfjs bench --model bench/models/gpt2-124m-random --backend wasm --prompt-tokens 256 --new-tokens 64\n  $ gpt2-tfjs bench --batch 8 --json')
     .action(async (o) => {
       const { runBench } = await import('../bench');
-      const r = await runBench({ model: o.model, backend: o.backend, promptTokens: o.promptTokens, newTokens: o.newTokens, batch: o.batch });
+      const r = await runBench({ model: o.model, backend: o.backend, threads: o.threads, promptTokens: o.promptTokens, newTokens: o.newTokens, batch: o.batch });
       const f = (x: number, d = 1) => x.toFixed(d);
       io.stdout.write(
         `model ${r.model}: ${r.nLayer} layers, ${r.nHead} heads, n_embd ${r.nEmbd}, vocab ${r.vocabSize}\n` +
-          `backend ${r.backend}, prompt ${r.promptTokens} tokens, ${r.newTokens} new tokens, batch ${r.batch}\n` +
+          `backend ${r.backend} (${r.threads} thread${r.threads > 1 ? 's' : ''}), prompt ${r.promptTokens} tokens, ${r.newTokens} new tokens, batch ${r.batch}\n` +
           `load ${f(r.loadSeconds, 2)} s | time to first token ${f(r.timeToFirstTokenSeconds, 3)} s\n` +
           `prefill ${f(r.prefillTokensPerSecond)} tokens/s | decode ${f(r.decodeTokensPerSecond)} tokens/s (${f(r.decodeMsPerStep)} ms/step)\n` +
           `peak RSS ${f(r.peakRssBytes / 2 ** 20, 0)} MiB | tensors ${r.numTensors}\n`,
@@ -185,6 +190,7 @@ export function buildProgram(io: CliIO): Command {
     .description('serve an OpenAI-compatible completions API over HTTP (continuous batching)')
     .addOption(modelOption())
     .addOption(backendOption())
+    .addOption(threadsOption())
     .option('-p, --port <n>', 'port', int('--port', 0, 65535), 8080)
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--max-batch <n>', 'rows decoded together', int('--max-batch', 1, 256), 8)
@@ -194,7 +200,7 @@ export function buildProgram(io: CliIO): Command {
     .option('--model-name <id>', 'model id reported by /v1/models and accepted in requests', 'gpt2')
     .addHelpText('after', '\nExamples:\n  $ gpt2-tfjs serve --port 8080\n  $ curl -s localhost:8080/v1/completions -H "content-type: application/json" -d \'{"prompt":"ROMEO:","max_tokens":40}\'')
     .action(async (o) => {
-      const gpt = await loadWithProgress(io, o.model, o.backend);
+      const gpt = await loadWithProgress(io, o.model, o.backend, false, o.threads);
       const { startServer } = await import('../server');
       const srv = await startServer({
         model: gpt, host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue,

@@ -7,6 +7,7 @@ import { GPT2Error } from '../errors';
 import { GPT2Config } from './config';
 import { AttnContext, LayerKV, MASK_NEG, block, cachePrefix, layerNorm, project } from './layers';
 import { Params, disposeParams } from './params';
+import { ensureKernelThread } from './wasm/kernels';
 
 /**
  * Keys/values of every layer for B rows that share one time axis. Rows shorter than the longest
@@ -180,6 +181,7 @@ export class GPT2Model {
    */
   async step(ids: number[][], cache: KVCache | null, opts: StepOptions = {}): Promise<Float32Array> {
     this.check(ids, cache);
+    await ensureKernelThread();
     const c = this.config;
     const p = this.params;
     const B = ids.length;

@@ -21,7 +21,8 @@ import { patchMemoryImportToShared } from './shared-memory';
 import { KernelThread } from './threads';
 
 interface KernelExports {
-  linear(x: number, w: number, b: number, y: number, M: number, K: number, n: number, ld: number, act: number, pack: number): void;
+  linear(x: number, w: number, b: number, y: number, M: number, K: number, n: number, ld: number, ldx: number, act: number, pack: number): void;
+  add_act(y: number, y2: number, n: number, act: number): void;
   layer_norm(x: number, g: number, b: number, y: number, M: number, D: number, eps: number): void;
   attend1(q: number, k: number, v: number, mask: number, out: number, scratch: number, B: number, Tk: number, H: number, hd: number, ldkv: number, scale: number, h0: number, h1: number): void;
 }
@@ -42,7 +43,7 @@ export type KernelActivation = keyof typeof ACT_CODES;
 
 let compiled: Promise<WebAssembly.Module> | null = null;
 let compiledShared: Promise<WebAssembly.Module> | null = null;
-let state: { memory: WebAssembly.Memory; exports: KernelExports; thread: KernelThread | null } | null = null;
+let state: { memory: WebAssembly.Memory; module: WebAssembly.Module; exports: KernelExports; thread: KernelThread | null } | null = null;
 let registered = false;
 let disabled = false;
 
@@ -84,12 +85,17 @@ export async function enableWasmKernels(opts: { threads?: number } = {}): Promis
       thread = null; // no worker_threads here: one thread
     }
   }
-  state = { memory, exports: instance.exports as unknown as KernelExports, thread };
+  state = { memory, module, exports: instance.exports as unknown as KernelExports, thread };
   if (!registered) {
     registerKernels();
     registered = true;
   }
   return true;
+}
+
+/** Stops the worker thread (kernels go on with one thread until the next model step starts another). */
+export async function stopKernelThread(): Promise<void> {
+  await state?.thread?.stop();
 }
 
 /** Turns the kernels off (or back on) for this process: for A/B benchmarks and tests. */
@@ -118,10 +124,27 @@ function exportsFor(): KernelExports {
   return state.exports;
 }
 
-/** The worker thread when it can take half of a job of `work` multiply-adds (small jobs stay on one thread). */
+/** The worker thread when it can take half of a job of `work` multiply-adds (small jobs stay on one thread); claim it before posting. */
 function threadFor(work: number): KernelThread | null {
   const t = state?.thread;
   return t && t.usable && work >= 1 << 16 ? t : null;
+}
+
+/**
+ * Starts a new worker when the last one exited after an idle spell (called before each model step;
+ * a no-op when there is nothing to restart). Until it is up, kernels run on one thread.
+ */
+export async function ensureKernelThread(): Promise<void> {
+  const s = state;
+  if (!s || !s.thread || s.thread.usable) return;
+  const old = s.thread;
+  s.thread = null;
+  await old.stop().catch(() => undefined);
+  try {
+    s.thread = await KernelThread.start(s.module, s.memory);
+  } catch {
+    s.thread = null;
+  }
 }
 
 /** Number of kernel threads in use (1, or 2 with the worker). */
@@ -143,20 +166,39 @@ function registerKernels(): void {
       const out = be.makeOutput([M, N], 'float32');
       if (M * N === 0) return out;
       const act = attrs?.act as number;
+      const k = exportsFor();
       const thread = threadFor(M * K * N);
+      // Few rows (decode): the threads split the inner dimension, so each streams one contiguous half
+      // of W; the halves are summed after. Many rows (prefill): they split the output columns.
+      const kSplit = thread !== null && M < 16 && N <= 4096;
       const pack = M >= 16 ? be.makeOutput([2 * PACK_FLOATS], 'float32') : null; // the tiled path's W panels, one per thread
+      const partial = kSplit ? be.makeOutput([M, N], 'float32') : null;
       const [px, pw, pb, py, pp] = [offset(be, x), offset(be, w), b ? offset(be, b) : 0, offset(be, out), pack ? offset(be, pack) : 0];
       try {
-        // Two threads: the worker takes columns [n0, N), this thread [0, n0).
-        const n0 = thread ? (N >> 1) & ~15 : N;
-        if (thread) thread.post(1, [px, pw + 4 * n0, pb && pb + 4 * n0, py + 4 * n0, M, K, N - n0, N, act, pp && pp + 4 * PACK_FLOATS]);
-        try {
-          exportsFor().linear(px, pw, pb, py, M, K, n0, N, act, pp);
-        } finally {
-          thread?.wait();
+        if (thread && partial && thread.claim()) {
+          const k0 = (K >> 1) & ~3;
+          const py2 = offset(be, partial);
+          thread.post(1, [px + 4 * k0, pw + 4 * k0 * N, 0, py2, M, K - k0, N, N, K, 0, 0]);
+          try {
+            k.linear(px, pw, pb, py, M, k0, N, N, K, 0, 0);
+          } finally {
+            thread.wait();
+          }
+          k.add_act(py, py2, M * N, act);
+        } else if (thread && !partial && thread.claim()) {
+          const n0 = (N >> 1) & ~15;
+          thread.post(1, [px, pw + 4 * n0, pb && pb + 4 * n0, py + 4 * n0, M, K, N - n0, N, K, act, pp && pp + 4 * PACK_FLOATS]);
+          try {
+            k.linear(px, pw, pb, py, M, K, n0, N, K, act, pp);
+          } finally {
+            thread.wait();
+          }
+        } else {
+          k.linear(px, pw, pb, py, M, K, N, N, K, act, pp);
         }
       } finally {
         if (pack) be.disposeData(pack.dataId);
+        if (partial) be.disposeData(partial.dataId);
       }
       return out;
     },
@@ -190,8 +232,9 @@ function registerKernels(): void {
       const ints = [offset(be, q), offset(be, k), offset(be, v), mask ? offset(be, mask) : 0, offset(be, out), offset(be, scratch), B, Tk, H, D / H, ldkv];
       try {
         // Two threads: the worker takes heads [H/2, H).
-        const h0 = thread ? H >> 1 : H;
-        if (thread) {
+        const split = thread !== null && thread.claim();
+        const h0 = split ? H >> 1 : H;
+        if (split) {
           const theirs = ints.slice();
           theirs[5] += 4 * Tk;
           thread.post(2, [...theirs, h0, H], scale);
@@ -199,7 +242,7 @@ function registerKernels(): void {
         try {
           exportsFor().attend1(...(ints as [number, number, number, number, number, number, number, number, number, number, number]), scale, 0, h0);
         } finally {
-          thread?.wait();
+          if (split) thread.wait();
         }
       } finally {
         be.disposeData(scratch.dataId);

@@ -14,7 +14,15 @@ const enum Slot {
   FloatArg = 18, // one float32 arg
   Done = 19, // the worker writes the job's Seq here when finished
   Error = 20, // 1 when the worker's kernel threw
+  State = 21, // Idle, Claimed (the caller holds the worker for one job) or Exited
 }
+const enum State {
+  Idle = 0,
+  Claimed = 1,
+  Exited = 2,
+}
+/** A worker with no job for this long exits (it pins the backend's memory); the next step starts another. */
+const IDLE_EXIT_MS = 30_000;
 const CTRL_INTS = 32;
 
 /** The worker: plain JS (evaluated with `eval: true`), so it needs no build step or file path. */
@@ -30,14 +38,16 @@ parentPort.once('message', ({ module, memory, ctrl }) => {
   for (;;) {
     const t0 = performance.now();
     while (Atomics.load(c, ${Slot.Seq}) === last) {
-      if (performance.now() - t0 > 2) Atomics.wait(c, ${Slot.Seq}, last); // idle: sleep until the next job
+      if (performance.now() - t0 < 2) continue; // spin a little: the next job usually follows within microseconds
+      // idle: sleep until the next job; after a long idle, exit unless the caller holds us right now
+      if (Atomics.wait(c, ${Slot.Seq}, last, IDLE_EXIT_MS) === 'timed-out' && Atomics.compareExchange(c, ${Slot.State}, ${State.Idle}, ${State.Exited}) === ${State.Idle}) return;
     }
     last = Atomics.load(c, ${Slot.Seq});
     const op = c[${Slot.Op}];
     if (op === 0) return;
     const a = ${Slot.Args};
     try {
-      if (op === 1) k.linear(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9]);
+      if (op === 1) k.linear(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10]);
       else if (op === 2) k.attend1(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10], f[${Slot.FloatArg}], c[a + 11], c[a + 12]);
     } catch (e) { Atomics.store(c, ${Slot.Error}, 1); }
     Atomics.store(c, ${Slot.Done}, last);
@@ -55,9 +65,9 @@ export class KernelThread {
   private constructor(private readonly worker: { terminate(): Promise<number>; postMessage(m: unknown): void }) {}
 
   /** Starts the worker on `memory` (must be shared) and resolves once its kernels are instantiated. */
-  static async start(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<KernelThread> {
+  static async start(module: WebAssembly.Module, memory: WebAssembly.Memory, opts: { idleExitMs?: number } = {}): Promise<KernelThread> {
     const { Worker } = await import('node:worker_threads');
-    const worker = new Worker(WORKER_SOURCE, { eval: true });
+    const worker = new Worker(WORKER_SOURCE.replace('IDLE_EXIT_MS', String(opts.idleExitMs ?? IDLE_EXIT_MS)), { eval: true });
     worker.unref(); // never keeps the process alive
     const t = new KernelThread(worker);
     await new Promise<void>((resolve, reject) => {
@@ -71,10 +81,16 @@ export class KernelThread {
   }
 
   get usable(): boolean {
-    return !this.broken;
+    return !this.broken && Atomics.load(this.ctrl, Slot.State) !== State.Exited;
   }
 
-  /** Hands a job to the worker; call `wait()` after doing the caller's half. */
+  /** Reserves the worker for one job (post, then wait). False when it has exited or failed. */
+  claim(): boolean {
+    if (this.broken) return false;
+    return Atomics.compareExchange(this.ctrl, Slot.State, State.Idle, State.Claimed) === State.Idle;
+  }
+
+  /** Hands a claimed worker its job; call `wait()` after doing the caller's half. */
   post(op: 1 | 2, ints: number[], float = 0): void {
     const c = this.ctrl;
     for (let i = 0; i < ints.length; i++) c[Slot.Args + i] = ints[i];
@@ -85,7 +101,7 @@ export class KernelThread {
     Atomics.notify(c, Slot.Seq);
   }
 
-  /** Blocks until the worker finished the last job (it normally ends within microseconds of the caller). */
+  /** Blocks until the worker finished the posted job (normally within microseconds of the caller), then releases it. */
   wait(): void {
     const c = this.ctrl;
     const t0 = performance.now();
@@ -99,6 +115,7 @@ export class KernelThread {
       }
       if (waited > 1) Atomics.wait(c, Slot.Done, done, 5);
     }
+    Atomics.store(c, Slot.State, State.Idle);
     if (Atomics.load(c, Slot.Error)) {
       this.broken = true;
       throw new Error('gpt2-tfjs kernel thread failed');
@@ -106,6 +123,7 @@ export class KernelThread {
   }
 
   async stop(): Promise<void> {
+    Atomics.store(this.ctrl, Slot.State, State.Exited);
     this.ctrl[Slot.Op] = 0;
     Atomics.add(this.ctrl, Slot.Seq, 1);
     Atomics.notify(this.ctrl, Slot.Seq);

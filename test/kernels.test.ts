@@ -1,0 +1,236 @@
+/**
+ * The WASM SIMD kernels (src/model/wasm) against the same math in plain tf ops, on the wasm
+ * backend; the shared-memory rewrite of tfjs-backend-wasm's binary; the second kernel thread.
+ * (The model-level parity suites run through these kernels too: on wasm they are the default path.)
+ */
+import * as os from 'os';
+import * as tf from '../src/tf';
+import { setBackend } from '../src/backend';
+import { KV_GROW, cachePrefix } from '../src/model/layers';
+import {
+  ensureKernelThread,
+  kernelAttend1,
+  kernelLayerNorm,
+  kernelLinear,
+  setWasmKernelsDisabled,
+  stopKernelThread,
+  wasmKernelThreads,
+  wasmKernelsActive,
+  writeCacheRows,
+} from '../src/model/wasm/kernels';
+import { KERNELS_WASM_BASE64 } from '../src/model/wasm/kernels.wasm';
+import { patchMemoryImportToShared, patchToImportSharedMemory } from '../src/model/wasm/shared-memory';
+import { KernelThread } from '../src/model/wasm/threads';
+import { loadModel } from '../src';
+import { TINY_DIR, maxAbsDiff } from './helpers';
+
+const randn = (shape: number[], seed: number, scale = 0.5) => tf.randomNormal(shape, 0, scale, 'float32', seed);
+
+/** Runs `f` with our kernels off, so the callers' tf-op fallbacks compute the reference. */
+function reference<T>(f: () => T): T {
+  setWasmKernelsDisabled(true);
+  try {
+    return f();
+  } finally {
+    setWasmKernelsDisabled(false);
+  }
+}
+
+beforeAll(async () => {
+  await setBackend('wasm');
+});
+
+describe('wasm kernels', () => {
+  test('are active on the wasm backend, with a second thread where the machine has two cores', () => {
+    expect(wasmKernelsActive()).toBe(true);
+    const cores = os.availableParallelism?.() ?? os.cpus().length;
+    expect(wasmKernelThreads()).toBe(cores >= 2 ? 2 : 1);
+  });
+
+  // Rows: decode (1), batched decode (3, 8), the tiled prefill path (16, 37: a 4-row tail).
+  // Columns: odd widths (not multiples of 4, 8 or 16), and wide enough to split across threads.
+  const shapes: [number, number, number][] = [
+    [1, 64, 50],
+    [1, 768, 2304],
+    [3, 300, 1001],
+    [8, 768, 768],
+    [8, 1030, 517],
+    [16, 64, 40],
+    [37, 300, 777],
+    [64, 1027, 260],
+  ];
+  test.each(shapes)('linear [%i, %i] x [%i] with bias, without, and with the fused activations', (M, K, N) => {
+    tf.tidy(() => {
+      const x = randn([M, K], 1) as tf.Tensor2D;
+      const w = randn([K, N], 2, 0.05) as tf.Tensor2D;
+      const b = randn([N], 3) as tf.Tensor1D;
+      const ref = tf.fused.matMul({ a: x, b: w, bias: b }) as tf.Tensor2D;
+      const scale = Math.max(1, tf.max(tf.abs(ref)).dataSync()[0]);
+      const tol = 2e-6 * scale * Math.sqrt(K);
+      const check = (got: tf.Tensor | null, want: tf.Tensor) => {
+        expect(got).not.toBeNull();
+        expect(got!.shape).toEqual([M, N]);
+        expect(maxAbsDiff(got!.dataSync(), want.dataSync())).toBeLessThanOrEqual(tol);
+      };
+      check(kernelLinear(x, w, b, 'none'), ref);
+      check(kernelLinear(x, w, null, 'none'), reference(() => tf.matMul(x, w)));
+      check(kernelLinear(x, w, b, 'relu'), tf.relu(ref));
+      const c = 2 * Math.sqrt(2 / Math.PI);
+      const geluRef = tf.mul(ref, tf.sigmoid(tf.mul(ref, tf.add(tf.mul(tf.square(ref), 0.044715 * c), c))));
+      check(kernelLinear(x, w, b, 'gelu_new'), geluRef);
+    });
+  });
+
+  test('layer norm equals the tf-op version', () => {
+    tf.tidy(() => {
+      const x = tf.add(randn([7, 770], 4, 3), 5) as tf.Tensor2D;
+      const g = randn([770], 5) as tf.Tensor1D;
+      const b = randn([770], 6) as tf.Tensor1D;
+      const xc = tf.sub(x, tf.mean(x, -1, true));
+      const want = tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(tf.mean(tf.square(xc), -1, true), 1e-5))), g), b);
+      expect(maxAbsDiff(kernelLayerNorm(x, g, b, 1e-5)!.dataSync(), want.dataSync())).toBeLessThanOrEqual(2e-5);
+    });
+  });
+
+  test.each([
+    [1, 1, 12, 64],
+    [3, 70, 12, 64],
+    [8, 265, 12, 64],
+    [2, 9, 4, 10], // head size not a multiple of 4 or 32
+  ])('decode attention: B=%i, Tk=%i, H=%i, hd=%i, in a cache buffer with spare room and a padding mask', (B, Tk, H, hd) => {
+    tf.tidy(() => {
+      const D = H * hd;
+      const cap = Tk + 5;
+      const q = randn([B, D], 7, 2) as tf.Tensor2D;
+      const k = randn([B, cap, D], 8) as tf.Tensor3D;
+      const v = randn([B, cap, D], 9) as tf.Tensor3D;
+      const pad = Array.from({ length: B }, (_, b) => Math.min(b * 2, Tk - 1));
+      const mask = tf.tensor3d(Float32Array.from({ length: B * Tk }, (_, i) => ((i % Tk) < pad[Math.floor(i / Tk)] ? -3e4 : 0)), [B, Tk, 1]);
+      const scale = 1 / Math.sqrt(hd);
+      const kk = tf.reshape(cachePrefix(k, Tk), [B, Tk, H, hd]);
+      const vv = tf.reshape(cachePrefix(v, Tk), [B, Tk, H, hd]);
+      const scores = tf.add(tf.mul(tf.sum(tf.mul(tf.reshape(q, [B, 1, H, hd]), kk), -1), scale), mask); // [B, Tk, H]
+      const probs = tf.softmax(tf.transpose(scores, [0, 2, 1])); // [B, H, Tk]
+      const want = tf.reshape(tf.sum(tf.mul(tf.reshape(tf.transpose(probs, [0, 2, 1]), [B, Tk, H, 1]), vv), 1), [B, D]);
+      const got = kernelAttend1(q, k, v, Tk, mask, H, scale)!;
+      expect(maxAbsDiff(got.dataSync(), want.dataSync())).toBeLessThanOrEqual(1e-5);
+    });
+  });
+
+  test('a cache write fills only its positions, and refuses one that does not fit', () => {
+    const buf = tf.zeros([2, 6, 3]) as tf.Tensor3D;
+    const rows = tf.tensor3d([1, 2, 3, 4, 5, 6], [2, 1, 3]);
+    expect(writeCacheRows(buf, rows, 4)).toBe(true);
+    const got = Array.from(buf.dataSync());
+    const want = new Array(36).fill(0);
+    want.splice(12, 3, 1, 2, 3);
+    want.splice(30, 3, 4, 5, 6);
+    expect(got).toEqual(want);
+    expect(() => writeCacheRows(buf, rows, 6)).toThrow(/does not fit/);
+    tf.dispose([buf, rows]);
+  });
+
+  test(`decode across the cache's growth boundary (${KV_GROW} positions) equals the full forward`, async () => {
+    const model = await loadModel(undefined, { backend: 'wasm' }); // the bundled model: 256 positions
+    try {
+      const ids = Array.from({ length: KV_GROW + 12 }, (_, i) => (i * 7919) % 50257);
+      const full = await model.forward(ids);
+      const V = model.config.vocabSize;
+      const { KVCache } = await import('../src/model/gpt2');
+      const cache = new KVCache([0]);
+      await model.model.step([ids.slice(0, 3)], cache);
+      let worst = 0;
+      for (let t = 3; t < ids.length; t++) {
+        const row = await model.model.step([[ids[t]]], cache, { lastOnly: true });
+        worst = Math.max(worst, maxAbsDiff(row, full.subarray(t * V, (t + 1) * V)));
+      }
+      cache.dispose();
+      expect(worst).toBeLessThanOrEqual(1e-4);
+    } finally {
+      model.dispose();
+    }
+  });
+});
+
+describe('second kernel thread', () => {
+  test('stops, runs on one thread meanwhile, and is started again by the next model step', async () => {
+    if (wasmKernelThreads() < 2) return expect(wasmKernelThreads()).toBe(1); // single-core machine: nothing to restart
+    const model = await loadModel(TINY_DIR, { backend: 'wasm' });
+    try {
+      const before = await model.generate([464, 318], { maxNewTokens: 6, temperature: 0 });
+      await stopKernelThread();
+      expect(wasmKernelThreads()).toBe(1);
+      tf.tidy(() => {
+        const x = randn([1, 512], 11) as tf.Tensor2D;
+        const w = randn([512, 512], 12) as tf.Tensor2D;
+        const want = reference(() => tf.matMul(x, w));
+        expect(maxAbsDiff(kernelLinear(x, w, null, 'none')!.dataSync(), want.dataSync())).toBeLessThanOrEqual(1e-4);
+      });
+      await ensureKernelThread();
+      expect(wasmKernelThreads()).toBe(2);
+      const after = await model.generate([464, 318], { maxNewTokens: 6, temperature: 0 });
+      expect(after.tokens).toEqual(before.tokens);
+    } finally {
+      model.dispose();
+    }
+  });
+
+  test('a worker left idle exits on its own, and a claimed one does not', async () => {
+    const bytes = Uint8Array.from(atob(KERNELS_WASM_BASE64), (c) => c.charCodeAt(0));
+    const module = await WebAssembly.compile(patchMemoryImportToShared(bytes)! as BufferSource);
+    const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared: true });
+    const t = await KernelThread.start(module, memory, { idleExitMs: 100 });
+    expect(t.usable).toBe(true);
+    expect(t.claim()).toBe(true);
+    // x (2 floats) at 0, W [2, 2] at 64, y at 128: y = x @ W
+    new Float32Array(memory.buffer, 0, 2).set([1, 2]);
+    new Float32Array(memory.buffer, 64, 4).set([1, 2, 3, 4]);
+    t.post(1, [0, 64, 0, 128, 1, 2, 2, 2, 2, 0, 0]);
+    t.wait();
+    expect(Array.from(new Float32Array(memory.buffer, 128, 2))).toEqual([7, 10]);
+    await new Promise((r) => setTimeout(r, 400));
+    expect(t.usable).toBe(false);
+    expect(t.claim()).toBe(false);
+    await t.stop();
+  });
+});
+
+describe('shared-memory rewrite', () => {
+  /** A minimal module: defines 1 page of memory, exports it and a function storing 42 at address 8. */
+  const tiny = Uint8Array.from([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () -> ()
+    0x02, 0x09, 0x01, 0x03, 0x65, 0x6e, 0x76, 0x01, 0x66, 0x00, 0x00, // import env.f: type 0
+    0x03, 0x02, 0x01, 0x00, // function 1: type 0
+    0x05, 0x03, 0x01, 0x00, 0x01, // memory: min 1
+    0x07, 0x10, 0x02, 0x06, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x02, 0x00, 0x03, 0x73, 0x65, 0x74, 0x00, 0x01, // export memory, set
+    0x0a, 0x0b, 0x01, 0x09, 0x00, 0x41, 0x08, 0x41, 0x2a, 0x36, 0x02, 0x00, 0x0b, // set: i32.store(8, 42)
+  ]);
+
+  test('turns a defined memory into an imported shared one, and the module still works', async () => {
+    expect(WebAssembly.validate(tiny)).toBe(true);
+    const patched = patchToImportSharedMemory(tiny)!;
+    expect(patched.initialPages).toBe(1);
+    const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared: true });
+    const { instance } = (await WebAssembly.instantiate(patched.bytes as BufferSource, { env: { f: () => undefined, memory } })) as unknown as WebAssembly.WebAssemblyInstantiatedSource;
+    expect(instance.exports.memory).toBe(memory);
+    (instance.exports.set as () => void)();
+    expect(new Int32Array(memory.buffer)[2]).toBe(42);
+  });
+
+  test('marks an unshared memory import as shared', async () => {
+    const bytes = Uint8Array.from(atob(KERNELS_WASM_BASE64), (c) => c.charCodeAt(0));
+    const patched = patchMemoryImportToShared(bytes)!;
+    const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared: true });
+    await expect(WebAssembly.instantiate(patched as BufferSource, { env: { memory } })).resolves.toBeDefined();
+    await expect(WebAssembly.instantiate(bytes, { env: { memory } })).rejects.toThrow();
+  });
+
+  test('leaves modules of another shape alone', () => {
+    expect(patchToImportSharedMemory(Uint8Array.from([1, 2, 3]))).toBeNull();
+    expect(patchToImportSharedMemory(tiny.subarray(0, 20))).toBeNull(); // truncated
+    const noMemory = patchToImportSharedMemory(patchToImportSharedMemory(tiny)!.bytes); // already imports its memory
+    expect(noMemory).toBeNull();
+    expect(patchMemoryImportToShared(tiny)).toBeNull(); // nothing imported as memory
+  });
+});
