@@ -306,18 +306,28 @@ static void weighted_sum(const f32* p, const f32* vh, f32* oh, int Tk, int D, in
   }
 }
 
-EXPORT(attend1)
-void attend1(const f32* q, const f32* k, const f32* v, const f32* mask, f32* out, f32* scratch,
-             int B, int Tk, int H, int hd, int ldkv, f32 scale, int h0, int h1) {
+/* Causal attention of T new queries per row against the cache: query i of row b sees positions
+ * [0, past + i] of k/v [B, ldkv, D] (the new keys already written there at [past, past + T)).
+ * q [B*T, D], mask [B, past + T] additive (padding) or 0, out [B*T, D], scratch >= past + T + 4 floats.
+ * Heads [h0, h1) only (threads split heads). T = 1 is the decode step. */
+EXPORT(attend)
+void attend(const f32* q, const f32* k, const f32* v, const f32* mask, f32* out, f32* scratch,
+            int B, int T, int past, int H, int hd, int ldkv, f32 scale, int h0, int h1) {
   int D = H * hd;
+  int Tk = past + T;
   for (int bi = 0; bi < B; bi++) {
     const f32* kb = k + (long)bi * ldkv * D;
     const f32* vb = v + (long)bi * ldkv * D;
     const f32* mb = mask ? mask + bi * Tk : 0;
-    for (int h = h0; h < h1; h++) {
-      scores_into(q + bi * D + h * hd, kb + h * hd, mb, scratch, Tk, D, hd, scale);
-      softmax_inplace(scratch, Tk);
-      weighted_sum(scratch, vb + h * hd, out + bi * D + h * hd, Tk, D, hd);
+    for (int i = 0; i < T; i++) {
+      const f32* qi = q + (long)(bi * T + i) * D;
+      f32* oi = out + (long)(bi * T + i) * D;
+      int n = past + i + 1; /* causal: keys up to this query's own position */
+      for (int h = h0; h < h1; h++) {
+        scores_into(qi + h * hd, kb + h * hd, mb, scratch, n, D, hd, scale);
+        softmax_inplace(scratch, n);
+        weighted_sum(scratch, vb + h * hd, oi + h * hd, n, D, hd);
+      }
     }
   }
 }

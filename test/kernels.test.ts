@@ -9,7 +9,7 @@ import { setBackend } from '../src/backend';
 import { KV_GROW, cachePrefix } from '../src/model/layers';
 import {
   ensureKernelThread,
-  kernelAttend1,
+  kernelAttend,
   kernelLayerNorm,
   kernelLinear,
   setWasmKernelsDisabled,
@@ -112,7 +112,32 @@ describe('wasm kernels', () => {
       const scores = tf.add(tf.mul(tf.sum(tf.mul(tf.reshape(q, [B, 1, H, hd]), kk), -1), scale), mask); // [B, Tk, H]
       const probs = tf.softmax(tf.transpose(scores, [0, 2, 1])); // [B, H, Tk]
       const want = tf.reshape(tf.sum(tf.mul(tf.reshape(tf.transpose(probs, [0, 2, 1]), [B, Tk, H, 1]), vv), 1), [B, D]);
-      const got = kernelAttend1(q, k, v, Tk, mask, H, scale)!;
+      const got = kernelAttend(q, k, v, B, 1, Tk - 1, mask, H, scale)!;
+      expect(maxAbsDiff(got.dataSync(), want.dataSync())).toBeLessThanOrEqual(1e-5);
+    });
+  });
+
+  test.each([
+    [1, 0, 7, 12, 64],
+    [2, 5, 4, 3, 8],
+    [3, 2, 9, 4, 10],
+  ])('prefill attention: B=%i, past=%i, T=%i, H=%i, hd=%i, causal, with padding', (B, past, T, H, hd) => {
+    tf.tidy(() => {
+      const D = H * hd;
+      const Tk = past + T;
+      const q = randn([B * T, D], 13, 2) as tf.Tensor2D;
+      const k = randn([B, Tk + 3, D], 14) as tf.Tensor3D;
+      const v = randn([B, Tk + 3, D], 15) as tf.Tensor3D;
+      const pad = Array.from({ length: B }, (_, b) => Math.min(b, past));
+      const padMask = tf.tensor2d(Float32Array.from({ length: B * Tk }, (_, i) => ((i % Tk) < pad[Math.floor(i / Tk)] ? -3e4 : 0)), [B, Tk]);
+      const full = new Float32Array(B * T * Tk);
+      for (let b = 0; b < B; b++) for (let i = 0; i < T; i++) for (let j = 0; j < Tk; j++) if (j > past + i || j < pad[b]) full[(b * T + i) * Tk + j] = -3e4;
+      const qh = tf.transpose(tf.reshape(q, [B, T, H, hd]), [0, 2, 1, 3]); // [B, H, T, hd]
+      const kh = tf.transpose(tf.reshape(cachePrefix(k, Tk), [B, Tk, H, hd]), [0, 2, 3, 1]); // [B, H, hd, Tk]
+      const vh = tf.transpose(tf.reshape(cachePrefix(v, Tk), [B, Tk, H, hd]), [0, 2, 1, 3]); // [B, H, Tk, hd]
+      const scores = tf.add(tf.mul(tf.matMul(qh, kh), 1 / Math.sqrt(hd)), tf.reshape(tf.tensor1d(full), [B, 1, T, Tk]));
+      const want = tf.reshape(tf.transpose(tf.matMul(tf.softmax(scores), vh), [0, 2, 1, 3]), [B * T, D]);
+      const got = kernelAttend(q, k, v, B, T, past, padMask, H, 1 / Math.sqrt(hd))!;
       expect(maxAbsDiff(got.dataSync(), want.dataSync())).toBeLessThanOrEqual(1e-5);
     });
   });

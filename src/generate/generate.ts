@@ -243,6 +243,41 @@ export class Batch {
     }
   }
 
+  /**
+   * Prefills several sequences in one forward pass (left-padded to the longest prompt: the weights
+   * are read once for all of them), samples each one's first token, and adds those not yet done.
+   */
+  async admitMany(seqs: Sequence[]): Promise<void> {
+    const live = seqs.filter((s) => {
+      if (s.aborted) s.finish('abort');
+      return !s.aborted;
+    });
+    if (live.length <= 1) {
+      if (live.length === 1) await this.admit(live[0]);
+      return;
+    }
+    const T = Math.max(...live.map((s) => s.context.length));
+    const pad = live.map((s) => T - s.context.length);
+    const own = new KVCache(pad);
+    try {
+      // Padding positions are masked out; any valid id will do for them.
+      const ids = live.map((s, b) => [...new Array<number>(pad[b]).fill(s.context[0]), ...s.context]);
+      const logits = await this.model.step(ids, own, { lastOnly: true });
+      const V = this.model.config.vocabSize;
+      const keep: number[] = [];
+      live.forEach((s, b) => {
+        s.accept(logits.subarray(b * V, (b + 1) * V));
+        if (!s.done) keep.push(b);
+      });
+      if (!keep.length) return;
+      own.keepRows(keep);
+      this.cache.append(own);
+      this.rows.push(...keep.map((b) => live[b]));
+    } finally {
+      own.dispose();
+    }
+  }
+
   /** One decode step for every row; finished and aborted rows leave the batch. */
   async step(): Promise<void> {
     for (const r of this.rows) if (r.aborted) r.finish('abort');

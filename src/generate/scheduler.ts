@@ -38,13 +38,16 @@ interface Entry {
 const RATE_WINDOW_MS = 10_000;
 const yieldToIo = (): Promise<void> => new Promise((r) => setImmediate(r));
 
+/** Cap on the (padded) prompt positions prefilled in one forward pass. */
+const MAX_PREFILL_ROWS = 1024;
+
 export class Scheduler {
   readonly maxBatch: number;
   readonly maxQueue: number;
   private readonly waiting: Entry[] = [];
   private rows: Entry[] = [];
-  /** The entry being prefilled: off `waiting`, not yet in `rows`, but it holds a row. */
-  private admitting: Entry | null = null;
+  /** The entries being prefilled: off `waiting`, not yet in `rows`, but each holds a row. */
+  private admitting: Entry[] = [];
   private batch: Batch;
   private loop: Promise<void> | null = null;
   private closed = false;
@@ -77,7 +80,7 @@ export class Scheduler {
    */
   get room(): number {
     if (this.closed) return 0;
-    const freeRows = Math.max(0, this.maxBatch - this.rows.length - (this.admitting ? 1 : 0));
+    const freeRows = Math.max(0, this.maxBatch - this.rows.length - this.admitting.length);
     return Math.max(0, this.maxQueue + freeRows - this.waiting.length);
   }
 
@@ -167,21 +170,25 @@ export class Scheduler {
       await yieldToIo();
       for (const j of this.jobs.splice(0)) await j.run();
       while (this.waiting.length && this.rows.length < this.maxBatch && !this.closed) {
-        const e = this.waiting.shift() as Entry;
-        this.admitting = e;
+        const group = this.takeAdmissionGroup(this.maxBatch - this.rows.length);
+        this.admitting = group;
         try {
-          await this.batch.admit(e.seq);
-          this.counters.prefills++;
+          await this.batch.admitMany(group.map((e) => e.seq));
+          this.counters.prefills += group.length;
         } catch (err) {
-          e.seq.finish('abort');
-          this.fail(e, err);
+          for (const e of group) {
+            e.seq.finish('abort');
+            this.fail(e, err);
+          }
           continue;
         } finally {
-          this.admitting = null;
+          this.admitting = [];
         }
-        this.deliver(e);
-        if (e.seq.done) this.settle(e);
-        else this.rows.push(e);
+        for (const e of group) {
+          this.deliver(e);
+          if (e.seq.done) this.settle(e);
+          else this.rows.push(e);
+        }
       }
       if (!this.rows.length || this.closed) continue;
       try {
@@ -204,6 +211,25 @@ export class Scheduler {
       }
       this.rows = still;
     }
+  }
+
+  /**
+   * The waiting entries prefilled together next (FIFO, at most `free`): while the left padding to the
+   * longest prompt stays small next to the real tokens, one forward pass serves them all.
+   */
+  private takeAdmissionGroup(free: number): Entry[] {
+    const group: Entry[] = [this.waiting.shift() as Entry];
+    let longest = group[0].seq.context.length;
+    let tokens = longest;
+    while (this.waiting.length && group.length < free) {
+      const n = this.waiting[0].seq.context.length;
+      const padded = (group.length + 1) * Math.max(longest, n);
+      if (padded > MAX_PREFILL_ROWS || padded > 2 * (tokens + n) + 64) break;
+      group.push(this.waiting.shift() as Entry);
+      longest = Math.max(longest, n);
+      tokens += n;
+    }
+    return group;
   }
 
   /** Hands over the row's new chunks and counts its new tokens. */

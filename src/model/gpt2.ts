@@ -156,6 +156,14 @@ export class GPT2Model {
     return { x, kvs };
   }
 
+  /** Additive padding mask [B, Tk] (null when no row is padded). */
+  private padMask(B: number, Tk: number, pad: number[]): tf.Tensor2D | null {
+    if (pad.every((p) => p === 0)) return null;
+    const m = new Float32Array(B * Tk);
+    for (let b = 0; b < B; b++) for (let j = 0; j < pad[b]; j++) m[b * Tk + j] = MASK_NEG;
+    return tf.tensor2d(m, [B, Tk]);
+  }
+
   /** Additive mask: [B, T, Tk] (causal + padding) for T > 1, [B, Tk, 1] (padding) for T == 1. */
   private mask(B: number, T: number, past: number, pad: number[]): tf.Tensor3D | null {
     const Tk = past + T;
@@ -197,7 +205,7 @@ export class GPT2Model {
       }
     }
     const kept = tf.tidy(() => {
-      const ctx: AttnContext = { batch: B, steps: T, past, nHead: c.nHead, mask: this.mask(B, T, past, pad) };
+      const ctx: AttnContext = { batch: B, steps: T, past, nHead: c.nHead, mask: this.mask(B, T, past, pad), padMask: this.padMask(B, past + T, pad) };
       const h = this.hidden(flat, pos, ctx, cache);
       const kvs = h.kvs;
       let x = h.x; // [N, d]
@@ -233,7 +241,7 @@ export class GPT2Model {
     const p = this.params;
     const T = ids.length;
     const nll = tf.tidy(() => {
-      const ctx: AttnContext = { batch: 1, steps: T - 1, past: 0, nHead: c.nHead, mask: this.mask(1, T - 1, 0, [0]) };
+      const ctx: AttnContext = { batch: 1, steps: T - 1, past: 0, nHead: c.nHead, mask: this.mask(1, T - 1, 0, [0]), padMask: null };
       const positions = Int32Array.from({ length: T - 1 }, (_, t) => t);
       const { x } = this.hidden(Int32Array.from(ids.slice(0, T - 1)), positions, ctx, null); // [T-1, d]
       const logp = tf.logSoftmax(project(layerNorm(x, p.ln_f, c.layerNormEpsilon), p.headT)); // [T-1, V]

@@ -5,7 +5,7 @@
 import * as tf from '../tf';
 import { Activation } from './config';
 import { BlockParams, Linear, Norm } from './params';
-import { kernelAttend1, kernelLayerNorm, kernelLinear, wasmKernelsActive, writeCacheRows } from './wasm/kernels';
+import { kernelAttend, kernelLayerNorm, kernelLinear, wasmKernelsActive, writeCacheRows } from './wasm/kernels';
 
 /**
  * Additive attention mask value. Finite even where WebGL textures are float16 (max 65504), so
@@ -57,6 +57,8 @@ export interface AttnContext {
   nHead: number; // H
   /** Additive mask: [B, T, Tk] when T > 1 (causal + padding), [B, Tk, 1] when T == 1 (padding only; null when no row is padded). */
   mask: tf.Tensor3D | null;
+  /** Padding only, [B, Tk] additive; null when no row is padded (the wasm kernel applies causality itself). */
+  padMask: tf.Tensor2D | null;
 }
 
 export interface LayerKV {
@@ -90,14 +92,16 @@ export function attention(x: tf.Tensor2D, p: BlockParams, past: LayerKV | null, 
   const kNew = tf.reshape(k, [B, T, d]) as tf.Tensor3D;
   const vNew = tf.reshape(v, [B, T, d]) as tf.Tensor3D;
   const scale = 1 / Math.sqrt(hd);
-  if (T === 1 && wasmKernelsActive()) {
-    // wasm decode: the new key/value are written into the cache buffers in place (no per-step copy
-    // of the whole cache), and one kernel does scores, softmax and the weighted sum.
-    const kBuf = past ? withRoom(past.k, ctx.past, 1) : withRoom(kNew, 0, 1);
-    const vBuf = past ? withRoom(past.v, ctx.past, 1) : withRoom(vNew, 0, 1);
-    writeCacheRows(kBuf, kNew, ctx.past);
-    writeCacheRows(vBuf, vNew, ctx.past);
-    const a = kernelAttend1(q, kBuf, vBuf, ctx.past + 1, ctx.mask, H, scale) as tf.Tensor2D; // [B, d]
+  if (wasmKernelsActive()) {
+    // wasm: the new keys/values are written into the cache buffers in place (no per-step copy of the
+    // whole cache), and one kernel does scores, causal softmax and the weighted sum for every head.
+    const kBuf = past ? withRoom(past.k, ctx.past, T) : kNew; // [B, cap, d]
+    const vBuf = past ? withRoom(past.v, ctx.past, T) : vNew; // [B, cap, d]
+    if (past) {
+      writeCacheRows(kBuf, kNew, ctx.past);
+      writeCacheRows(vBuf, vNew, ctx.past);
+    }
+    const a = kernelAttend(q, kBuf, vBuf, B, T, ctx.past, ctx.padMask, H, scale) as tf.Tensor2D; // [N, d]
     return { out: linear(a, p.c_proj), kv: { k: kBuf, v: vBuf } };
   }
   const kAll = past ? tf.concat([cachePrefix(past.k, ctx.past), kNew], 1) : kNew; // [B, Tk, d]

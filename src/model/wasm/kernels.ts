@@ -24,7 +24,7 @@ interface KernelExports {
   linear(x: number, w: number, b: number, y: number, M: number, K: number, n: number, ld: number, ldx: number, act: number, pack: number): void;
   add_act(y: number, y2: number, n: number, act: number): void;
   layer_norm(x: number, g: number, b: number, y: number, M: number, D: number, eps: number): void;
-  attend1(q: number, k: number, v: number, mask: number, out: number, scratch: number, B: number, Tk: number, H: number, hd: number, ldkv: number, scale: number, h0: number, h1: number): void;
+  attend(q: number, k: number, v: number, mask: number, out: number, scratch: number, B: number, T: number, past: number, H: number, hd: number, ldkv: number, scale: number, h0: number, h1: number): void;
 }
 
 /** What the wasm backend object exposes that the kernels use (tfjs-backend-wasm 4.x internals). */
@@ -216,31 +216,32 @@ function registerKernels(): void {
     },
   } as unknown as tf.KernelConfig);
   tf.registerKernel({
-    kernelName: 'GPT2Attend1',
+    kernelName: 'GPT2Attend',
     backendName: 'wasm',
     kernelFunc: ({ inputs, backend, attrs }: KernelArgs) => {
       const be = backend as WasmBackendLike;
       const { q, k, v, mask } = inputs;
-      const [B, D] = q.shape;
-      const Tk = attrs?.Tk as number;
-      const ldkv = k.shape[1];
-      const H = attrs?.nHead as number;
+      const D = q.shape[1];
+      const [B, T, past, H] = [attrs?.B, attrs?.T, attrs?.past, attrs?.nHead] as number[];
       const scale = attrs?.scale as number;
-      const out = be.makeOutput([B, D], 'float32');
-      const scratch = be.makeOutput([2 * Tk], 'float32'); // softmax row, one per thread
-      const thread = threadFor(B * Tk * D);
-      const ints = [offset(be, q), offset(be, k), offset(be, v), mask ? offset(be, mask) : 0, offset(be, out), offset(be, scratch), B, Tk, H, D / H, ldkv];
+      const ldkv = k.shape[1];
+      const out = be.makeOutput([B * T, D], 'float32');
+      const room = past + T + 4;
+      const scratch = be.makeOutput([2 * room], 'float32'); // one softmax row per thread
+      const thread = threadFor(B * T * (past + T) * D);
+      const ints = [offset(be, q), offset(be, k), offset(be, v), mask ? offset(be, mask) : 0, offset(be, out), offset(be, scratch), B, T, past, H, D / H, ldkv];
       try {
         // Two threads: the worker takes heads [H/2, H).
         const split = thread !== null && thread.claim();
         const h0 = split ? H >> 1 : H;
         if (split) {
           const theirs = ints.slice();
-          theirs[5] += 4 * Tk;
+          theirs[5] += 4 * room;
           thread.post(2, [...theirs, h0, H], scale);
         }
         try {
-          exportsFor().attend1(...(ints as [number, number, number, number, number, number, number, number, number, number, number]), scale, 0, h0);
+          const [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11] = ints;
+          exportsFor().attend(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, scale, 0, h0);
         } finally {
           if (split) thread.wait();
         }
@@ -265,13 +266,14 @@ export function kernelLayerNorm(x: tf.Tensor2D, g: tf.Tensor1D, b: tf.Tensor1D, 
 }
 
 /**
- * Decode attention: q [B, d] against the first `Tk` positions of k/v [B, cap, d] (cap >= Tk: a
- * cache buffer with room to grow), with an optional additive mask [B, Tk, 1] → [B, d].
+ * Causal attention for T new positions per row: q [B*T, d] against the first past + T positions of
+ * k/v [B, cap, d] (cache buffers that already hold the new keys/values), with an optional additive
+ * padding mask of B * (past + T) values → [B*T, d]. Query i of a row sees positions [0, past + i].
  */
-export function kernelAttend1(q: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, Tk: number, mask: tf.Tensor3D | null, nHead: number, scale: number): tf.Tensor2D | null {
+export function kernelAttend(q: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, B: number, T: number, past: number, mask: tf.Tensor | null, nHead: number, scale: number): tf.Tensor2D | null {
   if (!active()) return null;
   const inputs: tf.NamedTensorMap = mask ? { q, k, v, mask } : { q, k, v };
-  return tf.engine().runKernel('GPT2Attend1', inputs, { nHead, scale, Tk }) as tf.Tensor2D;
+  return tf.engine().runKernel('GPT2Attend', inputs, { nHead, scale, B, T, past }) as tf.Tensor2D;
 }
 
 /**

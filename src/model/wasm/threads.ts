@@ -9,7 +9,7 @@
 
 const enum Slot {
   Seq = 0, // bumped by the caller for each job
-  Op = 1, // 0 quit, 1 linear, 2 attend1
+  Op = 1, // 0 quit, 1 linear, 2 attend
   Args = 2, // up to 16 int args
   FloatArg = 18, // one float32 arg
   Done = 19, // the worker writes the job's Seq here when finished
@@ -48,7 +48,7 @@ parentPort.once('message', ({ module, memory, ctrl }) => {
     const a = ${Slot.Args};
     try {
       if (op === 1) k.linear(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10]);
-      else if (op === 2) k.attend1(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10], f[${Slot.FloatArg}], c[a + 11], c[a + 12]);
+      else if (op === 2) k.attend(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10], c[a + 11], f[${Slot.FloatArg}], c[a + 12], c[a + 13]);
     } catch (e) { Atomics.store(c, ${Slot.Error}, 1); }
     Atomics.store(c, ${Slot.Done}, last);
     Atomics.notify(c, ${Slot.Done});
