@@ -331,3 +331,23 @@ void attend(const f32* q, const f32* k, const f32* v, const f32* mask, f32* out,
     }
   }
 }
+
+/* ---------- cache bookkeeping: plain copies (JS copyWithin on a shared heap is slow) ---------- */
+
+EXPORT(copy_f32)
+void copy_f32(f32* dst, const f32* src, int n) {
+  int j = 0;
+  for (; j + 16 <= n; j += 16) {
+    v128_t a = wasm_v128_load(src + j), b = wasm_v128_load(src + j + 4), c = wasm_v128_load(src + j + 8), d = wasm_v128_load(src + j + 12);
+    wasm_v128_store(dst + j, a); wasm_v128_store(dst + j + 4, b); wasm_v128_store(dst + j + 8, c); wasm_v128_store(dst + j + 12, d);
+  }
+  for (; j < n; j++) dst[j] = src[j];
+}
+
+EXPORT(zero_f32)
+void zero_f32(f32* dst, int n) {
+  int j = 0;
+  v128_t z = wasm_f32x4_splat(0.0f);
+  for (; j + 4 <= n; j += 4) wasm_v128_store(dst + j, z);
+  for (; j < n; j++) dst[j] = 0.0f;
+}

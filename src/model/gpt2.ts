@@ -5,9 +5,9 @@
 import * as tf from '../tf';
 import { GPT2Error } from '../errors';
 import { GPT2Config } from './config';
-import { AttnContext, LayerKV, MASK_NEG, block, cachePrefix, layerNorm, project } from './layers';
+import { AttnContext, KV_GROW, LayerKV, MASK_NEG, block, cachePrefix, layerNorm, project } from './layers';
 import { Params, disposeParams } from './params';
-import { ensureKernelThread } from './wasm/kernels';
+import { ensureKernelThread, kernelCacheRows } from './wasm/kernels';
 
 /**
  * Keys/values of every layer for B rows that share one time axis. Rows shorter than the longest
@@ -65,8 +65,17 @@ export class KVCache {
     const mine = this.layers;
     const theirs = other.layers;
     const [lenA, lenB] = [this.length, other.length];
+    const nA = this.pad.length;
+    const rowsAB = [...this.pad.keys(), ...other.pad.map((_, j) => nA + j)];
+    const start = rowsAB.map(() => 0);
+    const lens = rowsAB.map((r) => (r < nA ? lenA : lenB));
+    const dsts = rowsAB.map((r) => (r < nA ? padA : padB));
     const merged = tf.tidy(() =>
       mine.flatMap((l, i) => {
+        // wasm: one contiguous copy per row into a buffer with room to grow
+        const fk = kernelCacheRows(l.k, theirs[i].k, rowsAB, start, lens, dsts, T + KV_GROW);
+        const fv = fk && kernelCacheRows(l.v, theirs[i].v, rowsAB, start, lens, dsts, T + KV_GROW);
+        if (fk && fv) return [fk, fv];
         const grow = (t: tf.Tensor3D, len: number, n: number): tf.Tensor3D => (n ? tf.pad(cachePrefix(t, len), [[0, 0], [n, 0], [0, 0]]) : cachePrefix(t, len)); // [B, Tc, d] -> [B, T, d]
         return [tf.concat([grow(l.k, lenA, padA), grow(theirs[i].k, lenB, padB)], 0), tf.concat([grow(l.v, lenA, padA), grow(theirs[i].v, lenB, padB)], 0)];
       }),
@@ -94,6 +103,9 @@ export class KVCache {
     const kept = tf.tidy(() => {
       const sel = idx ? tf.tensor1d(idx, 'int32') : null;
       const cut = (t: tf.Tensor3D): tf.Tensor3D => {
+        // wasm: one contiguous copy per kept row, with room to grow (generic slice/gather are slow there)
+        const fast = kernelCacheRows(t, null, rows, rows.map(() => trim), rows.map(() => T), rows.map(() => 0), T + KV_GROW);
+        if (fast) return fast;
         const g = sel ? tf.gather(cachePrefix(t, len), sel) : cachePrefix(t, len); // [B, Tc, d] -> [B', Tc, d]
         return trim ? tf.slice(g, [0, trim, 0], [rows.length, T, g.shape[2]]) : g; // -> [B', Tc - trim, d]
       };

@@ -23,6 +23,8 @@ import { KernelThread } from './threads';
 interface KernelExports {
   linear(x: number, w: number, b: number, y: number, M: number, K: number, n: number, ld: number, ldx: number, act: number, pack: number): void;
   add_act(y: number, y2: number, n: number, act: number): void;
+  copy_f32(dst: number, src: number, n: number): void;
+  zero_f32(dst: number, n: number): void;
   layer_norm(x: number, g: number, b: number, y: number, M: number, D: number, eps: number): void;
   attend(q: number, k: number, v: number, mask: number, out: number, scratch: number, B: number, T: number, past: number, H: number, hd: number, ldkv: number, scale: number, h0: number, h1: number): void;
 }
@@ -155,6 +157,33 @@ export function wasmKernelThreads(): number {
 type KernelArgs = { inputs: Record<string, tf.TensorInfo>; backend: unknown; attrs?: tf.NamedAttrMap };
 
 function registerKernels(): void {
+  // Cache bookkeeping: out[i] = zeros(dst[i]) ++ src_i[start[i], start[i] + len[i]) ++ (unused room), where
+  // row i comes from input a (rows[i] < a's batch) or b (rows[i] - a's batch).
+  tf.registerKernel({
+    kernelName: 'GPT2CacheRows',
+    backendName: 'wasm',
+    kernelFunc: ({ inputs, backend, attrs }: KernelArgs) => {
+      const be = backend as WasmBackendLike;
+      const { a, b } = inputs;
+      const d = a.shape[2];
+      const [rows, start, len, dst] = [attrs?.rows, attrs?.start, attrs?.len, attrs?.dst] as number[][];
+      const cap = attrs?.cap as number;
+      const out = be.makeOutput([rows.length, cap, d], 'float32');
+      const k = exportsFor();
+      const po = offset(be, out);
+      rows.forEach((r, i) => {
+        const fromA = r < a.shape[0];
+        const src = fromA ? a : (b as tf.TensorInfo);
+        const row = fromA ? r : r - a.shape[0];
+        const base = po + 4 * i * cap * d;
+        k.zero_f32(base, dst[i] * d);
+        k.copy_f32(base + 4 * dst[i] * d, offset(be, src) + 4 * (row * src.shape[1] + start[i]) * d, len[i] * d);
+        // positions after dst + len are never read (attention reads only the first `length`); left
+        // padding is zeroed because masked positions are still multiplied before the mask applies
+      });
+      return out;
+    },
+  } as unknown as tf.KernelConfig);
   tf.registerKernel({
     kernelName: 'GPT2Linear',
     backendName: 'wasm',
@@ -274,6 +303,24 @@ export function kernelAttend(q: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, B: 
   if (!active()) return null;
   const inputs: tf.NamedTensorMap = mask ? { q, k, v, mask } : { q, k, v };
   return tf.engine().runKernel('GPT2Attend', inputs, { nHead, scale, B, T, past }) as tf.Tensor2D;
+}
+
+/**
+ * A new cache buffer [rows.length, cap, d] assembled from rows of `a` (and `b`, numbered after a's):
+ * row i is dst[i] zero positions, then positions [start[i], start[i] + len[i]) of its source row,
+ * then unused room (not zeroed). One contiguous copy per row. Null when the kernels are not active.
+ */
+export function kernelCacheRows(a: tf.Tensor3D, b: tf.Tensor3D | null, rows: number[], start: number[], len: number[], dst: number[], cap: number): tf.Tensor3D | null {
+  if (!active()) return null;
+  rows.forEach((r, i) => {
+    const src = r < a.shape[0] ? a : b;
+    const row = r < a.shape[0] ? r : r - a.shape[0];
+    if (!src || row >= src.shape[0] || start[i] < 0 || start[i] + len[i] > src.shape[1] || dst[i] + len[i] > cap || src.shape[2] !== a.shape[2]) {
+      throw new Error(`cache row ${r} [${start[i]}, ${start[i] + len[i]}) -> ${dst[i]} does not fit`);
+    }
+  });
+  const inputs: tf.NamedTensorMap = b ? { a, b } : { a };
+  return tf.engine().runKernel('GPT2CacheRows', inputs, { rows, start, len, dst, cap }) as tf.Tensor3D;
 }
 
 /**
