@@ -260,17 +260,30 @@ function registerKernels(): void {
       const thread = threadFor(B * T * (past + T) * D);
       const ints = [offset(be, q), offset(be, k), offset(be, v), mask ? offset(be, mask) : 0, offset(be, out), offset(be, scratch), B, T, past, H, D / H, ldkv];
       try {
-        // Two threads: the worker takes heads [H/2, H).
+        // Two threads: with several rows the worker takes rows [B/2, B) (each thread then reads its own
+        // part of the cache); with one row it takes heads [H/2, H).
         const split = thread !== null && thread.claim();
-        const h0 = split ? H >> 1 : H;
+        const rowSplit = split && B >= 2;
+        const b0 = rowSplit ? B >> 1 : B;
+        const h0 = split && !rowSplit ? H >> 1 : H;
         if (split) {
           const theirs = ints.slice();
           theirs[5] += 4 * room;
-          thread.post(2, [...theirs, h0, H], scale);
+          if (rowSplit) {
+            const qRow = 4 * T * D; // q/out rows per batch row
+            const kvRow = 4 * ldkv * D;
+            theirs[0] += b0 * qRow;
+            theirs[1] += b0 * kvRow;
+            theirs[2] += b0 * kvRow;
+            if (theirs[3]) theirs[3] += 4 * b0 * (past + T);
+            theirs[4] += b0 * qRow;
+            theirs[6] = B - b0;
+          }
+          thread.post(2, [...theirs, rowSplit ? 0 : h0, H], scale);
         }
         try {
-          const [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11] = ints;
-          exportsFor().attend(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, scale, 0, h0);
+          const [a0, a1, a2, a3, a4, a5, , a7, a8, a9, a10, a11] = ints;
+          exportsFor().attend(a0, a1, a2, a3, a4, a5, b0, a7, a8, a9, a10, a11, scale, 0, h0);
         } finally {
           if (split) thread.wait();
         }
