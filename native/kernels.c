@@ -191,12 +191,26 @@ void linear(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int 
   if (act) for (int m = 0; m < M; m++) apply_act(y + m * ld, n, act);
 }
 
-/* y = act(y + y2), n floats: joins the two halves of an inner-dimension split */
-EXPORT(add_act)
-void add_act(f32* y, const f32* y2, int n, int act) {
-  int j = 0;
-  for (; j + 4 <= n; j += 4) wasm_v128_store(y + j, v_act(wasm_f32x4_add(wasm_v128_load(y + j), wasm_v128_load(y2 + j)), act));
-  for (; j < n; j++) y[j] = s_act(y[j] + y2[j], act);
+/* y[M, N] = act(b + sum_c parts[c]) with parts [nparts, M, N] summed in index order (so the result
+ * does not depend on which thread computed which part). b may be 0. */
+EXPORT(reduce_act)
+void reduce_act(f32* y, const f32* parts, int nparts, int M, int N, const f32* b, int act) {
+  long stride = (long)M * N;
+  for (int m = 0; m < M; m++) {
+    f32* ym = y + (long)m * N;
+    const f32* pm = parts + (long)m * N;
+    int j = 0;
+    for (; j + 4 <= N; j += 4) {
+      v128_t s = b ? wasm_v128_load(b + j) : wasm_f32x4_splat(0.0f);
+      for (int c = 0; c < nparts; c++) s = wasm_f32x4_add(s, wasm_v128_load(pm + c * stride + j));
+      wasm_v128_store(ym + j, v_act(s, act));
+    }
+    for (; j < N; j++) {
+      f32 s = b ? b[j] : 0.0f;
+      for (int c = 0; c < nparts; c++) s += pm[c * stride + j];
+      ym[j] = s_act(s, act);
+    }
+  }
 }
 
 /* ---------- layer norm over the last axis: y = (x - mean) / sqrt(var + eps) * g + b ---------- */

@@ -22,7 +22,7 @@ import { KernelThread } from './threads';
 
 interface KernelExports {
   linear(x: number, w: number, b: number, y: number, M: number, K: number, n: number, ld: number, ldx: number, act: number, pack: number): void;
-  add_act(y: number, y2: number, n: number, act: number): void;
+  reduce_act(y: number, parts: number, nparts: number, M: number, N: number, b: number, act: number): void;
   copy_f32(dst: number, src: number, n: number): void;
   zero_f32(dst: number, n: number): void;
   layer_norm(x: number, g: number, b: number, y: number, M: number, D: number, eps: number): void;
@@ -39,6 +39,9 @@ interface WasmBackendLike {
 
 /** KC x 8 floats: the packed W panel of the kernel's tiled path (KC = 256 in kernels.c). */
 const PACK_FLOATS = 256 * 8;
+
+/** Chunks of the inner dimension in a two-thread few-row product (see GPT2Linear). */
+const LINEAR_CHUNKS = 8;
 
 export const ACT_CODES = { none: 0, gelu_new: 1, relu: 2 } as const;
 export type KernelActivation = keyof typeof ACT_CODES;
@@ -197,23 +200,29 @@ function registerKernels(): void {
       const act = attrs?.act as number;
       const k = exportsFor();
       const thread = threadFor(M * K * N);
-      // Few rows (decode): the threads split the inner dimension, so each streams one contiguous half
-      // of W; the halves are summed after. Many rows (prefill): they split the output columns.
-      const kSplit = thread !== null && M < 16 && N <= 4096;
+      // Few rows (decode): the inner dimension is cut into LINEAR_CHUNKS chunks that both threads take
+      // in turn (each streams contiguous rows of W; a late worker just takes fewer); each chunk's
+      // partial product has its own slot and the slots are summed in order, so the result does not
+      // depend on who computed what. Many rows (prefill): the threads split the output columns.
+      const kSplit = thread !== null && M < 16 && N <= 4096 && K >= 4 * LINEAR_CHUNKS;
       const pack = M >= 16 ? be.makeOutput([2 * PACK_FLOATS], 'float32') : null; // the tiled path's W panels, one per thread
-      const partial = kSplit ? be.makeOutput([M, N], 'float32') : null;
+      const partial = kSplit ? be.makeOutput([LINEAR_CHUNKS * M * N], 'float32') : null;
       const [px, pw, pb, py, pp] = [offset(be, x), offset(be, w), b ? offset(be, b) : 0, offset(be, out), pack ? offset(be, pack) : 0];
       try {
         if (thread && partial && thread.claim()) {
-          const k0 = (K >> 1) & ~3;
-          const py2 = offset(be, partial);
-          thread.post(1, [px + 4 * k0, pw + 4 * k0 * N, 0, py2, M, K - k0, N, N, K, 0, 0]);
+          const chunk = Math.ceil(K / LINEAR_CHUNKS / 4) * 4;
+          const n = Math.ceil(K / chunk);
+          const parts = offset(be, partial);
+          thread.post(3, [px, pw, parts, M, K, N, chunk, n]);
           try {
-            k.linear(px, pw, pb, py, M, k0, N, N, K, 0, 0);
+            for (let ch = thread.takeChunk(); ch < n; ch = thread.takeChunk()) {
+              const k0 = ch * chunk;
+              k.linear(px + 4 * k0, pw + 4 * k0 * N, 0, parts + 4 * ch * M * N, M, Math.min(chunk, K - k0), N, N, K, 0, 0);
+            }
           } finally {
             thread.wait();
           }
-          k.add_act(py, py2, M * N, act);
+          k.reduce_act(py, parts, n, M, N, pb, act);
         } else if (thread && !partial && thread.claim()) {
           const n0 = (N >> 1) & ~15;
           thread.post(1, [px, pw + 4 * n0, pb && pb + 4 * n0, py + 4 * n0, M, K, N - n0, N, K, act, pp && pp + 4 * PACK_FLOATS]);

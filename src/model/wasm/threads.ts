@@ -9,12 +9,13 @@
 
 const enum Slot {
   Seq = 0, // bumped by the caller for each job
-  Op = 1, // 0 quit, 1 linear, 2 attend
+  Op = 1, // 0 quit, 1 linear, 2 attend, 3 linear by chunks of the inner dimension
   Args = 2, // up to 16 int args
   FloatArg = 18, // one float32 arg
   Done = 19, // the worker writes the job's Seq here when finished
   Error = 20, // 1 when the worker's kernel threw
   State = 21, // Idle, Claimed (the caller holds the worker for one job) or Exited
+  Chunk = 22, // next unclaimed chunk of a chunked job (both threads take chunks with Atomics.add)
 }
 const enum State {
   Idle = 0,
@@ -48,6 +49,14 @@ parentPort.once('message', ({ module, memory, ctrl }) => {
     const a = ${Slot.Args};
     try {
       if (op === 1) k.linear(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10]);
+      else if (op === 3) {
+        // chunk ch: x[:, k0:k0+kn] @ W[k0:k0+kn, :] into parts[ch]  (args: x, W, parts, M, K, N, chunk, nChunks)
+        const [x, w, parts, M, K, N, chunk, n] = [c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7]];
+        for (let ch = Atomics.add(c, ${Slot.Chunk}, 1); ch < n; ch = Atomics.add(c, ${Slot.Chunk}, 1)) {
+          const k0 = ch * chunk;
+          k.linear(x + 4 * k0, w + 4 * k0 * N, 0, parts + 4 * ch * M * N, M, Math.min(chunk, K - k0), N, N, K, 0, 0);
+        }
+      }
       else if (op === 2) k.attend(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10], c[a + 11], f[${Slot.FloatArg}], c[a + 12], c[a + 13]);
     } catch (e) { Atomics.store(c, ${Slot.Error}, 1); }
     Atomics.store(c, ${Slot.Done}, last);
@@ -91,14 +100,20 @@ export class KernelThread {
   }
 
   /** Hands a claimed worker its job; call `wait()` after doing the caller's half. */
-  post(op: 1 | 2, ints: number[], float = 0): void {
+  post(op: 1 | 2 | 3, ints: number[], float = 0): void {
     const c = this.ctrl;
+    Atomics.store(c, Slot.Chunk, 0);
     for (let i = 0; i < ints.length; i++) c[Slot.Args + i] = ints[i];
     this.f32[Slot.FloatArg] = float;
     c[Slot.Op] = op;
     this.seq = (this.seq + 1) | 0;
     Atomics.store(c, Slot.Seq, this.seq);
     Atomics.notify(c, Slot.Seq);
+  }
+
+  /** The caller's turn at a chunked job: the next chunk index (>= the chunk count when none is left). */
+  takeChunk(): number {
+    return Atomics.add(this.ctrl, Slot.Chunk, 1);
   }
 
   /** Blocks until the worker finished the posted job (normally within microseconds of the caller), then releases it. */
