@@ -9,6 +9,14 @@
 #include <wasm_simd128.h>
 
 typedef float f32;
+
+/* a * b + c. Built twice (native/build.sh): with -DGPT2_FMA as relaxed SIMD's f32x4.relaxed_madd
+ * (one fused instruction where the CPU has FMA), else as a multiply and an add. */
+#ifdef GPT2_FMA
+#define MADD(a, b, c) wasm_f32x4_relaxed_madd((a), (b), (c))
+#else
+#define MADD(a, b, c) wasm_f32x4_add(wasm_f32x4_mul((a), (b)), (c))
+#endif
 #define EXPORT(name) __attribute__((export_name(#name)))
 
 /* ---------- exp, tanh-free gelu_new ---------- */
@@ -89,10 +97,11 @@ static void linear_rows(const f32* x, const f32* W, const f32* b, f32* y, int M,
         int j = 0;
         for (; j < nv; j += 16) {
           for (int u = 0; u < 16; u += 4) {
-            v128_t a = wasm_v128_load(ym + j + u);
-            v128_t t0 = wasm_f32x4_add(wasm_f32x4_mul(s0, wasm_v128_load(w0 + j + u)), wasm_f32x4_mul(s1, wasm_v128_load(w1 + j + u)));
-            v128_t t1 = wasm_f32x4_add(wasm_f32x4_mul(s2, wasm_v128_load(w2 + j + u)), wasm_f32x4_mul(s3, wasm_v128_load(w3 + j + u)));
-            wasm_v128_store(ym + j + u, wasm_f32x4_add(a, wasm_f32x4_add(t0, t1)));
+            v128_t t0 = MADD(s0, wasm_v128_load(w0 + j + u), wasm_v128_load(ym + j + u));
+            t0 = MADD(s1, wasm_v128_load(w1 + j + u), t0);
+            v128_t t1 = wasm_f32x4_mul(s2, wasm_v128_load(w2 + j + u));
+            t1 = MADD(s3, wasm_v128_load(w3 + j + u), t1);
+            wasm_v128_store(ym + j + u, wasm_f32x4_add(t0, t1));
           }
         }
         for (; j < nb; j++) ym[j] += xm[0] * w0[j] + xm[1] * w1[j] + xm[2] * w2[j] + xm[3] * w3[j];
@@ -151,10 +160,10 @@ static void linear_tiles(const f32* x, const f32* W, const f32* b, f32* y, int M
         for (int k = 0; k < k1 - k0; k++, pk += 8) {
           v128_t w0 = wasm_v128_load(pk), w1 = wasm_v128_load(pk + 4);
           v128_t s;
-          s = wasm_v128_load32_splat(x0 + k); a00 = wasm_f32x4_add(a00, wasm_f32x4_mul(s, w0)); a01 = wasm_f32x4_add(a01, wasm_f32x4_mul(s, w1));
-          s = wasm_v128_load32_splat(x1 + k); a10 = wasm_f32x4_add(a10, wasm_f32x4_mul(s, w0)); a11 = wasm_f32x4_add(a11, wasm_f32x4_mul(s, w1));
-          s = wasm_v128_load32_splat(x2 + k); a20 = wasm_f32x4_add(a20, wasm_f32x4_mul(s, w0)); a21 = wasm_f32x4_add(a21, wasm_f32x4_mul(s, w1));
-          s = wasm_v128_load32_splat(x3 + k); a30 = wasm_f32x4_add(a30, wasm_f32x4_mul(s, w0)); a31 = wasm_f32x4_add(a31, wasm_f32x4_mul(s, w1));
+          s = wasm_v128_load32_splat(x0 + k); a00 = MADD(s, w0, a00); a01 = MADD(s, w1, a01);
+          s = wasm_v128_load32_splat(x1 + k); a10 = MADD(s, w0, a10); a11 = MADD(s, w1, a11);
+          s = wasm_v128_load32_splat(x2 + k); a20 = MADD(s, w0, a20); a21 = MADD(s, w1, a21);
+          s = wasm_v128_load32_splat(x3 + k); a30 = MADD(s, w0, a30); a31 = MADD(s, w1, a31);
         }
         wasm_v128_store(y0, a00); wasm_v128_store(y0 + 4, a01);
         wasm_v128_store(y1, a10); wasm_v128_store(y1 + 4, a11);
@@ -251,10 +260,10 @@ static void scores_into(const f32* qh, const f32* kh, const f32* mb, f32* sc, in
       v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0, a2 = a0, a3 = a0;
       for (int j = 0; j < hd; j += 4) {
         v128_t qv = wasm_v128_load(qh + j);
-        a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(qv, wasm_v128_load(k0 + j)));
-        a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(qv, wasm_v128_load(k1 + j)));
-        a2 = wasm_f32x4_add(a2, wasm_f32x4_mul(qv, wasm_v128_load(k2 + j)));
-        a3 = wasm_f32x4_add(a3, wasm_f32x4_mul(qv, wasm_v128_load(k3 + j)));
+        a0 = MADD(qv, wasm_v128_load(k0 + j), a0);
+        a1 = MADD(qv, wasm_v128_load(k1 + j), a1);
+        a2 = MADD(qv, wasm_v128_load(k2 + j), a2);
+        a3 = MADD(qv, wasm_v128_load(k3 + j), a3);
       }
       /* 4x4 transpose-add: r = [sum a0, sum a1, sum a2, sum a3] */
       v128_t s01 = wasm_f32x4_add(wasm_i32x4_shuffle(a0, a1, 0, 4, 1, 5), wasm_i32x4_shuffle(a0, a1, 2, 6, 3, 7));
@@ -300,14 +309,14 @@ static void weighted_sum(const f32* p, const f32* vh, f32* oh, int Tk, int D, in
     const f32* vt = vh + c;
     for (int t = 0; t < Tk; t++, vt += D) {
       v128_t pt = wasm_v128_load32_splat(p + t);
-      o0 = wasm_f32x4_add(o0, wasm_f32x4_mul(pt, wasm_v128_load(vt)));
-      o1 = wasm_f32x4_add(o1, wasm_f32x4_mul(pt, wasm_v128_load(vt + 4)));
-      o2 = wasm_f32x4_add(o2, wasm_f32x4_mul(pt, wasm_v128_load(vt + 8)));
-      o3 = wasm_f32x4_add(o3, wasm_f32x4_mul(pt, wasm_v128_load(vt + 12)));
-      o4 = wasm_f32x4_add(o4, wasm_f32x4_mul(pt, wasm_v128_load(vt + 16)));
-      o5 = wasm_f32x4_add(o5, wasm_f32x4_mul(pt, wasm_v128_load(vt + 20)));
-      o6 = wasm_f32x4_add(o6, wasm_f32x4_mul(pt, wasm_v128_load(vt + 24)));
-      o7 = wasm_f32x4_add(o7, wasm_f32x4_mul(pt, wasm_v128_load(vt + 28)));
+      o0 = MADD(pt, wasm_v128_load(vt), o0);
+      o1 = MADD(pt, wasm_v128_load(vt + 4), o1);
+      o2 = MADD(pt, wasm_v128_load(vt + 8), o2);
+      o3 = MADD(pt, wasm_v128_load(vt + 12), o3);
+      o4 = MADD(pt, wasm_v128_load(vt + 16), o4);
+      o5 = MADD(pt, wasm_v128_load(vt + 20), o5);
+      o6 = MADD(pt, wasm_v128_load(vt + 24), o6);
+      o7 = MADD(pt, wasm_v128_load(vt + 28), o7);
     }
     f32* o = oh + c;
     wasm_v128_store(o, o0); wasm_v128_store(o + 4, o1); wasm_v128_store(o + 8, o2); wasm_v128_store(o + 12, o3);

@@ -6,7 +6,7 @@ import { BackendName, currentBackend } from './backend';
 import { Batch, Sequence } from './generate/generate';
 import * as tf from './tf';
 import { loadModel } from './index';
-import { wasmKernelThreads } from './model/wasm/kernels';
+import { wasmKernelThreads, wasmKernelsFma } from './model/wasm/kernels';
 
 export interface BenchOptions {
   model?: string;
@@ -25,6 +25,8 @@ export interface BenchResult {
   backend: string;
   /** Threads the model's kernels ran on (wasm in Node: 1 or 2; other backends: 1 as far as we control). */
   threads: number;
+  /** wasm: whether the fused multiply-add (relaxed SIMD) build of the kernels ran. */
+  fma: boolean;
   nLayer: number;
   nHead: number;
   nEmbd: number;
@@ -82,6 +84,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
       model: o.model ?? 'default',
       backend: currentBackend(),
       threads: currentBackend() === 'wasm' ? wasmKernelThreads() : 1,
+      fma: currentBackend() === 'wasm' && wasmKernelsFma(),
       nLayer: gpt.config.nLayer,
       nHead: gpt.config.nHead,
       nEmbd: gpt.config.nEmbd,

@@ -177,6 +177,37 @@ describe('wasm kernels', () => {
   });
 });
 
+describe('kernel builds and thread counts', () => {
+  /** Greedy ids of the bundled model from a fresh process with the given environment. */
+  async function greedyIn(env: Record<string, string>): Promise<{ tokens: number[]; backend: string }> {
+    const { execFile } = await import('child_process');
+    const path = await import('path');
+    const script = [
+      "const { loadModel } = require('./src');",
+      "const k = require('./src/model/wasm/kernels');",
+      '(async () => {',
+      "  const m = await loadModel(undefined, { backend: 'wasm' });",
+      "  const r = await m.generate('ROMEO:', { maxNewTokens: 24, temperature: 0 });",
+      '  console.log(JSON.stringify({ tokens: r.tokens, backend: `fma=${k.wasmKernelsFma()} threads=${k.wasmKernelThreads()}` }));',
+      '})();',
+    ].join('\n');
+    const tsx = path.join(__dirname, '..', 'node_modules', '.bin', 'tsx');
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile(tsx, ['-e', script], { cwd: path.join(__dirname, '..'), env: { ...process.env, ...env } }, (e, stdout) => (e ? reject(e) : resolve(stdout))),
+    );
+    return JSON.parse(out.trim().split('\n').pop() as string);
+  }
+
+  test('the fused multiply-add build with two threads and the plain build on one thread generate the same text', async () => {
+    const fast = await greedyIn({});
+    const plain = await greedyIn({ GPT2_TFJS_FMA: '0', GPT2_TFJS_THREADS: '1' });
+    expect(plain.backend).toBe('fma=false threads=1');
+    const cores = os.availableParallelism?.() ?? os.cpus().length;
+    expect(fast.backend).toMatch(cores >= 2 ? /threads=2/ : /threads=1/);
+    expect(fast.tokens).toEqual(plain.tokens);
+  }, 60_000);
+});
+
 describe('second kernel thread', () => {
   test('stops, runs on one thread meanwhile, and is started again by the next model step', async () => {
     if (wasmKernelThreads() < 2) return expect(wasmKernelThreads()).toBe(1); // single-core machine: nothing to restart

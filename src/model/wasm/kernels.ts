@@ -16,7 +16,7 @@
  * the reference the kernels are tested against.
  */
 import * as tf from '../../tf';
-import { KERNELS_WASM_BASE64 } from './kernels.wasm';
+import { KERNELS_FMA_WASM_BASE64, KERNELS_WASM_BASE64 } from './kernels.wasm';
 import { patchMemoryImportToShared } from './shared-memory';
 import { KernelThread } from './threads';
 
@@ -46,8 +46,53 @@ const LINEAR_CHUNKS = 8;
 export const ACT_CODES = { none: 0, gelu_new: 1, relu: 2 } as const;
 export type KernelActivation = keyof typeof ACT_CODES;
 
-let compiled: Promise<WebAssembly.Module> | null = null;
-let compiledShared: Promise<WebAssembly.Module> | null = null;
+const compiled = new Map<string, Promise<WebAssembly.Module>>(); // by variant and memory kind
+
+/** A minimal module using f32x4.relaxed_madd (relaxed SIMD): validates where the runtime has it. */
+const RELAXED_PROBE = Uint8Array.from([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 8, 1, 96, 3, 123, 123, 123, 1, 123, 3, 2, 1, 0,
+  10, 13, 1, 11, 0, 32, 0, 32, 1, 32, 2, 253, 133, 2, 11,
+]);
+let fmaChoice: boolean | null = null;
+
+/**
+ * Whether the fused multiply-add build of the kernels can run here. Browsers ship relaxed SIMD
+ * (Chrome 114+); Node 20's V8 has it behind a flag, which is switched on here (a wasm feature flag,
+ * read when a module is compiled). GPT2_TFJS_FMA=0 keeps the plain build.
+ */
+function relaxedSimd(): boolean {
+  if (fmaChoice !== null) return fmaChoice;
+  const env = typeof process !== 'undefined' ? process.env?.GPT2_TFJS_FMA : undefined;
+  fmaChoice = false;
+  if (env === '0') return fmaChoice;
+  if (WebAssembly.validate(RELAXED_PROBE)) return (fmaChoice = true);
+  if (typeof process !== 'undefined' && process.versions?.node) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      (require('node:v8') as typeof import('v8')).setFlagsFromString('--experimental-wasm-relaxed-simd');
+      fmaChoice = WebAssembly.validate(RELAXED_PROBE);
+    } catch {
+      fmaChoice = false;
+    }
+  }
+  return fmaChoice;
+}
+
+/** Whether the kernels in use are the fused multiply-add (relaxed SIMD) build. */
+export function wasmKernelsFma(): boolean {
+  return state !== null && fmaChoice === true;
+}
+
+function compileKernels(fma: boolean, shared: boolean): Promise<WebAssembly.Module> {
+  const key = `${fma}:${shared}`;
+  let p = compiled.get(key);
+  if (!p) {
+    const bytes = decodeBase64(fma ? KERNELS_FMA_WASM_BASE64 : KERNELS_WASM_BASE64);
+    p = WebAssembly.compile((shared ? patchMemoryImportToShared(bytes) : bytes) as BufferSource);
+    compiled.set(key, p);
+  }
+  return p;
+}
 let state: { memory: WebAssembly.Memory; module: WebAssembly.Module; exports: KernelExports; thread: KernelThread | null } | null = null;
 let registered = false;
 let disabled = false;
@@ -77,9 +122,7 @@ export async function enableWasmKernels(opts: { threads?: number } = {}): Promis
   if (state?.memory === memory && (!!state.thread?.usable || !wantThread)) return true;
   // A shared memory needs the import declared shared: the same module with its import flag rewritten.
   const shared = memory.buffer instanceof SharedArrayBuffer;
-  const module = shared
-    ? await (compiledShared ??= WebAssembly.compile(patchMemoryImportToShared(decodeBase64(KERNELS_WASM_BASE64)) as BufferSource))
-    : await (compiled ??= WebAssembly.compile(decodeBase64(KERNELS_WASM_BASE64) as BufferSource));
+  const module = await compileKernels(relaxedSimd(), shared);
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
   await state?.thread?.stop();
   let thread: KernelThread | null = null;
