@@ -89,7 +89,29 @@ static void linear_rows(const f32* x, const f32* W, const f32* b, f32* y, int M,
       const f32* w1 = w0 + ld;
       const f32* w2 = w1 + ld;
       const f32* w3 = w2 + ld;
-      for (int m = 0; m < M; m++) {
+      int m = 0;
+      /* two rows of x at a time: each W vector loaded once serves both */
+      for (; m + 2 <= M; m += 2) {
+        const f32* xa = x + m * ldx + k;
+        const f32* xb = xa + ldx;
+        v128_t a0 = wasm_f32x4_splat(xa[0]), a1 = wasm_f32x4_splat(xa[1]), a2 = wasm_f32x4_splat(xa[2]), a3 = wasm_f32x4_splat(xa[3]);
+        v128_t b0 = wasm_f32x4_splat(xb[0]), b1 = wasm_f32x4_splat(xb[1]), b2 = wasm_f32x4_splat(xb[2]), b3 = wasm_f32x4_splat(xb[3]);
+        f32* ya = y + m * ld + j0;
+        f32* yb = ya + ld;
+        int j = 0;
+        for (; j + 4 <= nb; j += 4) {
+          v128_t v0 = wasm_v128_load(w0 + j), v1 = wasm_v128_load(w1 + j), v2 = wasm_v128_load(w2 + j), v3 = wasm_v128_load(w3 + j);
+          v128_t ta = MADD(a1, v1, MADD(a0, v0, wasm_v128_load(ya + j)));
+          v128_t tb = MADD(b1, v1, MADD(b0, v0, wasm_v128_load(yb + j)));
+          wasm_v128_store(ya + j, MADD(a3, v3, MADD(a2, v2, ta)));
+          wasm_v128_store(yb + j, MADD(b3, v3, MADD(b2, v2, tb)));
+        }
+        for (; j < nb; j++) {
+          ya[j] += xa[0] * w0[j] + xa[1] * w1[j] + xa[2] * w2[j] + xa[3] * w3[j];
+          yb[j] += xb[0] * w0[j] + xb[1] * w1[j] + xb[2] * w2[j] + xb[3] * w3[j];
+        }
+      }
+      for (; m < M; m++) {
         const f32* xm = x + m * ldx + k;
         v128_t s0 = wasm_f32x4_splat(xm[0]), s1 = wasm_f32x4_splat(xm[1]);
         v128_t s2 = wasm_f32x4_splat(xm[2]), s3 = wasm_f32x4_splat(xm[3]);
