@@ -177,6 +177,49 @@ describe('wasm kernels', () => {
   });
 });
 
+describe('KV cache joins and leaves on wasm', () => {
+  test('rows copied in place into spare rows, then compacted in place, decode as they would alone', async () => {
+    const model = await loadModel(TINY_DIR, { backend: 'wasm' });
+    const { KVCache } = await import('../src/model/gpt2');
+    const prompts = [[464, 318, 257, 1332, 13], [15496, 995, 0], [40, 716, 407, 3049]];
+    const V = model.config.vocabSize;
+    const before = tf.memory().numTensors;
+    try {
+      const alone: Float32Array[] = [];
+      for (const p of prompts) {
+        const c = new KVCache([0]);
+        await model.model.step([p], c, { lastOnly: true });
+        alone.push(await model.model.step([[11]], c, { lastOnly: true }));
+        c.dispose();
+      }
+      const batch = new KVCache([]);
+      for (const p of prompts) {
+        const c = new KVCache([0]);
+        await model.model.step([p], c, { lastOnly: true });
+        batch.append(c); // the 2nd join makes a buffer with spare rows; the 3rd (shorter) is copied into it
+      }
+      expect(batch.pad).toEqual([0, 2, 1]);
+      expect(batch.layers![0].k.shape[0]).toBeGreaterThan(3);
+      const all = await model.model.step([[11], [11], [11]], batch, { lastOnly: true });
+      for (let b = 0; b < 3; b++) expect(maxAbsDiff(all.subarray(b * V, (b + 1) * V), alone[b])).toBeLessThanOrEqual(1e-4);
+      batch.keepRows([1, 2]); // the longest row leaves: rows move down and the common padding is trimmed
+      expect(batch.pad).toEqual([1, 0]);
+      const again = await model.model.step([[12], [12]], batch, { lastOnly: true });
+      for (const [slot, b] of [[0, 1], [1, 2]]) {
+        const c = new KVCache([0]);
+        await model.model.step([[...prompts[b], 11]], c, { lastOnly: true });
+        const want = await model.model.step([[12]], c, { lastOnly: true });
+        c.dispose();
+        expect(maxAbsDiff(again.subarray(slot * V, (slot + 1) * V), want)).toBeLessThanOrEqual(1e-4);
+      }
+      batch.dispose();
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      model.dispose();
+    }
+  });
+});
+
 describe('kernel builds and thread counts', () => {
   /** Greedy ids of the bundled model from a fresh process with the given environment. */
   async function greedyIn(env: Record<string, string>): Promise<{ tokens: number[]; backend: string }> {

@@ -7,13 +7,16 @@ import { GPT2Error } from '../errors';
 import { GPT2Config } from './config';
 import { AttnContext, KV_GROW, LayerKV, MASK_NEG, block, cachePrefix, layerNorm, project } from './layers';
 import { Params, disposeParams } from './params';
-import { ensureKernelThread, kernelCacheRows } from './wasm/kernels';
+import { ensureKernelThread, kernelCacheRows, moveCacheRows } from './wasm/kernels';
 
 /**
  * Keys/values of every layer for B rows that share one time axis. Rows shorter than the longest
  * are left-padded: `pad[b]` leading positions of row b are masked out and positions restart at 0
  * after them, so a padded row computes exactly what it would alone.
  */
+/** Extra rows a merged cache buffer keeps, so the next joining rows are copied in place. */
+const SPARE_ROWS = 3;
+
 export class KVCache {
   layers: LayerKV[] | null = null;
   /** Positions held per row, padding included. */
@@ -64,6 +67,18 @@ export class KVCache {
     const padB = T - other.length;
     const mine = this.layers;
     const theirs = other.layers;
+    const nRows = this.pad.length + other.pad.length;
+    // wasm, the joining rows are no longer than ours and our buffers have spare rows: copy them in place
+    if (padA === 0 && mine[0].k.shape[0] >= nRows && mine[0].k.shape[1] >= T) {
+      const to = other.pad.map((_, j) => this.pad.length + j);
+      const from = other.pad.map((_, j) => j);
+      const moved = mine.every((l, i) => moveCacheRows(l.k, theirs[i].k, from, to, 0, other.length, padB) && moveCacheRows(l.v, theirs[i].v, from, to, 0, other.length, padB));
+      if (moved) {
+        this.pad.push(...other.pad.map((p) => p + padB));
+        other.dispose();
+        return;
+      }
+    }
     const [lenA, lenB] = [this.length, other.length];
     const nA = this.pad.length;
     const rowsAB = [...this.pad.keys(), ...other.pad.map((_, j) => nA + j)];
@@ -73,8 +88,9 @@ export class KVCache {
     const merged = tf.tidy(() =>
       mine.flatMap((l, i) => {
         // wasm: one contiguous copy per row into a buffer with room to grow
-        const fk = kernelCacheRows(l.k, theirs[i].k, rowsAB, start, lens, dsts, T + KV_GROW);
-        const fv = fk && kernelCacheRows(l.v, theirs[i].v, rowsAB, start, lens, dsts, T + KV_GROW);
+        // (with a few spare rows, so later joins can be copied in place)
+        const fk = kernelCacheRows(l.k, theirs[i].k, rowsAB, start, lens, dsts, T + KV_GROW, nRows + SPARE_ROWS, nA);
+        const fv = fk && kernelCacheRows(l.v, theirs[i].v, rowsAB, start, lens, dsts, T + KV_GROW, nRows + SPARE_ROWS, nA);
         if (fk && fv) return [fk, fv];
         const grow = (t: tf.Tensor3D, len: number, n: number): tf.Tensor3D => (n ? tf.pad(cachePrefix(t, len), [[0, 0], [n, 0], [0, 0]]) : cachePrefix(t, len)); // [B, Tc, d] -> [B, T, d]
         return [tf.concat([grow(l.k, lenA, padA), grow(theirs[i].k, lenB, padB)], 0), tf.concat([grow(l.v, lenA, padA), grow(theirs[i].v, lenB, padB)], 0)];
@@ -100,6 +116,14 @@ export class KVCache {
     const len = this.length;
     const idx = rows.length === this.pad.length && rows.every((r, i) => r === i) ? null : rows;
     if (!idx && trim === 0) return;
+    // wasm: rows kept in order move down (and left by `trim`) inside the same buffers
+    const ascending = rows.every((r, i) => i === 0 || r > rows[i - 1]);
+    const to = rows.map((_, i) => i);
+    if (ascending && layers.every((l) => moveCacheRows(l.k, l.k, rows, to, trim, T, 0) && moveCacheRows(l.v, l.v, rows, to, trim, T, 0))) {
+      this.length = T;
+      this.pad.splice(0, this.pad.length, ...pad.map((p) => p - trim));
+      return;
+    }
     const kept = tf.tidy(() => {
       const sel = idx ? tf.tensor1d(idx, 'int32') : null;
       const cut = (t: tf.Tensor3D): tf.Tensor3D => {

@@ -214,13 +214,14 @@ function registerKernels(): void {
       const d = a.shape[2];
       const [rows, start, len, dst] = [attrs?.rows, attrs?.start, attrs?.len, attrs?.dst] as number[][];
       const cap = attrs?.cap as number;
-      const out = be.makeOutput([rows.length, cap, d], 'float32');
+      const out = be.makeOutput([Math.max(rows.length, (attrs?.rowsCap as number) ?? 0), cap, d], 'float32');
       const k = exportsFor();
       const po = offset(be, out);
+      const nA = (attrs?.aRows as number) ?? a.shape[0]; // rows numbered below nA come from a (its buffer may hold spare rows)
       rows.forEach((r, i) => {
-        const fromA = r < a.shape[0];
+        const fromA = r < nA;
         const src = fromA ? a : (b as tf.TensorInfo);
-        const row = fromA ? r : r - a.shape[0];
+        const row = fromA ? r : r - nA;
         const base = po + 4 * i * cap * d;
         k.zero_f32(base, dst[i] * d);
         k.copy_f32(base + 4 * dst[i] * d, offset(be, src) + 4 * (row * src.shape[1] + start[i]) * d, len[i] * d);
@@ -371,21 +372,47 @@ export function kernelAttend(q: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, B: 
 }
 
 /**
- * A new cache buffer [rows.length, cap, d] assembled from rows of `a` (and `b`, numbered after a's):
+ * A new cache buffer [max(rows.length, rowsCap), cap, d] assembled from rows of `a` (and `b`, numbered
+ * from `aRows`, a's rows in use):
  * row i is dst[i] zero positions, then positions [start[i], start[i] + len[i]) of its source row,
  * then unused room (not zeroed). One contiguous copy per row. Null when the kernels are not active.
  */
-export function kernelCacheRows(a: tf.Tensor3D, b: tf.Tensor3D | null, rows: number[], start: number[], len: number[], dst: number[], cap: number): tf.Tensor3D | null {
+export function kernelCacheRows(a: tf.Tensor3D, b: tf.Tensor3D | null, rows: number[], start: number[], len: number[], dst: number[], cap: number, rowsCap = rows.length, aRows = a.shape[0]): tf.Tensor3D | null {
   if (!active()) return null;
   rows.forEach((r, i) => {
-    const src = r < a.shape[0] ? a : b;
-    const row = r < a.shape[0] ? r : r - a.shape[0];
+    const src = r < aRows ? a : b;
+    const row = r < aRows ? r : r - aRows;
     if (!src || row >= src.shape[0] || start[i] < 0 || start[i] + len[i] > src.shape[1] || dst[i] + len[i] > cap || src.shape[2] !== a.shape[2]) {
       throw new Error(`cache row ${r} [${start[i]}, ${start[i] + len[i]}) -> ${dst[i]} does not fit`);
     }
   });
   const inputs: tf.NamedTensorMap = b ? { a, b } : { a };
-  return tf.engine().runKernel('GPT2CacheRows', inputs, { rows, start, len, dst, cap }) as tf.Tensor3D;
+  return tf.engine().runKernel('GPT2CacheRows', inputs, { rows, start, len, dst, cap, rowsCap, aRows }) as tf.Tensor3D;
+}
+
+/**
+ * In place, inside cache buffers (no new tensor): row to[i] of `buf` becomes `dst` zero positions, then
+ * positions [start, start + len) of row from[i] of `src` (which may be `buf` itself: moves run in order,
+ * so from[i] >= to[i] with ascending `to` never reads a row already overwritten). False, doing nothing,
+ * when the kernels are not active.
+ */
+export function moveCacheRows(buf: tf.Tensor3D, src: tf.Tensor3D, from: number[], to: number[], start: number, len: number, dst: number): boolean {
+  if (!active()) return false;
+  const [R, cap, d] = buf.shape;
+  const [Rs, caps] = src.shape;
+  if (src.shape[2] !== d || dst + len > cap || start + len > caps || from.some((r) => r < 0 || r >= Rs) || to.some((r) => r < 0 || r >= R)) {
+    throw new Error(`cache move [${start}, ${start + len}) -> ${dst} does not fit ${buf.shape} from ${src.shape}`);
+  }
+  const be = tf.engine().backend as unknown as WasmBackendLike;
+  const k = exportsFor();
+  const pb = offset(be, buf);
+  const ps = offset(be, src);
+  from.forEach((r, i) => {
+    const base = pb + 4 * to[i] * cap * d;
+    k.copy_f32(base + 4 * dst * d, ps + 4 * (r * caps + start) * d, len * d); // forward copy: safe for dst <= src
+    k.zero_f32(base, dst * d);
+  });
+  return true;
 }
 
 /**
@@ -398,10 +425,10 @@ export function writeCacheRows(buf: tf.Tensor3D, rows: tf.Tensor3D, pos: number)
   const be = tf.engine().backend as unknown as WasmBackendLike;
   const [B, cap, d] = buf.shape;
   const T = rows.shape[1];
-  if (rows.shape[0] !== B || rows.shape[2] !== d || pos + T > cap) throw new Error(`cache write of ${rows.shape} at ${pos} does not fit ${buf.shape}`);
+  if (rows.shape[0] > B || rows.shape[2] !== d || pos + T > cap) throw new Error(`cache write of ${rows.shape} at ${pos} does not fit ${buf.shape}`);
   const heap = be.wasm.HEAPF32;
   const dst = offset(be, buf) >> 2;
   const src = offset(be, rows) >> 2;
-  for (let b = 0; b < B; b++) heap.copyWithin(dst + (b * cap + pos) * d, src + b * T * d, src + (b + 1) * T * d);
+  for (let b = 0; b < rows.shape[0]; b++) heap.copyWithin(dst + (b * cap + pos) * d, src + b * T * d, src + (b + 1) * T * d);
   return true;
 }
