@@ -7,7 +7,7 @@ import { GPT2Error } from '../errors';
 import { GPT2Config } from './config';
 import { AttnContext, KV_GROW, LayerKV, MASK_NEG, block, cachePrefix, layerNorm, project } from './layers';
 import { Params, disposeParams } from './params';
-import { ensureKernelThread, kernelCacheRows, moveCacheRows } from './wasm/kernels';
+import { ensureKernelThread, kernelCacheRows, moveCacheRows, wasmKernelsActive } from './wasm/kernels';
 
 /**
  * Keys/values of every layer for B rows that share one time axis. Rows shorter than the longest
@@ -127,9 +127,6 @@ export class KVCache {
     const kept = tf.tidy(() => {
       const sel = idx ? tf.tensor1d(idx, 'int32') : null;
       const cut = (t: tf.Tensor3D): tf.Tensor3D => {
-        // wasm: one contiguous copy per kept row, with room to grow (generic slice/gather are slow there)
-        const fast = kernelCacheRows(t, null, rows, rows.map(() => trim), rows.map(() => T), rows.map(() => 0), T + KV_GROW);
-        if (fast) return fast;
         const g = sel ? tf.gather(cachePrefix(t, len), sel) : cachePrefix(t, len); // [B, Tc, d] -> [B', Tc, d]
         return trim ? tf.slice(g, [0, trim, 0], [rows.length, T, g.shape[2]]) : g; // -> [B', Tc - trim, d]
       };
@@ -241,7 +238,8 @@ export class GPT2Model {
       }
     }
     const kept = tf.tidy(() => {
-      const ctx: AttnContext = { batch: B, steps: T, past, nHead: c.nHead, mask: this.mask(B, T, past, pad), padMask: this.padMask(B, past + T, pad) };
+      const kernels = wasmKernelsActive(); // the kernel path reads only the padding mask, the tf-op path only the full one
+      const ctx: AttnContext = { batch: B, steps: T, past, nHead: c.nHead, mask: kernels ? null : this.mask(B, T, past, pad), padMask: kernels ? this.padMask(B, past + T, pad) : null };
       const h = this.hidden(flat, pos, ctx, cache);
       const kvs = h.kvs;
       let x = h.x; // [N, d]
@@ -277,7 +275,7 @@ export class GPT2Model {
     const p = this.params;
     const T = ids.length;
     const nll = tf.tidy(() => {
-      const ctx: AttnContext = { batch: 1, steps: T - 1, past: 0, nHead: c.nHead, mask: this.mask(1, T - 1, 0, [0]), padMask: null };
+      const ctx: AttnContext = { batch: 1, steps: T - 1, past: 0, nHead: c.nHead, mask: wasmKernelsActive() ? null : this.mask(1, T - 1, 0, [0]), padMask: null };
       const positions = Int32Array.from({ length: T - 1 }, (_, t) => t);
       const { x } = this.hidden(Int32Array.from(ids.slice(0, T - 1)), positions, ctx, null); // [T-1, d]
       const logp = tf.logSoftmax(project(layerNorm(x, p.ln_f, c.layerNormEpsilon), p.headT)); // [T-1, V]

@@ -55,9 +55,12 @@ export interface AttnContext {
   steps: number; // T new positions per row
   past: number; // positions already in the cache (its buffers may hold more, unused, positions)
   nHead: number; // H
-  /** Additive mask: [B, T, Tk] when T > 1 (causal + padding), [B, Tk, 1] when T == 1 (padding only; null when no row is padded). */
+  /**
+   * tf-op path: additive mask [B, T, Tk] when T > 1 (causal + padding), [B, Tk, 1] when T == 1 (padding
+   * only; null when no row is padded). Null on the wasm-kernel path, which reads `padMask` instead.
+   */
   mask: tf.Tensor3D | null;
-  /** Padding only, [B, Tk] additive; null when no row is padded (the wasm kernel applies causality itself). */
+  /** wasm-kernel path: padding only, [B, Tk] additive; null when no row is padded (the kernel applies causality itself). */
   padMask: tf.Tensor2D | null;
 }
 

@@ -1,12 +1,14 @@
 /**
  * Hand-written WASM SIMD kernels for the tfjs `wasm` backend (source: native/kernels.c, built by
  * native/build.sh into kernels.wasm.ts). The module imports the backend's own WebAssembly.Memory,
- * so it works on tensors in place, and is registered as three extra tfjs kernels:
+ * so it works on tensors in place, and is registered as extra tfjs kernels:
  *
  *   GPT2Linear     y = act(x @ W + b)            replaces fused matMul (+ gelu): streams W once per call
  *                                                 instead of keeping an XNNPACK-packed second copy
  *   GPT2LayerNorm  (x - mean) / sqrt(var + eps) · g + b, one pass per row (10 ops → 1)
- *   GPT2Attend1    decode attention, one query per row against the cache (≈12 ops → 1)
+ *   GPT2Attend     causal attention against the KV cache buffers (prefill and decode)
+ *   GPT2CacheRows  a new cache buffer assembled from rows of one or two others
+ * plus in-place row moves/writes inside cache buffers (moveCacheRows, writeCacheRows).
  *
  * Why: tfjs-backend-wasm 4.22 runs a decode-time matrix-vector product through XNNPACK at ~10 GB/s of
  * weights and keeps every weight twice (its tensor + XNNPACK's packed copy); small ops cost ~6 µs each.
@@ -119,7 +121,10 @@ export async function enableWasmKernels(opts: { threads?: number } = {}): Promis
   const memory = memoryOf(backend);
   if (!memory || disabled) return false;
   const wantThread = (opts.threads ?? 1) > 1 && memory.buffer instanceof SharedArrayBuffer;
-  if (state?.memory === memory && (!!state.thread?.usable || !wantThread)) return true;
+  if (state?.memory === memory) {
+    await ensureKernelThread(); // restarts a worker that exited after an idle spell
+    return true;
+  }
   // A shared memory needs the import declared shared: the same module with its import flag rewritten.
   const shared = memory.buffer instanceof SharedArrayBuffer;
   const module = await compileKernels(relaxedSimd(), shared);
@@ -202,22 +207,24 @@ export function wasmKernelThreads(): number {
 
 type KernelArgs = { inputs: Record<string, tf.TensorInfo>; backend: unknown; attrs?: tf.NamedAttrMap };
 
+/** Registers one of our kernels for the wasm backend. */
+function wasmKernel(kernelName: string, run: (be: WasmBackendLike, inputs: Record<string, tf.TensorInfo>, attrs: tf.NamedAttrMap) => tf.TensorInfo): void {
+  const kernelFunc = ({ inputs, backend, attrs }: KernelArgs) => run(backend as WasmBackendLike, inputs, attrs ?? {});
+  tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc } as unknown as tf.KernelConfig);
+}
+
 function registerKernels(): void {
   // Cache bookkeeping: out[i] = zeros(dst[i]) ++ src_i[start[i], start[i] + len[i]) ++ (unused room), where
   // row i comes from input a (rows[i] < a's batch) or b (rows[i] - a's batch).
-  tf.registerKernel({
-    kernelName: 'GPT2CacheRows',
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, backend, attrs }: KernelArgs) => {
-      const be = backend as WasmBackendLike;
+  wasmKernel('GPT2CacheRows', (be, inputs, attrs) => {
       const { a, b } = inputs;
       const d = a.shape[2];
-      const [rows, start, len, dst] = [attrs?.rows, attrs?.start, attrs?.len, attrs?.dst] as number[][];
-      const cap = attrs?.cap as number;
-      const out = be.makeOutput([Math.max(rows.length, (attrs?.rowsCap as number) ?? 0), cap, d], 'float32');
+      const [rows, start, len, dst] = [attrs.rows, attrs.start, attrs.len, attrs.dst] as number[][];
+      const cap = attrs.cap as number;
+      const out = be.makeOutput([Math.max(rows.length, (attrs.rowsCap as number) ?? 0), cap, d], 'float32');
       const k = exportsFor();
       const po = offset(be, out);
-      const nA = (attrs?.aRows as number) ?? a.shape[0]; // rows numbered below nA come from a (its buffer may hold spare rows)
+      const nA = (attrs.aRows as number) ?? a.shape[0]; // rows numbered below nA come from a (its buffer may hold spare rows)
       rows.forEach((r, i) => {
         const fromA = r < nA;
         const src = fromA ? a : (b as tf.TensorInfo);
@@ -229,19 +236,14 @@ function registerKernels(): void {
         // padding is zeroed because masked positions are still multiplied before the mask applies
       });
       return out;
-    },
-  } as unknown as tf.KernelConfig);
-  tf.registerKernel({
-    kernelName: 'GPT2Linear',
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, backend, attrs }: KernelArgs) => {
-      const be = backend as WasmBackendLike;
+  });
+  wasmKernel('GPT2Linear', (be, inputs, attrs) => {
       const { x, w, b } = inputs;
       const [M, K] = x.shape;
       const N = w.shape[1];
       const out = be.makeOutput([M, N], 'float32');
       if (M * N === 0) return out;
-      const act = attrs?.act as number;
+      const act = attrs.act as number;
       const k = exportsFor();
       const thread = threadFor(M * K * N);
       // Few rows (decode): the inner dimension is cut into LINEAR_CHUNKS chunks that both threads take
@@ -283,29 +285,19 @@ function registerKernels(): void {
         if (partial) be.disposeData(partial.dataId);
       }
       return out;
-    },
-  } as unknown as tf.KernelConfig);
-  tf.registerKernel({
-    kernelName: 'GPT2LayerNorm',
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, backend, attrs }: KernelArgs) => {
-      const be = backend as WasmBackendLike;
+  });
+  wasmKernel('GPT2LayerNorm', (be, inputs, attrs) => {
       const { x, g, b } = inputs;
       const [M, D] = x.shape;
       const out = be.makeOutput([M, D], 'float32');
-      if (M * D > 0) exportsFor().layer_norm(offset(be, x), offset(be, g), offset(be, b), offset(be, out), M, D, attrs?.eps as number);
+      if (M * D > 0) exportsFor().layer_norm(offset(be, x), offset(be, g), offset(be, b), offset(be, out), M, D, attrs.eps as number);
       return out;
-    },
-  } as unknown as tf.KernelConfig);
-  tf.registerKernel({
-    kernelName: 'GPT2Attend',
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, backend, attrs }: KernelArgs) => {
-      const be = backend as WasmBackendLike;
+  });
+  wasmKernel('GPT2Attend', (be, inputs, attrs) => {
       const { q, k, v, mask } = inputs;
       const D = q.shape[1];
-      const [B, T, past, H] = [attrs?.B, attrs?.T, attrs?.past, attrs?.nHead] as number[];
-      const scale = attrs?.scale as number;
+      const [B, T, past, H] = [attrs.B, attrs.T, attrs.past, attrs.nHead] as number[];
+      const scale = attrs.scale as number;
       const ldkv = k.shape[1];
       const out = be.makeOutput([B * T, D], 'float32');
       const room = past + T + 4;
@@ -344,8 +336,7 @@ function registerKernels(): void {
         be.disposeData(scratch.dataId);
       }
       return out;
-    },
-  } as unknown as tf.KernelConfig);
+  });
 }
 
 /** y = act(x @ w + b) on the kernels; null when they are not active (caller uses tf ops). */
@@ -392,11 +383,12 @@ export function kernelCacheRows(a: tf.Tensor3D, b: tf.Tensor3D | null, rows: num
 
 /**
  * In place, inside cache buffers (no new tensor): row to[i] of `buf` becomes `dst` zero positions, then
- * positions [start, start + len) of row from[i] of `src` (which may be `buf` itself: moves run in order,
+ * positions [start, start + len) of row from[i] of `src` (zeroLead false: positions before `dst` are
+ * left as they are). `src` may be `buf` itself: moves run in order,
  * so from[i] >= to[i] with ascending `to` never reads a row already overwritten). False, doing nothing,
  * when the kernels are not active.
  */
-export function moveCacheRows(buf: tf.Tensor3D, src: tf.Tensor3D, from: number[], to: number[], start: number, len: number, dst: number): boolean {
+export function moveCacheRows(buf: tf.Tensor3D, src: tf.Tensor3D, from: number[], to: number[], start: number, len: number, dst: number, zeroLead = true): boolean {
   if (!active()) return false;
   const [R, cap, d] = buf.shape;
   const [Rs, caps] = src.shape;
@@ -410,7 +402,7 @@ export function moveCacheRows(buf: tf.Tensor3D, src: tf.Tensor3D, from: number[]
   from.forEach((r, i) => {
     const base = pb + 4 * to[i] * cap * d;
     k.copy_f32(base + 4 * dst * d, ps + 4 * (r * caps + start) * d, len * d); // forward copy: safe for dst <= src
-    k.zero_f32(base, dst * d);
+    if (zeroLead) k.zero_f32(base, dst * d);
   });
   return true;
 }
@@ -421,14 +413,6 @@ export function moveCacheRows(buf: tf.Tensor3D, src: tf.Tensor3D, from: number[]
  * only its KVCache references). Returns false, writing nothing, when the kernels are not active.
  */
 export function writeCacheRows(buf: tf.Tensor3D, rows: tf.Tensor3D, pos: number): boolean {
-  if (!active()) return false;
-  const be = tf.engine().backend as unknown as WasmBackendLike;
-  const [B, cap, d] = buf.shape;
-  const T = rows.shape[1];
-  if (rows.shape[0] > B || rows.shape[2] !== d || pos + T > cap) throw new Error(`cache write of ${rows.shape} at ${pos} does not fit ${buf.shape}`);
-  const heap = be.wasm.HEAPF32;
-  const dst = offset(be, buf) >> 2;
-  const src = offset(be, rows) >> 2;
-  for (let b = 0; b < rows.shape[0]; b++) heap.copyWithin(dst + (b * cap + pos) * d, src + b * T * d, src + (b + 1) * T * d);
-  return true;
+  const r = Array.from({ length: rows.shape[0] }, (_, i) => i);
+  return moveCacheRows(buf, rows, r, r, 0, rows.shape[1], pos, false);
 }
