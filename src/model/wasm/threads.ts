@@ -34,8 +34,10 @@ parentPort.once('message', ({ module, memory, ctrl }) => {
   let k;
   try { k = new WebAssembly.Instance(module, { env: { memory } }).exports; }
   catch (e) { parentPort.postMessage({ error: String(e) }); return; }
+  // Jobs are counted from 0 on a fresh control block. Reading the counter here instead would race:
+  // the caller may post its first job between 'ready' and that read, and the job would never run.
+  let last = 0;
   parentPort.postMessage({ ready: true });
-  let last = Atomics.load(c, ${Slot.Seq});
   for (;;) {
     const t0 = performance.now();
     while (Atomics.load(c, ${Slot.Seq}) === last) {
