@@ -4,10 +4,13 @@
  *   npx tsx bench/tokenizer.ts [textFile] [tokenizerDir]
  *
  * "cold" is a fresh tokenizer (empty merge cache, unoptimised JIT), i.e. a one-off prompt of new
- * text; "warm" repeats on the same instance, as a server would see.
+ * text; "warm" repeats on the same instance, as a server would see. gpt-tokenizer (OpenAI's GPT-2
+ * ranks) runs on the same text in the same process as the yardstick, and the hostile rows time
+ * 1 MiB unbroken runs (one piece each: the case that used to grow with the square of its length).
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { encode as gptTokenizerEncode } from 'gpt-tokenizer/encoding/gpt2';
 import { loadTokenizer } from '../src/tokenizer';
 
 const root = path.join(__dirname, '..');
@@ -39,11 +42,21 @@ async function main(): Promise<void> {
     d.flush();
   });
 
+  const theirs: number[] = [];
+  for (let i = 0; i < 5; i++) theirs.push(seconds(() => gptTokenizerEncode(text)));
+  const same = gptTokenizerEncode(text).every((id, i) => id === ids[i]);
+  const hostile: [string, string][] = ['a', '1', '!', ' ', 'é'].map((ch) => {
+    const s = ch.repeat(Math.floor((1 << 20) / Buffer.byteLength(ch)));
+    return [`1 MiB of ${JSON.stringify(ch)}`, `${(seconds(() => tok.encode(s)) * 1000).toFixed(0)} ms`];
+  });
+
   const rows: [string, string][] = [
     ['file', `${textFile} (${mb.toFixed(2)} MB, ${ids.length} tokens)`],
     ['load tokenizer', `${loadMs.toFixed(0)} ms`],
     ['encode cold', `${(mb / cold).toFixed(2)} MB/s`],
     ['encode warm (best of 5)', `${(mb / bestWarm).toFixed(2)} MB/s`],
+    ['gpt-tokenizer warm', `${(mb / Math.min(...theirs)).toFixed(2)} MB/s (same ids: ${same})`],
+    ...hostile,
     ['decode', `${(mb / dec).toFixed(2)} MB/s`],
     ['stream decode', `${(mb / stream).toFixed(2)} MB/s (${((stream / ids.length) * 1e6).toFixed(2)} µs/token)`],
   ];

@@ -95,4 +95,46 @@ describe('tokenizer properties', () => {
       { numRuns: 300 },
     );
   });
+
+  // Long unbroken runs are single pieces: the heap path of merge.ts (pieces > 24 bytes), not the short loop.
+  const runs = fc.oneof(
+    fc.tuple(fc.constantFrom('a', '1', '!', ' ', 'é', '😀', 'ab', 'aab', '12', '!?', 'ไ', 'the'), fc.integer({ min: 1, max: 700 })).map(([u, k]) => u.repeat(k)),
+    fc.string({ unit: fc.constantFrom('a', 'b', 'e', 'n', 't', 'h', 'r', 's'), minLength: 25, maxLength: 600 }),
+    fc.string({ unit: fc.constantFrom('0', '1', '9'), minLength: 25, maxLength: 600 }),
+    fc.string({ unit: fc.constantFrom('-', '=', '!', '.', '*'), minLength: 25, maxLength: 600 }),
+  );
+
+  it('long unbroken runs encode exactly as encoder.py does', () => {
+    fc.assert(
+      fc.property(runs, (s) => {
+        expect(tok.encode(s)).toEqual(ref.encode(s));
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('long unbroken runs encode as js-tiktoken does', () => {
+    const tiktoken = getEncoding('gpt2');
+    fc.assert(
+      fc.property(runs, (s) => {
+        expect(tok.encode(s)).toEqual(tiktoken.encode(s, [], []));
+      }),
+      { numRuns: 200 },
+    );
+  });
+});
+
+describe('tokenizer cost on hostile input', () => {
+  // A complexity guard, not a speed assertion: the old merge loop took 38.8 s on 300 k digits and
+  // minutes on 1 MiB, this one about 0.5 s (bench/tokenizer.ts prints the figures). The bound only
+  // catches a return to quadratic cost.
+  it.each(['a', '1', '!', ' '])('1 MiB of %j encodes in far less than quadratic time, and decodes back', (ch) => {
+    const s = ch.repeat(1 << 20);
+    const t0 = performance.now();
+    const ids = tok.encode(s);
+    expect(performance.now() - t0).toBeLessThan(15_000);
+    expect(tok.decode(ids)).toBe(s);
+    // Every piece of a long run is one of the longest merges; the count is a lower bound from maxTokenBytes.
+    expect(ids.length).toBeGreaterThanOrEqual(Math.ceil(s.length / tok.maxTokenBytes));
+  });
 });

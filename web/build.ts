@@ -41,20 +41,6 @@ const NODE_ONLY = [
   'prom-client',
 ];
 
-/**
- * The tokenizer imports gpt-tokenizer's CommonJS files by path (`gpt-tokenizer/cjs/…`), which the
- * package exports under the "require" condition only; a browser bundle takes the same module from
- * its ES build (`gpt-tokenizer/esm/…`).
- */
-const gptTokenizerEsm: esbuild.Plugin = {
-  name: 'gpt-tokenizer-esm',
-  setup(build) {
-    build.onResolve({ filter: /^gpt-tokenizer\/cjs\// }, (args) =>
-      build.resolve(args.path.replace('/cjs/', '/esm/'), { kind: 'import-statement', resolveDir: args.resolveDir }),
-    );
-  },
-};
-
 export async function buildWeb(options: { minify?: boolean; quiet?: boolean } = {}): Promise<void> {
   fs.rmSync(DIST, { recursive: true, force: true });
   fs.mkdirSync(DIST, { recursive: true });
@@ -73,7 +59,6 @@ export async function buildWeb(options: { minify?: boolean; quiet?: boolean } = 
     // tsconfig.json targets CommonJS for Node; the bundle is ESM, esbuild only needs the TS settings.
     tsconfig: path.join(WEB, 'tsconfig.json'),
     metafile: true,
-    plugins: [gptTokenizerEsm],
   });
   const wasmDir = path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist');
   for (const f of fs.readdirSync(wasmDir)) if (f.endsWith('.wasm')) fs.copyFileSync(path.join(wasmDir, f), path.join(DIST, f));

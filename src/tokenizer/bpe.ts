@@ -1,20 +1,15 @@
 /**
- * GPT-2 byte-level BPE: a thin adapter that feeds a folder's own vocab/merges to gpt-tokenizer's
- * BPE core (see index.ts for why that library), plus the parts it does not do for us: special-token
- * handling, GPT-2's exact pre-tokenizer regex, decode and streaming decode.
+ * GPT-2 byte-level BPE from a folder's own vocab/merges: GPT-2's exact pre-tokenizer regex, the
+ * merge-rule BPE of encoder.py (merge.ts: same result, O(n log n) per piece so no input can stall
+ * the process), special-token handling, decode and streaming decode.
  *
- * gpt-tokenizer (like tiktoken) merges by *rank of the merged token*, while GPT-2's encoder.py and
- * Hugging Face merge by *priority of the merge rule*. We give each merged token the rank
- * 256 + (index of the first merge rule that makes it), so both orders coincide, and map ranks back
- * to the file's ids afterwards (for OpenAI's files the map is the identity and is skipped). Tokens
- * no merge rule produces are left out of the rank table, so encode can never emit them, as in
- * encoder.py. With GPT-2's files this agrees with a merge-rule BPE on every vocab token and on
- * every test text (test/tokenizer.test.ts).
+ * Merges follow the *priority of the merge rule*, as GPT-2's encoder.py and Hugging Face do (tiktoken
+ * and gpt-tokenizer rank by merged token, which agrees on OpenAI's files but not on every file).
+ * Tokens no merge rule produces can never be emitted, as in encoder.py.
  */
-import { BytePairEncodingCore } from 'gpt-tokenizer/cjs/BytePairEncodingCore';
-import { tryConvertToString } from 'gpt-tokenizer/cjs/utfUtil';
 import { GPT2Error } from '../errors';
 import { BYTE_TO_CHAR, vocabStringToBytes } from './bytes';
+import { MergeBPE } from './merge';
 import { BPEData, EOS_TOKEN, bad } from './parse';
 import { Utf8StreamDecoder, decodeUtf8 } from './stream';
 import type { EncodeOptions, StreamDecoder, Tokenizer } from './types';
@@ -31,6 +26,9 @@ const GPT2_SPLIT = new RegExp(
 );
 
 const utf8Encoder = new TextEncoder();
+/** Pieces up to this many characters are remembered (bounded, so hostile input cannot grow it). */
+const CACHED_PIECE_CHARS = 64;
+const CACHE_ENTRIES = 100_000;
 
 function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -39,9 +37,10 @@ function escapeRegExp(s: string): string {
 class GPT2Tokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly eosTokenId: number;
-  private readonly core: BytePairEncodingCore;
-  /** rank -> id, or null when they are equal (OpenAI's GPT-2 files) */
-  private readonly rankToId: Int32Array | null;
+  readonly maxTokenBytes: number;
+  private readonly bpe: MergeBPE;
+  /** piece -> ids, for pieces seen before (most words of a text repeat) */
+  private readonly cache = new Map<string, number[]>();
   /** id -> bytes it decodes to (undefined for ids absent from the files) */
   private readonly idBytes: (Uint8Array | undefined)[];
   private readonly specialIds: ReadonlyMap<string, number>;
@@ -75,44 +74,30 @@ class GPT2Tokenizer implements Tokenizer {
     const eos = specialTokens.get(EOS_TOKEN);
     if (eos === undefined) throw bad(files.vocab, `no ${EOS_TOKEN} token, which every GPT-2 vocab has`);
 
-    // Rank table for the core: string when the bytes are valid UTF-8, else the byte array,
-    // decided by the library's own test so its two lookup tables agree with ours.
-    const rankDecoder: (string | number[])[] = [];
-    const rankToId: number[] = [];
-    const asRankValue = (bytes: Uint8Array): string | number[] => tryConvertToString(bytes) ?? Array.from(bytes);
+    // Merge rules as ids, in priority order (a pair listed twice takes its later index, as in encoder.py).
+    const byteIds = new Int32Array(256);
     for (let b = 0; b < 256; b++) {
       const id = vocab.get(BYTE_TO_CHAR[b]);
       if (id === undefined) {
         throw bad(files.vocab, `no token for byte 0x${b.toString(16).padStart(2, '0')} (${JSON.stringify(BYTE_TO_CHAR[b])}), so some text could not be encoded`);
       }
-      rankDecoder[b] = asRankValue(Uint8Array.of(b));
-      rankToId[b] = id;
+      byteIds[b] = id;
     }
-    const ranked = new Set<string>(BYTE_TO_CHAR);
-    merges.forEach(([left, right], i) => {
+    const rules = merges.map(([left, right], i): [number, number, number] => {
       const where = `merge #${i + 1} ("${left} ${right}")`;
-      for (const part of [left, right]) {
-        if (!vocab.has(part)) throw bad(files.merges, `${where} uses ${JSON.stringify(part)}, which is not in the vocab (${files.vocab})`);
+      const l = vocab.get(left);
+      const r = vocab.get(right);
+      if (l === undefined || r === undefined) {
+        throw bad(files.merges, `${where} uses ${JSON.stringify(l === undefined ? left : right)}, which is not in the vocab (${files.vocab})`);
       }
-      const merged = left + right;
-      const id = vocab.get(merged);
-      if (id === undefined) throw bad(files.merges, `${where} makes ${JSON.stringify(merged)}, which is not in the vocab (${files.vocab})`);
-      if (ranked.has(merged)) return; // a later rule for the same token never wins over the first
-      ranked.add(merged);
-      const bytes = idBytes[id] as Uint8Array; // set above for every vocab entry
-      rankDecoder[256 + i] = asRankValue(bytes);
-      rankToId[256 + i] = id;
+      const m = vocab.get(left + right);
+      if (m === undefined) throw bad(files.merges, `${where} makes ${JSON.stringify(left + right)}, which is not in the vocab (${files.vocab})`);
+      return [l, r, m];
     });
-
-    this.core = new BytePairEncodingCore({
-      bytePairRankDecoder: rankDecoder,
-      specialTokensEncoder: new Map(), // specials are split out here, only when allowed
-      tokenSplitRegex: GPT2_SPLIT,
-    });
-    const identity = rankToId.every((id, rank) => id === rank);
-    this.rankToId = identity ? null : Int32Array.from(rankToId, (id) => id ?? -1);
+    this.bpe = new MergeBPE(rules, byteIds);
     this.idBytes = idBytes;
     this.vocabSize = maxId + 1;
+    this.maxTokenBytes = idBytes.reduce((m, b) => Math.max(m, b?.length ?? 0), 1);
     this.eosTokenId = eos;
     this.specialIds = specialTokens;
     // Longest first, so a special token that is a prefix of another never shadows it.
@@ -136,11 +121,23 @@ class GPT2Tokenizer implements Tokenizer {
   }
 
   private encodeOrdinary(text: string): number[] {
-    if (text === '') return [];
-    const ranks = this.core.encodeNative(text);
-    const map = this.rankToId;
-    if (map !== null) for (let i = 0; i < ranks.length; i++) ranks[i] = map[ranks[i]];
-    return ranks;
+    const out: number[] = [];
+    if (text === '') return out;
+    const cache = this.cache;
+    const split = new RegExp(GPT2_SPLIT); // own lastIndex, so encode stays reentrant
+    for (let m = split.exec(text); m !== null; m = split.exec(text)) {
+      const piece = m[0];
+      let ids = cache.get(piece);
+      if (ids === undefined) {
+        ids = this.bpe.encode(utf8Encoder.encode(piece));
+        if (piece.length <= CACHED_PIECE_CHARS) {
+          if (cache.size >= CACHE_ENTRIES) cache.clear();
+          cache.set(piece, ids);
+        }
+      }
+      for (let i = 0; i < ids.length; i++) out.push(ids[i]);
+    }
+    return out;
   }
 
   private bytesOf = (id: number): Uint8Array => {

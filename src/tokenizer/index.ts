@@ -1,17 +1,15 @@
 /**
  * GPT-2 tokenizer: text <-> ids from the model folder's own files.
  *
- * Library choice (measured on tinyshakespeare, 1.1 MB, Node 20, vocab built from OpenAI's files):
- *   - gpt-tokenizer 4.x `BytePairEncodingCore`: ~8 MB/s first pass, ~15 MB/s with its merge cache
- *     warm; takes a custom rank table directly; importing only the core pulls in no bundled
- *     encodings (a few KB), so the browser bundle stays small. Chosen.
- *   - js-tiktoken 1.x `Tiktoken` from custom ranks: ~1.9 MB/s (byte keys joined into strings),
- *     below our 5 MB/s target; needs ranks re-encoded as base64 text first.
- *   - @huggingface/tokenizers 0.2: merge-rule BPE straight from tokenizer.json, but ~0.8 MB/s and
- *     its decode cleans up spaces by default (not byte-exact unless told otherwise).
- * All three gave the same 338,025 ids. The rank-vs-merge-rule difference between tiktoken-style
- * cores and encoder.py is handled in bpe.ts. Hand-written here: file parsing and validation
- * (parse.ts), GPT-2's exact split regex and special tokens (bpe.ts), streaming decode (stream.ts).
+ * Library choice, revisited (issue: hostile input). Every JS BPE we measured merges a piece by
+ * rescanning it after each merge, so cost grows with the square of an unbroken run: gpt-tokenizer 4.x
+ * (`BytePairEncodingCore`, used here before) took 38.8 s for 300 k digits, js-tiktoken and
+ * @huggingface/tokenizers behave alike. One request could stall a server for minutes. The BPE is now
+ * our own (merge.ts: encoder.py's merge order with a heap, O(n log n)), checked against a line-by-line
+ * port of encoder.py and against js-tiktoken by property tests; on tinyshakespeare it is faster than
+ * gpt-tokenizer in the same run (bench/tokenizer.ts). Hand-written here too: file parsing and
+ * validation (parse.ts), GPT-2's exact split regex and special tokens (bpe.ts), streaming decode
+ * (stream.ts). gpt-tokenizer stays a dev dependency, as the speed yardstick.
  */
 import { GPT2Error } from '../errors';
 import { FileSource, openSource } from '../io/source';

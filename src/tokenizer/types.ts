@@ -13,6 +13,11 @@ export interface Tokenizer {
   readonly vocabSize: number;
   /** Id of `<|endoftext|>` (50256 for GPT-2). */
   readonly eosTokenId: number;
+  /**
+   * Bytes of the longest token: a text of B UTF-8 bytes has at least ceil(B / maxTokenBytes) tokens,
+   * which bounds a prompt's length before tokenizing it.
+   */
+  readonly maxTokenBytes: number;
   encode(text: string, opts?: EncodeOptions): number[];
   /** Invalid UTF-8 (e.g. a multi-byte character cut in half) becomes U+FFFD. */
   decode(ids: readonly number[]): string;
