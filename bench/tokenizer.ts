@@ -10,7 +10,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { encode as gptTokenizerEncode } from 'gpt-tokenizer/encoding/gpt2';
+import { encode as gptTokenizerEncode } from 'gpt-tokenizer/cjs/encoding/gpt2';
 import { loadTokenizer } from '../src/tokenizer';
 
 const root = path.join(__dirname, '..');

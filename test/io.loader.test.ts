@@ -172,6 +172,29 @@ describe('a bad folder fails cleanly', () => {
     await expectLoadFails(folder({ config: { ...baseConfig, [key]: value } }), 'BAD_CONFIG', new RegExp(`"${key}" must be an integer`));
   });
 
+  test.each([
+    ['n_layer', 10_000_000],
+    ['n_layer', Number.MAX_SAFE_INTEGER],
+    ['n_embd', 2 ** 40],
+    ['n_positions', 1e12],
+    ['vocab_size', 2 ** 31],
+    ['n_inner', 2 ** 30],
+  ])('config %s = %j is refused before anything is sized from it', async (key, value) => {
+    const t0 = performance.now();
+    await expectLoadFails(folder({ config: { ...baseConfig, [key]: value } }), 'BAD_CONFIG', new RegExp(`"${key}" must be an integer from 1 to \\d+`));
+    expect(performance.now() - t0).toBeLessThan(5000); // it used to hang, growing to ~1.9 GB
+  });
+
+  test.each([
+    ['eos_token_id', 99999999],
+    ['eos_token_id', 'x'],
+    ['eos_token_id', -1],
+    ['bos_token_id', 50257],
+    ['bos_token_id', 1.5],
+  ])('config %s = %j (not a token id of this vocab)', async (key, value) => {
+    await expectLoadFails(folder({ config: { ...baseConfig, [key]: value } }), 'BAD_CONFIG', new RegExp(`"${key}" must be a token id from 0 to 50256`));
+  });
+
   test('unsupported activation', async () => {
     await expectLoadFails(folder({ config: { ...baseConfig, activation_function: 'swish' } }), 'BAD_CONFIG', /unsupported activation_function "swish"/);
   });
@@ -206,7 +229,7 @@ describe('a bad folder fails cleanly', () => {
   });
 
   test('a config whose vocab_size disagrees with wte', async () => {
-    await expectLoadFails(folder({ config: { ...baseConfig, vocab_size: 50000 } }), 'BAD_WEIGHTS', /wte\.weight .*has shape \[50257,32\], config needs \[50000,32\]/);
+    await expectLoadFails(folder({ config: { ...baseConfig, vocab_size: 50000, bos_token_id: 49999, eos_token_id: 49999 } }), 'BAD_WEIGHTS', /wte\.weight .*has shape \[50257,32\], config needs \[50000,32\]/);
   });
 
   test('an lm_head of the wrong shape', async () => {

@@ -41,11 +41,26 @@ const ACTIVATIONS: Record<string, Activation> = {
   relu: 'relu',
 };
 
+/**
+ * Upper bounds, checked before anything is sized from the config: far above every published GPT-2
+ * (1.5B: 48 layers, 1600 wide, 1024 positions, 50257 tokens), low enough that a hostile or corrupt
+ * config.json cannot make the loader allocate or loop for long before a weight is read.
+ */
+export const CONFIG_LIMITS = {
+  vocab_size: 1 << 20,
+  n_positions: 1 << 17,
+  n_embd: 1 << 15,
+  n_layer: 1024,
+  n_head: 1024,
+  n_inner: 1 << 17,
+} as const;
+
 export function parseConfig(raw: Record<string, unknown>, where = 'config.json'): GPT2Config {
-  const int = (key: keyof typeof DEFAULTS, min = 1): number => {
-    const v = raw[key] ?? DEFAULTS[key];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-      throw new GPT2Error('BAD_CONFIG', `${where}: "${key}" must be an integer ≥ ${min}, got ${JSON.stringify(v)}`);
+  const int = (key: keyof typeof CONFIG_LIMITS, min = 1): number => {
+    const v = raw[key] ?? DEFAULTS[key as keyof typeof DEFAULTS];
+    const max = CONFIG_LIMITS[key];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+      throw new GPT2Error('BAD_CONFIG', `${where}: "${key}" must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
     }
     return v;
   };
@@ -55,14 +70,7 @@ export function parseConfig(raw: Record<string, unknown>, where = 'config.json')
   const nLayer = int('n_layer');
   const nHead = int('n_head');
   if (nEmbd % nHead !== 0) throw new GPT2Error('BAD_CONFIG', `${where}: n_embd (${nEmbd}) must be divisible by n_head (${nHead})`);
-  const innerRaw = raw.n_inner;
-  let nInner = 4 * nEmbd;
-  if (innerRaw !== undefined && innerRaw !== null) {
-    if (typeof innerRaw !== 'number' || !Number.isSafeInteger(innerRaw) || innerRaw < 1) {
-      throw new GPT2Error('BAD_CONFIG', `${where}: "n_inner" must be null or a positive integer, got ${JSON.stringify(innerRaw)}`);
-    }
-    nInner = innerRaw;
-  }
+  const nInner = raw.n_inner === undefined || raw.n_inner === null ? 4 * nEmbd : int('n_inner');
   // Variants of the attention math this forward pass does not implement: refuse rather than differ silently.
   if (raw.scale_attn_by_inverse_layer_idx === true) throw new GPT2Error('BAD_CONFIG', `${where}: scale_attn_by_inverse_layer_idx is not supported`);
   if (raw.scale_attn_weights === false) throw new GPT2Error('BAD_CONFIG', `${where}: scale_attn_weights: false is not supported`);
@@ -74,14 +82,22 @@ export function parseConfig(raw: Record<string, unknown>, where = 'config.json')
   if (!activation) {
     throw new GPT2Error('BAD_CONFIG', `${where}: unsupported activation_function ${JSON.stringify(actName)} (supported: ${Object.keys(ACTIVATIONS).join(', ')})`);
   }
-  const bos = raw.bos_token_id ?? DEFAULTS.bos_token_id;
-  const eos = raw.eos_token_id ?? DEFAULTS.eos_token_id;
+  // A token id the model cannot produce would never stop generation (eos) or index past wte (bos).
+  const tokenId = (key: 'bos_token_id' | 'eos_token_id'): number => {
+    const v = raw[key] ?? DEFAULTS[key];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v >= vocabSize) {
+      throw new GPT2Error('BAD_CONFIG', `${where}: "${key}" must be a token id from 0 to ${vocabSize - 1} (vocab_size - 1), got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+  const bos = tokenId('bos_token_id');
+  const eos = tokenId('eos_token_id');
   return {
     vocabSize, nPositions, nEmbd, nLayer, nHead, nInner,
     layerNormEpsilon: eps,
     activation,
-    bosTokenId: typeof bos === 'number' ? bos : DEFAULTS.bos_token_id,
-    eosTokenId: typeof eos === 'number' ? eos : DEFAULTS.eos_token_id,
+    bosTokenId: bos,
+    eosTokenId: eos,
   };
 }
 
