@@ -14,6 +14,8 @@ export type GPT2ErrorCode =
   | 'QUEUE_FULL'
   | 'BACKEND_UNAVAILABLE'
   | 'NETWORK'
+  | 'TOO_LARGE'
+  | 'NON_FINITE'
   | 'ABORTED'
   | 'DISPOSED';
 

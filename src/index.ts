@@ -7,6 +7,7 @@ export { setBackend, currentBackend, BACKENDS } from './backend';
 export type { BackendName, BackendOptions } from './backend';
 export type { GPT2Config } from './model/config';
 export type { LoadOptions } from './load';
+export { MAX_FILE_BYTES, DEFAULT_TIMEOUT_MS } from './io/source';
 export type { LoadProgress } from './io/hf';
 export { gpt2Generate } from './generate/exercise';
 export type { GPT2GenerateOptions } from './generate/exercise';
@@ -22,16 +23,17 @@ export type { Tokenizer, StreamDecoder, EncodeOptions } from './tokenizer';
 import { GPT2 } from './gpt2';
 import { GPT2Error } from './errors';
 import { LoadOptions, loadTransformer, resolveSource } from './load';
-import { hasTokenizerFiles, loadTokenizer } from './tokenizer';
+import { hasAnyTokenizerFile, loadTokenizer } from './tokenizer';
 
 /**
  * Loads a GPT-2 in Hugging Face layout from a folder or http(s) base URL (default: the bundled
  * model). The tokenizer comes from the same place when its files are there (else `tokenizer` is null
- * and prompts must be token ids). It is read first: a broken tokenizer fails before any weight loads.
+ * and prompts must be token ids; half a tokenizer is an error). It is read first: a broken tokenizer
+ * fails before any weight loads.
  */
 export async function loadModel(source?: string, options: LoadOptions = {}): Promise<GPT2> {
   const files = resolveSource(source, options);
-  const tokenizer = (await hasTokenizerFiles(files)) ? await loadTokenizer(files) : null;
+  const tokenizer = (await hasAnyTokenizerFile(files)) ? await loadTokenizer(files) : null;
   const model = await loadTransformer(files, options);
   if (tokenizer && tokenizer.vocabSize > model.config.vocabSize) {
     model.dispose();

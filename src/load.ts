@@ -6,7 +6,7 @@ import { BackendName, setBackend } from './backend';
 import { GPT2Error } from './errors';
 import { LoadProgress, readConfigJson } from './io/hf';
 import { FileSource, isUrl, openSource } from './io/source';
-import { streamWeights } from './io/weights';
+import { checkFinite, streamWeights } from './io/weights';
 import { GPT2Config, parseConfig } from './model/config';
 import { GPT2Model } from './model/gpt2';
 import { buildParams } from './model/params';
@@ -27,6 +27,18 @@ export interface LoadOptions {
    * env GPT2_TFJS_THREADS). Fixed when the wasm backend first starts in the process.
    */
   threads?: number;
+  /** Aborts the load: it fails with ABORTED, leaving no tensor behind. */
+  signal?: AbortSignal;
+  /**
+   * URL sources: a request that gets no response or no body bytes for this long fails with NETWORK
+   * (default 30 000 ms; Infinity waits forever). A slow but moving download is never cut.
+   */
+  timeoutMs?: number;
+  /**
+   * Check every weight for NaN/±Infinity as it loads (NON_FINITE names the tensor and index). Costs one
+   * pass over the weights; off by default, since sampling refuses non-finite logits anyway.
+   */
+  validate?: boolean;
 }
 
 /** The folder of the model shipped with the package (weights/ beside src/ and dist/). */
@@ -38,15 +50,16 @@ export function defaultModelDir(): string {
 export async function loadTransformer(source: FileSource, opts: LoadOptions = {}): Promise<GPT2Model> {
   await setBackend(opts.backend, { threads: opts.threads });
   const config: GPT2Config = parseConfig(await readConfigJson(source), source.describe('config.json'));
-  const params = await buildParams(config, streamWeights(source, opts.onProgress));
+  const weights = streamWeights(source, opts.onProgress);
+  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights);
   return new GPT2Model(config, params);
 }
 
-export function resolveSource(dirOrUrl: string | undefined, opts: Pick<LoadOptions, 'cacheDir'> = {}): FileSource {
+export function resolveSource(dirOrUrl: string | undefined, opts: Pick<LoadOptions, 'cacheDir' | 'signal' | 'timeoutMs'> = {}): FileSource {
   if (dirOrUrl !== undefined && typeof dirOrUrl !== 'string') throw new GPT2Error('BAD_OPTION', 'model source must be a folder path or an http(s) URL');
   if (typeof window !== 'undefined' && (dirOrUrl === undefined || !isUrl(dirOrUrl))) {
     throw new GPT2Error('BAD_OPTION', 'in a browser the model source must be an http(s) URL (the page serves weights/ alongside)');
   }
   const src = dirOrUrl ?? defaultModelDir();
-  return openSource(src, { cacheDir: opts.cacheDir });
+  return openSource(src, { cacheDir: opts.cacheDir, signal: opts.signal, timeoutMs: opts.timeoutMs });
 }

@@ -7,8 +7,9 @@ import * as fs from 'fs';
 import * as http from 'http';
 import * as os from 'os';
 import * as path from 'path';
+import * as zlib from 'zlib';
 import * as tf from '@tensorflow/tfjs-core';
-import { GPT2, GPT2Error, loadModel } from '../src';
+import { GPT2, GPT2Error, LoadOptions, loadModel } from '../src';
 import { GPT2ErrorCode } from '../src/errors';
 import { LoadProgress, canonicalName, listWeightFiles, parseIndex, streamTensors } from '../src/io/hf';
 import { isSafeRelativePath } from '../src/io/paths';
@@ -115,9 +116,9 @@ async function caught(p: Promise<unknown>): Promise<unknown> {
 }
 
 /** The load fails with `code`, a message matching `message`, and leaves no tensor behind. */
-async function expectLoadFails(dir: string, code: GPT2ErrorCode, message: RegExp): Promise<GPT2Error> {
+async function expectLoadFails(dir: string, code: GPT2ErrorCode, message: RegExp, options: LoadOptions = {}): Promise<GPT2Error> {
   const before = tf.memory().numTensors;
-  const e = await caught(loadModel(dir, { backend: 'cpu' }));
+  const e = await caught(loadModel(dir, { backend: 'cpu', ...options }));
   expect(e).toBeInstanceOf(GPT2Error);
   expect((e as GPT2Error).code).toBe(code);
   expect((e as GPT2Error).message).toMatch(message);
@@ -491,6 +492,115 @@ describe('http(s) source', () => {
     const port = (probe.address() as { port: number }).port;
     await new Promise<void>((r) => probe.close(() => r()));
     await expectLoadFails(`http://127.0.0.1:${port}`, 'NETWORK', /could not fetch http:\/\/127\.0\.0\.1:\d+\/\S+/);
+  });
+});
+
+describe('hostile and careless sources', () => {
+  test('model.safetensors that is a FIFO is refused, not read forever', async () => {
+    const dir = folder({ tensors: null });
+    const { execFileSync } = await import('child_process');
+    execFileSync('mkfifo', [path.join(dir, 'model.safetensors')]);
+    const t0 = performance.now();
+    await expectLoadFails(dir, 'MISSING_FILE', /model\.safetensors is not a regular file/);
+    expect(performance.now() - t0).toBeLessThan(5000);
+  });
+
+  test('a config.json over its size cap → TOO_LARGE before it is parsed', async () => {
+    const big = JSON.stringify({ ...baseConfig, padding: ' '.repeat(2 * 1024 * 1024) });
+    await expectLoadFails(folder({ config: big }), 'TOO_LARGE', /config\.json is \d+ bytes, more than the 1048576/);
+  });
+
+  test('vocab.json without merges.txt is an error naming the missing file, not a model without tokenizer', async () => {
+    const dir = folder({ files: { 'vocab.json': fs.readFileSync(path.join(TINY_DIR, 'vocab.json')) } });
+    await expectLoadFails(dir, 'MISSING_FILE', /found vocab\.json but not merges\.txt/);
+  });
+
+  test('validate: a NaN weight → NON_FINITE naming the tensor; without validate it loads', async () => {
+    const t = withTensors((t) => {
+      const d = Float32Array.from(t['wte.weight'].data);
+      d[12345] = NaN;
+      t['wte.weight'] = { ...t['wte.weight'], data: d };
+    });
+    const dir = folder({ tensors: t });
+    await expectLoadFails(dir, 'NON_FINITE', /wte\.weight \(in model\.safetensors\) holds NaN at flat index 12345/, { validate: true });
+    const m = await loadModel(dir, { backend: 'cpu' });
+    m.dispose();
+  });
+
+  test('an aborted load → ABORTED, nothing left behind', async () => {
+    const ctl = new AbortController();
+    ctl.abort();
+    await expectLoadFails(TINY_DIR, 'ABORTED', /aborted/, { signal: ctl.signal });
+  });
+
+  test('timeoutMs must be a positive number', async () => {
+    await expectLoadFails('http://127.0.0.1:9/x', 'BAD_OPTION', /timeoutMs must be a positive number/, { timeoutMs: -1 });
+  });
+
+  describe('over http', () => {
+    let server: http.Server;
+    let url: string;
+    const held: http.ServerResponse[] = [];
+    let gz: Buffer; // 256 MiB of JSON in ~260 KB of gzip, made without holding the 256 MiB
+    beforeAll(async () => {
+      const z = zlib.createGzip({ level: 9 });
+      const parts: Buffer[] = [];
+      z.on('data', (c: Buffer) => parts.push(c));
+      const spaces = Buffer.alloc(1024 * 1024, 0x20);
+      z.write('{"n_embd": 32, "pad": "');
+      for (let i = 0; i < 256; i++) if (!z.write(spaces)) await new Promise((r) => z.once('drain', r));
+      await new Promise<void>((r) => z.end('"}', () => r()));
+      gz = Buffer.concat(parts);
+      server = http.createServer((req, res) => {
+        const [, kind, name] = /^\/([^/]+)\/(.+)$/.exec(req.url ?? '') ?? [];
+        const file = path.join(TINY_DIR, name ?? '');
+        if (kind === 'silent') return void held.push(res); // never answers
+        if (kind === 'stall' && name === 'model.safetensors') {
+          // headers and the first bytes, then nothing
+          res.writeHead(200, { 'content-length': fs.statSync(file).size });
+          if (req.method === 'HEAD') return void res.end();
+          res.write(fs.readFileSync(file).subarray(0, 1000));
+          return void held.push(res);
+        }
+        if (kind === 'gzip' && name === 'config.json') {
+          res.writeHead(200, { 'content-encoding': 'gzip', 'content-length': gz.byteLength });
+          return void res.end(req.method === 'HEAD' ? undefined : gz);
+        }
+        if (!name || !fs.existsSync(file) || !['stall', 'gzip'].includes(kind)) return void res.writeHead(404).end();
+        const body = fs.readFileSync(file);
+        res.writeHead(200, { 'content-length': body.byteLength });
+        res.end(req.method === 'HEAD' ? undefined : body);
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    });
+    afterAll(async () => {
+      for (const r of held) r.destroy();
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    });
+
+    test('a server that never answers → NETWORK after timeoutMs', async () => {
+      const t0 = performance.now();
+      await expectLoadFails(`${url}/silent`, 'NETWORK', /sent nothing for 300 ms \(timeoutMs\)/, { timeoutMs: 300 });
+      expect(performance.now() - t0).toBeLessThan(5000);
+    });
+
+    test('a body that stalls half way → NETWORK after timeoutMs, no tensor left', async () => {
+      await expectLoadFails(`${url}/stall`, 'NETWORK', /model\.safetensors: the server sent nothing for 300 ms/, { timeoutMs: 300 });
+    });
+
+    test('the signal aborts a download in progress', async () => {
+      const ctl = new AbortController();
+      setTimeout(() => ctl.abort(), 300);
+      await expectLoadFails(`${url}/stall`, 'ABORTED', /aborted/, { signal: ctl.signal, timeoutMs: Infinity });
+    });
+
+    test('a gzip config.json that inflates past its cap → TOO_LARGE while inflating', async () => {
+      const rss0 = process.memoryUsage().rss;
+      await expectLoadFails(`${url}/gzip`, 'TOO_LARGE', /config\.json: larger than the 1048576 bytes/, { timeoutMs: 2000 });
+      expect(process.memoryUsage().rss - rss0).toBeLessThan(128 * 1024 * 1024); // it used to inflate all 256 MiB (and a 306 KB body to 300 MB)
+    });
   });
 });
 

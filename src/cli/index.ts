@@ -6,7 +6,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { BACKENDS, BackendName } from '../backend';
 import { GPT2Error } from '../errors';
-import { GPT2, GenerateOptions, loadModel } from '../index';
+import { GPT2, GenerateOptions, LoadOptions, loadModel } from '../index';
 import { LoadProgress } from '../io/hf';
 import { registerFileCommands } from './files';
 
@@ -46,16 +46,37 @@ async function readStdin(stdin: NodeJS.ReadableStream): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
-/** Loads a model with a progress bar on stderr when it is a terminal. */
-export async function loadWithProgress(io: CliIO, model: string | undefined, backend: BackendName, quiet = false, threads?: number): Promise<GPT2> {
-  if (quiet || !io.stderr.isTTY) return loadModel(model, { backend, threads });
+const loadTimeoutOption = () =>
+  new Option('--load-timeout <ms>', 'model URLs: fail when the server sends nothing for this long (default 30000)').argParser(int('--load-timeout', 1));
+
+/** The model-loading flags every command shares. */
+interface LoadFlags {
+  model?: string;
+  backend: BackendName;
+  threads?: number;
+  loadTimeout?: number;
+}
+
+/** Loads a model with a progress bar on stderr when it is a terminal; Ctrl-C during the load aborts it. */
+export async function loadWithProgress(io: CliIO, flags: LoadFlags, quiet = false, extra: Partial<Pick<LoadOptions, 'validate'>> = {}): Promise<GPT2> {
+  const ctl = new AbortController();
+  const abort = (): void => ctl.abort();
+  process.once('SIGINT', abort);
+  try {
+    return await loadQuietlyOrNot(io, flags.model, { backend: flags.backend, threads: flags.threads, timeoutMs: flags.loadTimeout, signal: ctl.signal, ...extra }, quiet);
+  } finally {
+    process.off('SIGINT', abort);
+  }
+}
+
+async function loadQuietlyOrNot(io: CliIO, model: string | undefined, options: LoadOptions, quiet: boolean): Promise<GPT2> {
+  if (quiet || !io.stderr.isTTY) return loadModel(model, options);
   const { SingleBar, Presets } = await import('cli-progress');
   const bar = new SingleBar({ format: 'loading {file} [{bar}] {percentage}% | {value}/{total} MB', stream: io.stderr as NodeJS.WritableStream, clearOnComplete: true }, Presets.shades_classic);
   let started = false;
   try {
     return await loadModel(model, {
-      backend,
-      threads,
+      ...options,
       onProgress: (p: LoadProgress) => {
         const mb = (b: number) => Math.round(b / 1e5) / 10;
         if (!started) {
@@ -84,6 +105,7 @@ export function buildProgram(io: CliIO): Command {
     .description('generate text from a prompt (argument or stdin), streamed to stdout as tokens arrive')
     .argument('[prompt]', 'the prompt; read from stdin when omitted')
     .addOption(modelOption())
+    .addOption(loadTimeoutOption())
     .addOption(backendOption())
     .addOption(threadsOption())
     .option('-n, --max-new-tokens <n>', 'tokens to generate (default 64, or what the context leaves)', int('--max-new-tokens', 1, 100000))
@@ -104,7 +126,7 @@ export function buildProgram(io: CliIO): Command {
         prompt = (await readStdin(io.stdin)).replace(/\n$/, '');
       }
       if (!prompt) throw new CliError('the prompt is empty');
-      const gpt = await loadWithProgress(io, o.model, o.backend, o.quiet || o.json, o.threads);
+      const gpt = await loadWithProgress(io, o, o.quiet || o.json);
       try {
         const opts: GenerateOptions = {
           maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, minP: o.minP,
@@ -129,6 +151,7 @@ export function buildProgram(io: CliIO): Command {
     .description('mean next-token cross-entropy (loss, perplexity) of a text file under the model')
     .argument('<file>', 'UTF-8 text file ("-" for stdin)')
     .addOption(modelOption())
+    .addOption(loadTimeoutOption())
     .addOption(backendOption())
     .addOption(threadsOption())
     .option('--window <n>', 'tokens per window (default: the model context)', int('--window', 2))
@@ -148,7 +171,7 @@ export function buildProgram(io: CliIO): Command {
           throw new CliError(`cannot read ${file}: ${(e as Error).message}`);
         }
       }
-      const gpt = await loadWithProgress(io, o.model, o.backend, o.quiet || o.json, o.threads);
+      const gpt = await loadWithProgress(io, o, o.quiet || o.json);
       try {
         const t0 = Date.now();
         const r = await gpt.score(text, { windowSize: o.window });
@@ -164,6 +187,7 @@ export function buildProgram(io: CliIO): Command {
     .command('bench')
     .description('measure prefill and decode tokens/s, time to first token, peak RSS and tensor count')
     .addOption(modelOption())
+    .addOption(loadTimeoutOption())
     .addOption(backendOption())
     .addOption(threadsOption())
     .option('--prompt-tokens <n>', 'prompt length', int('--prompt-tokens', 1), 256)
@@ -186,9 +210,28 @@ export function buildProgram(io: CliIO): Command {
     });
 
   program
+    .command('check')
+    .description('load a model and check every weight for NaN and ±Infinity (exit 1 naming the first one found)')
+    .addOption(modelOption())
+    .addOption(loadTimeoutOption())
+    .addOption(backendOption())
+    .option('--json', 'print one JSON object')
+    .addHelpText('after', '\nExamples:\n  $ gpt2-tfjs check\n  $ gpt2-tfjs check --model ./my-gpt2 --json')
+    .action(async (o) => {
+      const t0 = performance.now();
+      const gpt = await loadWithProgress(io, o, Boolean(o.json), { validate: true });
+      const seconds = (performance.now() - t0) / 1000;
+      const c = gpt.config;
+      gpt.dispose();
+      const r = { ok: true, layers: c.nLayer, nEmbd: c.nEmbd, vocabSize: c.vocabSize, seconds };
+      io.stdout.write(o.json ? JSON.stringify(r) + '\n' : `ok: every weight is finite (${c.nLayer} layers, n_embd ${c.nEmbd}, vocab ${c.vocabSize}); loaded and checked in ${seconds.toFixed(2)} s\n`);
+    });
+
+  program
     .command('serve')
     .description('serve an OpenAI-compatible completions API over HTTP (continuous batching)')
     .addOption(modelOption())
+    .addOption(loadTimeoutOption())
     .addOption(backendOption())
     .addOption(threadsOption())
     .option('-p, --port <n>', 'port', int('--port', 0, 65535), 8080)
@@ -200,7 +243,7 @@ export function buildProgram(io: CliIO): Command {
     .option('--model-name <id>', 'model id reported by /v1/models and accepted in requests', 'gpt2')
     .addHelpText('after', '\nExamples:\n  $ gpt2-tfjs serve --port 8080\n  $ curl -s localhost:8080/v1/completions -H "content-type: application/json" -d \'{"prompt":"ROMEO:","max_tokens":40}\'')
     .action(async (o) => {
-      const gpt = await loadWithProgress(io, o.model, o.backend, false, o.threads);
+      const gpt = await loadWithProgress(io, o, false);
       const { startServer } = await import('../server');
       const srv = await startServer({
         model: gpt, host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue,

@@ -18,13 +18,97 @@ function isAbort(e: unknown): boolean {
   return (e as { name?: string } | null)?.name === 'AbortError';
 }
 
-/** fetch() whose failures (refused, DNS, reset, aborted) are GPT2Errors naming the URL. */
-export async function httpFetch(url: string, init: RequestInit = {}): Promise<Response> {
+/** What bounds one request: the caller's signal, and how long the server may send nothing. */
+export interface FetchGuard {
+  signal?: AbortSignal;
+  /** Milliseconds without a response or a body chunk before the request fails (NETWORK). */
+  idleTimeoutMs?: number;
+  /** Most body bytes accepted, counted after decompression (a gzip body cannot expand past it). */
+  maxBytes?: number;
+}
+
+/**
+ * One request's abort controller: fires on the caller's signal, or when `idleTimeoutMs` pass with no
+ * progress (`touch()` on each chunk); `error()` then says which, as a GPT2Error.
+ */
+class Watchdog {
+  readonly controller = new AbortController();
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private timedOut = false;
+  private readonly onAbort = (): void => this.controller.abort();
+
+  constructor(private readonly url: string, private readonly guard: FetchGuard) {
+    if (guard.signal?.aborted) this.controller.abort();
+    else guard.signal?.addEventListener('abort', this.onAbort, { once: true });
+    this.touch();
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  touch(): void {
+    const ms = this.guard.idleTimeoutMs;
+    if (ms === undefined || !Number.isFinite(ms)) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timedOut = true;
+      this.controller.abort();
+    }, ms);
+    (this.timer as { unref?: () => void }).unref?.();
+  }
+
+  done(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.guard.signal?.removeEventListener('abort', this.onAbort);
+  }
+
+  /** The error for an abort of this request, or null when it was not aborted. */
+  error(cause?: unknown): GPT2Error | null {
+    if (this.timedOut) {
+      return new GPT2Error('NETWORK', `${this.url}: the server sent nothing for ${this.guard.idleTimeoutMs} ms (timeoutMs); it may be stalled. Retry, or raise timeoutMs.`, { cause });
+    }
+    if (this.controller.signal.aborted) return new GPT2Error('ABORTED', `fetching ${this.url} was aborted`, { cause });
+    return null;
+  }
+}
+
+/** fetch() whose failures (refused, DNS, reset, aborted, stalled) are GPT2Errors naming the URL. */
+export async function httpFetch(url: string, init: RequestInit = {}, guard: FetchGuard = {}): Promise<Response> {
+  const dog = new Watchdog(url, { ...guard, signal: init.signal ?? guard.signal });
   try {
-    return await fetch(url, init);
+    return await fetch(url, { ...init, signal: dog.signal });
   } catch (e) {
+    const why = dog.error(e);
+    if (why) throw why;
     if (isAbort(e)) throw new GPT2Error('ABORTED', `fetching ${url} was aborted`, { cause: e });
     throw new GPT2Error('NETWORK', `could not fetch ${url}: ${causeText(e)}. Check the URL and the network, then retry.`, { cause: e });
+  } finally {
+    dog.done();
+  }
+}
+
+/** GET with a watchdog that lives on through the body: `pump` reads it (touching on each chunk). */
+async function guardedGet<T>(url: string, init: RequestInit, guard: FetchGuard, pump: (res: Response, dog: Watchdog) => Promise<T>): Promise<T> {
+  const dog = new Watchdog(url, guard);
+  try {
+    let res: Response;
+    try {
+      res = await fetch(url, { ...init, signal: dog.signal });
+    } catch (e) {
+      const why = dog.error(e);
+      if (why) throw why;
+      throw new GPT2Error('NETWORK', `could not fetch ${url}: ${causeText(e)}. Check the URL and the network, then retry.`, { cause: e });
+    }
+    dog.touch();
+    try {
+      return await pump(res, dog);
+    } catch (e) {
+      throw dog.error(e) ?? e;
+    }
+  } finally {
+    dog.done();
   }
 }
 
@@ -58,6 +142,10 @@ function truncated(url: string, got: number, expected: number | null, cause?: un
   return new GPT2Error('NETWORK', `${url}: body truncated, the connection ended ${what}${why}. Retry the download.`, { cause });
 }
 
+function tooLarge(url: string, max: number): GPT2Error {
+  return new GPT2Error('TOO_LARGE', `${url}: larger than the ${max} bytes this file may have (after decompression); is it the right file?`);
+}
+
 /**
  * Reads a response body chunk by chunk into `sink`, checking its length against Content-Length.
  * `offset` is the number of bytes already held (resumed downloads), for progress only.
@@ -68,8 +156,14 @@ export async function pumpBody(
   sink: (chunk: Uint8Array) => void | Promise<void>,
   onBytes?: BytesCallback,
   offset = 0,
+  limits: { maxBytes?: number; onChunk?: () => void } = {},
 ): Promise<number> {
   const expected = declaredLength(res);
+  const max = limits.maxBytes ?? Infinity;
+  if (expected !== null && expected > max) {
+    await res.body?.cancel().catch(() => undefined);
+    throw tooLarge(url, max);
+  }
   let got = 0;
   if (res.body) {
     const reader = res.body.getReader();
@@ -83,7 +177,9 @@ export async function pumpBody(
           throw truncated(url, got, expected, e);
         }
         if (r.done) break;
+        limits.onChunk?.();
         got += r.value.byteLength;
+        if (got > max) throw tooLarge(url, max);
         if (expected !== null && got > expected) throw new GPT2Error('NETWORK', `${url}: body is longer than its Content-Length (${expected} bytes)`);
         await sink(r.value);
         onBytes?.(offset + got, offset + (expected ?? got));
@@ -98,38 +194,39 @@ export async function pumpBody(
 }
 
 /** GETs `url` into memory (one buffer, preallocated when the length is known), with progress. */
-export async function fetchBytes(url: string, onBytes?: BytesCallback, init: RequestInit = {}): Promise<Uint8Array> {
-  const res = await httpFetch(url, init);
-  await checkStatus(url, res);
-  const expected = declaredLength(res);
-  if (expected !== null) {
-    const out = new Uint8Array(expected);
+export async function fetchBytes(url: string, onBytes?: BytesCallback, init: RequestInit = {}, guard: FetchGuard = {}): Promise<Uint8Array> {
+  return guardedGet(url, init, guard, async (res, dog) => {
+    await checkStatus(url, res);
+    const limits = { maxBytes: guard.maxBytes, onChunk: () => dog.touch() };
+    const expected = declaredLength(res);
+    if (expected !== null && expected <= (guard.maxBytes ?? Infinity)) {
+      const out = new Uint8Array(expected);
+      let at = 0;
+      await pumpBody(url, res, (c) => {
+        out.set(c, at); // pumpBody has already checked that the chunk fits
+        at += c.byteLength;
+      }, onBytes, 0, limits);
+      return out;
+    }
+    const chunks: Uint8Array[] = [];
+    const n = await pumpBody(url, res, (c) => void chunks.push(c), onBytes, 0, limits);
+    const out = new Uint8Array(n);
     let at = 0;
-    await pumpBody(url, res, (c) => {
-      out.set(c, at); // pumpBody has already checked that the chunk fits
+    for (const c of chunks) {
+      out.set(c, at);
       at += c.byteLength;
-    }, onBytes);
+    }
     return out;
-  }
-  const chunks: Uint8Array[] = [];
-  const n = await pumpBody(url, res, (c) => void chunks.push(c), onBytes);
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
+  });
 }
 
-export interface FileFetchOptions {
+export interface FileFetchOptions extends FetchGuard {
   /** Where the bytes go until the file is complete; renamed to the destination then. */
   partPath: string;
   /** Continue an existing `partPath` with a `Range: bytes=N-` request (default false: start afresh). */
   resume?: boolean;
   /** Keep a partial `partPath` after a failure so a later call can resume (default false: delete it). */
   keepPartial?: boolean;
-  signal?: AbortSignal;
   onBytes?: BytesCallback;
 }
 
@@ -158,56 +255,57 @@ export async function fetchToFile(url: string, dest: string, options: FileFetchO
     }
   }
   const headers: Record<string, string> = have > 0 ? { Range: `bytes=${have}-` } : {};
-  const res = await httpFetch(url, { headers, signal: options.signal });
+  return guardedGet(url, { headers }, options, async (res, dog) => {
 
-  if (res.status === 416 && have > 0) {
-    // Range not satisfiable: the partial file is already whole (total == have) or stale; decide by the total.
-    await res.body?.cancel().catch(() => undefined);
-    const m = /\/(\d+)\s*$/.exec(res.headers.get('content-range') ?? ''); // `bytes */TOTAL`
-    if (m && Number(m[1]) === have) {
-      await fs.promises.rename(partPath, dest);
-      options.onBytes?.(have, have);
-      return { size: have, fetched: 0 };
-    }
-    await fs.promises.rm(partPath, { force: true });
-    return fetchToFile(url, dest, { ...options, resume: false });
-  }
-  await checkStatus(url, res);
-
-  let append = false;
-  let total: number | null;
-  const body = declaredLength(res);
-  if (res.status === 206) {
-    const range = parseContentRange(res.headers.get('content-range'));
-    if (!range || range.start !== have) {
+    if (res.status === 416 && have > 0) {
+      // Range not satisfiable: the partial file is already whole (total == have) or stale; decide by the total.
       await res.body?.cancel().catch(() => undefined);
-      throw new GPT2Error('NETWORK', `${url}: asked for bytes ${have}- but the server sent ${res.headers.get('content-range') ?? 'no Content-Range'}; delete ${partPath} and retry`);
+      const m = /\/(\d+)\s*$/.exec(res.headers.get('content-range') ?? ''); // `bytes */TOTAL`
+      if (m && Number(m[1]) === have) {
+        await fs.promises.rename(partPath, dest);
+        options.onBytes?.(have, have);
+        return { size: have, fetched: 0 };
+      }
+      await fs.promises.rm(partPath, { force: true });
+      return fetchToFile(url, dest, { ...options, resume: false });
     }
-    append = true;
-    total = range.total ?? (body === null ? null : have + body);
-  } else {
-    have = 0; // a plain 200 (the server ignored Range, or there was nothing to resume): start over
-    total = body;
-  }
+    await checkStatus(url, res);
 
-  await fs.promises.mkdir(path.dirname(partPath), { recursive: true });
-  const fh = await fs.promises.open(partPath, append ? 'a' : 'w');
-  let closed = false;
-  try {
-    const fetched = await pumpBody(url, res, async (c) => {
-      await fh.write(c);
-    }, options.onBytes, have);
-    await fh.close();
-    closed = true;
-    const size = (await fs.promises.stat(partPath)).size;
-    if (total !== null && size !== total) {
-      throw new GPT2Error('NETWORK', `${url}: got ${size} bytes, expected ${total}; delete ${partPath} and retry`);
+    let append = false;
+    let total: number | null;
+    const body = declaredLength(res);
+    if (res.status === 206) {
+      const range = parseContentRange(res.headers.get('content-range'));
+      if (!range || range.start !== have) {
+        await res.body?.cancel().catch(() => undefined);
+        throw new GPT2Error('NETWORK', `${url}: asked for bytes ${have}- but the server sent ${res.headers.get('content-range') ?? 'no Content-Range'}; delete ${partPath} and retry`);
+      }
+      append = true;
+      total = range.total ?? (body === null ? null : have + body);
+    } else {
+      have = 0; // a plain 200 (the server ignored Range, or there was nothing to resume): start over
+      total = body;
     }
-    await fs.promises.rename(partPath, dest);
-    return { size, fetched };
-  } catch (e) {
-    if (!closed) await fh.close().catch(() => undefined);
-    if (!options.keepPartial) await fs.promises.rm(partPath, { force: true }).catch(() => undefined);
-    throw e;
-  }
+
+    await fs.promises.mkdir(path.dirname(partPath), { recursive: true });
+    const fh = await fs.promises.open(partPath, append ? 'a' : 'w');
+    let closed = false;
+    try {
+      const fetched = await pumpBody(url, res, async (c) => {
+        await fh.write(c);
+      }, options.onBytes, have, { maxBytes: options.maxBytes, onChunk: () => dog.touch() });
+      await fh.close();
+      closed = true;
+      const size = (await fs.promises.stat(partPath)).size;
+      if (total !== null && size !== total) {
+        throw new GPT2Error('NETWORK', `${url}: got ${size} bytes, expected ${total}; delete ${partPath} and retry`);
+      }
+      await fs.promises.rename(partPath, dest);
+      return { size, fetched };
+    } catch (e) {
+      if (!closed) await fh.close().catch(() => undefined);
+      if (!options.keepPartial) await fs.promises.rm(partPath, { force: true }).catch(() => undefined);
+      throw e;
+    }
+  });
 }

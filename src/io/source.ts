@@ -5,7 +5,7 @@
  */
 import { GPT2Error, isGPT2Error } from '../errors';
 import type { LoadProgress } from './hf';
-import { BytesCallback, declaredLength, fetchBytes, fetchToFile, httpFetch, statusError } from './http';
+import { BytesCallback, FetchGuard, declaredLength, fetchBytes, fetchToFile, httpFetch, statusError } from './http';
 
 export interface FileSource {
   /** Human-readable location of `name`, for error messages. */
@@ -31,9 +31,53 @@ function joinUrl(base: string, name: string): string {
   return base.replace(/\/+$/, '') + '/' + name;
 }
 
-/** Node only: a folder that keeps the files a URL source fetches; see LoadOptions.cacheDir. */
 export interface SourceOptions {
+  /** Node only: a folder that keeps the files a URL source fetches; see LoadOptions.cacheDir. */
   cacheDir?: string;
+  /** Aborts reads (and downloads) in progress: they fail with ABORTED. */
+  signal?: AbortSignal;
+  /** URL sources: a request that gets no response or body bytes for this long fails (default 30 000 ms). */
+  timeoutMs?: number;
+}
+
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+const MiB = 1024 * 1024;
+/**
+ * The most bytes each file that is read whole may have (after decompression, for a URL): GPT-2's own
+ * are ~1 MB at most, so these leave room for large vocabularies while a corrupt or hostile file
+ * cannot fill memory. Weight files are read in ranges and have no such cap.
+ */
+export const MAX_FILE_BYTES: Readonly<Record<string, number>> = {
+  'config.json': MiB,
+  'generation_config.json': MiB,
+  'tokenizer_config.json': MiB,
+  'special_tokens_map.json': MiB,
+  'vocab.json': 64 * MiB,
+  'merges.txt': 64 * MiB,
+  'encoder.json': 64 * MiB,
+  'vocab.bpe': 64 * MiB,
+  'tokenizer.json': 64 * MiB,
+  'model.safetensors.index.json': 64 * MiB,
+  'model.json': 64 * MiB,
+};
+
+function capOf(name: string): number | undefined {
+  return Object.prototype.hasOwnProperty.call(MAX_FILE_BYTES, name) ? MAX_FILE_BYTES[name] : undefined;
+}
+
+function tooLarge(where: string, size: number, cap: number): GPT2Error {
+  return new GPT2Error('TOO_LARGE', `${where} is ${size} bytes, more than the ${cap} such a file may have; is it the right file?`);
+}
+
+function checkSignal(signal: AbortSignal | undefined, what: string): void {
+  if (signal?.aborted) throw new GPT2Error('ABORTED', `reading ${what} was aborted`);
+}
+
+function checkTimeout(ms: unknown): number {
+  if (ms === undefined) return DEFAULT_TIMEOUT_MS;
+  if (typeof ms !== 'number' || !(ms > 0)) throw new GPT2Error('BAD_OPTION', `timeoutMs must be a positive number of milliseconds (Infinity: no limit), got ${JSON.stringify(ms)}`);
+  return ms;
 }
 
 function checkCacheDir(dir: unknown): string {
@@ -56,12 +100,19 @@ class UrlSource implements FileSource {
   private readonly fetching = new Map<string, Promise<void>>();
   private readonly disk: DirSource | null;
 
-  constructor(private readonly base: string, readonly cacheDir?: string) {
-    this.disk = cacheDir === undefined ? null : new DirSource(checkCacheDir(cacheDir));
+  private readonly guard: FetchGuard;
+
+  constructor(private readonly base: string, private readonly options: SourceOptions = {}) {
+    this.disk = options.cacheDir === undefined ? null : new DirSource(checkCacheDir(options.cacheDir));
+    this.guard = { signal: options.signal, idleTimeoutMs: checkTimeout(options.timeoutMs) };
+  }
+
+  get cacheDir(): string | undefined {
+    return this.options.cacheDir;
   }
 
   withCacheDir(dir: string): UrlSource {
-    return dir === this.cacheDir ? this : new UrlSource(this.base, dir);
+    return dir === this.cacheDir ? this : new UrlSource(this.base, { ...this.options, cacheDir: dir });
   }
 
   describe(name: string): string {
@@ -92,9 +143,9 @@ class UrlSource implements FileSource {
           await fs.promises.mkdir(this.cacheDir, { recursive: true });
           const dest = path.join(this.cacheDir, this.cacheName(name));
           const tmp = `${dest}.${process.pid}-${Math.random().toString(36).slice(2)}.tmp`;
-          await fetchToFile(url, dest, { partPath: tmp, onBytes });
+          await fetchToFile(url, dest, { ...this.guard, maxBytes: capOf(name), partPath: tmp, onBytes });
         } else {
-          this.memory.set(name, await fetchBytes(url, onBytes));
+          this.memory.set(name, await fetchBytes(url, onBytes, {}, { ...this.guard, maxBytes: capOf(name) }));
         }
       })();
       this.fetching.set(name, job);
@@ -110,7 +161,7 @@ class UrlSource implements FileSource {
     const url = this.describe(name);
     let res: Response;
     try {
-      res = await httpFetch(url, { method: 'HEAD' });
+      res = await httpFetch(url, { method: 'HEAD' }, this.guard);
     } catch (e) {
       if (isGPT2Error(e, 'NETWORK')) return null;
       throw e;
@@ -145,7 +196,8 @@ class UrlSource implements FileSource {
 
   async read(name: string): Promise<Uint8Array> {
     await this.fetchOnce(name);
-    return this.memory.get(name) ?? this.disk!.read(this.cacheName(name));
+    checkSignal(this.guard.signal, this.describe(name));
+    return this.memory.get(name) ?? this.disk!.read(this.cacheName(name), capOf(name));
   }
 
   async readText(name: string): Promise<string> {
@@ -159,6 +211,7 @@ class UrlSource implements FileSource {
 
   async readRange(name: string, begin: number, end: number): Promise<Uint8Array> {
     await this.fetchOnce(name);
+    checkSignal(this.guard.signal, this.describe(name));
     const bytes = this.memory.get(name);
     return bytes ? bytes.subarray(begin, end) : this.disk!.readRange(this.cacheName(name), begin, end);
   }
@@ -182,9 +235,13 @@ class UrlSource implements FileSource {
   }
 }
 
-/** Node-only: reads from a local folder. `fs` is required lazily so browser bundles never see it. */
+/**
+ * Node-only: reads from a local folder. `fs` is required lazily so browser bundles never see it.
+ * Only regular files are read (a FIFO or device would block the loader forever), small files
+ * within MAX_FILE_BYTES.
+ */
 export class DirSource implements FileSource {
-  constructor(private readonly dir: string) {}
+  constructor(private readonly dir: string, private readonly signal?: AbortSignal) {}
   private path(name: string): string {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const p = require('path') as typeof import('path');
@@ -197,32 +254,37 @@ export class DirSource implements FileSource {
     const fs = require('fs') as typeof import('fs');
     return fs.existsSync(this.path(name));
   }
-  async read(name: string): Promise<Uint8Array> {
+  /** Size of a regular file; every failure is a typed error naming it. */
+  private async stat(file: string): Promise<number> {
     const fs = require('fs') as typeof import('fs');
-    const file = this.path(name);
+    checkSignal(this.signal, file);
+    let st: import('fs').Stats;
     try {
-      const b = await fs.promises.readFile(file);
-      return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+      st = await fs.promises.stat(file);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') throw new GPT2Error('MISSING_FILE', `${file} does not exist`);
       throw new GPT2Error('MISSING_FILE', `cannot read ${file}: ${(e as Error).message}`, { cause: e });
     }
+    if (!st.isFile()) throw new GPT2Error('MISSING_FILE', `${file} is not a regular file (a folder, FIFO, socket or device): give the file itself`);
+    return st.size;
+  }
+  async read(name: string, cap: number | undefined = capOf(name)): Promise<Uint8Array> {
+    const file = this.path(name);
+    const size = await this.stat(file);
+    if (cap !== undefined && size > cap) throw tooLarge(file, size, cap);
+    return this.readRange(name, 0, size);
   }
   async readText(name: string): Promise<string> {
     return new TextDecoder().decode(await this.read(name));
   }
   async size(name: string): Promise<number> {
-    const fs = require('fs') as typeof import('fs');
-    try {
-      return (await fs.promises.stat(this.path(name))).size;
-    } catch {
-      throw new GPT2Error('MISSING_FILE', `${this.path(name)} does not exist`);
-    }
+    return this.stat(this.path(name));
   }
   async readRange(name: string, begin: number, end: number): Promise<Uint8Array> {
     const fs = require('fs') as typeof import('fs');
     const file = this.path(name);
+    await this.stat(file);
     let fh: import('fs').promises.FileHandle;
     try {
       fh = await fs.promises.open(file, 'r');
@@ -236,7 +298,7 @@ export class DirSource implements FileSource {
       let got = 0;
       while (got < out.byteLength) {
         const { bytesRead } = await fh.read(out, got, out.byteLength - got, begin + got);
-        if (bytesRead === 0) throw new GPT2Error('BAD_WEIGHTS', `${this.path(name)}: unexpected end of file at byte ${begin + got}`);
+        if (bytesRead === 0) throw new GPT2Error('BAD_WEIGHTS', `${file}: unexpected end of file at byte ${begin + got}`);
         got += bytesRead;
       }
       return out;
@@ -247,7 +309,7 @@ export class DirSource implements FileSource {
 }
 
 export function openSource(dirOrUrl: string, options: SourceOptions = {}): FileSource {
-  return isUrl(dirOrUrl) ? new UrlSource(dirOrUrl, options.cacheDir) : new DirSource(dirOrUrl);
+  return isUrl(dirOrUrl) ? new UrlSource(dirOrUrl, options) : new DirSource(dirOrUrl, options.signal);
 }
 
 /** The same source with a cache folder for what it fetches (folders are returned unchanged). */

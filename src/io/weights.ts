@@ -45,6 +45,26 @@ export async function* streamWeights(source: FileSource, onProgress?: (p: LoadPr
   else yield* streamTensors(source, readProgress);
 }
 
+/** Index of the first NaN or ±Infinity in `a`, or -1. */
+export function firstNonFinite(a: Float32Array): number {
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i];
+    if (v - v !== 0) return i; // NaN - NaN and Inf - Inf are NaN; every finite v gives 0
+  }
+  return -1;
+}
+
+/** The same stream, failing with NON_FINITE at the first tensor holding a NaN or ±Infinity. */
+export async function* checkFinite(tensors: AsyncIterable<NamedHostTensor>): AsyncGenerator<NamedHostTensor> {
+  for await (const t of tensors) {
+    const i = firstNonFinite(t.data);
+    if (i >= 0) {
+      throw new GPT2Error('NON_FINITE', `${t.name} (in ${t.file}) holds ${t.data[i]} at flat index ${i} (shape [${t.shape.join(', ')}]): the checkpoint is corrupt or was saved after training diverged`);
+    }
+    yield t;
+  }
+}
+
 export interface TfjsConvertResult extends TfjsWriteResult {
   /** config.json and the side files copied beside the manifest. */
   copied: string[];

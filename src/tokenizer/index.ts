@@ -91,6 +91,15 @@ async function findLayout(where: string | FileSource): Promise<{ layout?: readon
   return { layout: TOKENIZER_LAYOUTS.find((l) => l.every((n) => present.has(n))), present };
 }
 
+/**
+ * Whether the folder (or base URL) holds any tokenizer file at all. Half a layout (vocab.json without
+ * merges.txt) counts: loading it then fails naming the missing file, rather than silently giving a
+ * model without a tokenizer.
+ */
+export async function hasAnyTokenizerFile(dirOrUrl: string | FileSource): Promise<boolean> {
+  return (await findLayout(dirOrUrl)).present.size > 0;
+}
+
 /** Whether the folder (or base URL) holds a complete tokenizer in any supported layout. */
 export async function hasTokenizerFiles(dirOrUrl: string | FileSource): Promise<boolean> {
   return (await findLayout(dirOrUrl)).layout !== undefined;
