@@ -82,6 +82,9 @@ export class GPT2 {
       count += nll.length;
     }
     const loss = sum / count;
+    if (!Number.isFinite(loss)) {
+      throw new GPT2Error('NON_FINITE', `the loss is ${loss}: the model produced non-finite logits (weights holding NaN/Infinity, or an overflow). Check them with \`gpt2-tfjs check\``);
+    }
     return { loss, perplexity: Math.exp(loss), tokens: count };
   }
 

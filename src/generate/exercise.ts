@@ -5,15 +5,33 @@
  */
 import * as tf from '../tf';
 import { GPT2Error } from '../errors';
+import { BackendName, setBackend } from '../backend';
 import { ArrayInput, SeedLayer, SeedParams, seedLogits, toTensor } from '../model/seed';
 import { MT19937, Rng, choice, unseeded } from './rng';
-import { argmax, softmaxInPlace, temperature } from './sampling';
+import { argmax, assertFiniteLogits, softmaxInPlace, temperature } from './sampling';
 
 export interface GPT2GenerateOptions {
   /** Makes the draw deterministic (MT19937 seeded like `np.random.seed(seed)`). */
   seed?: number;
   /** 'numpy' (the default when seeded): NumPy's legacy stream, so ids equal the NumPy original's. */
   rng?: 'numpy' | Rng;
+  /**
+   * tfjs backend to run on. Default: the one already set, or (as a first call in a fresh app) the
+   * library's default, 'wasm', started here.
+   */
+  backend?: BackendName;
+  /** Stops between tokens: the call rejects with ABORTED and frees what it made. */
+  signal?: AbortSignal;
+}
+
+/** Lets timers and I/O run between tokens, so a long generation never starves the event loop. */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => (typeof setImmediate === 'function' ? setImmediate(resolve) : setTimeout(resolve, 0)));
+}
+
+/** Whether some tfjs backend is already running (a first call in a fresh app has none). */
+function hasBackend(): boolean {
+  return Object.keys(tf.engine().registry).length > 0;
 }
 
 /** softmax(logits / temperature) in float64, as the NumPy original computes it. */
@@ -72,6 +90,12 @@ export async function gpt2Generate(
     throw new GPT2Error('BAD_OPTION', "options.rng must be 'numpy' or an object with a random() method");
   }
   if (!Array.isArray(layers)) throw new GPT2Error('BAD_INPUT', 'layers must be an array of layer objects');
+  const { signal } = options;
+  if (signal !== undefined && (signal === null || typeof signal.aborted !== 'boolean')) throw new GPT2Error('BAD_OPTION', 'options.signal must be an AbortSignal');
+  if (options.backend !== undefined) await setBackend(options.backend);
+  else if (!hasBackend()) await setBackend();
+  const aborted = (): GPT2Error => new GPT2Error('ABORTED', `gpt2Generate was aborted after ${ids.length - tokenIds.length} of ${nTokens} tokens`);
+  const ids = tokenIds.slice();
   let rng: Rng;
   if (options.rng && options.rng !== 'numpy') rng = options.rng;
   else rng = options.seed !== undefined ? new MT19937(options.seed) : options.rng === 'numpy' ? new MT19937((Math.random() * 2 ** 32) >>> 0) : unseeded;
@@ -99,7 +123,6 @@ export async function gpt2Generate(
     const [V, d] = p.wte.shape;
     if (p.wpe.shape[1] !== d) throw new GPT2Error('BAD_INPUT', `wpe is [${p.wpe.shape}] but wte is [${p.wte.shape}]: embedding sizes differ`);
     checkShapes(p, d);
-    const ids = tokenIds.slice();
     if (ids.length + nTokens > p.wpe.shape[0] + 1 && nTokens > 0) {
       throw new GPT2Error('CONTEXT_OVERFLOW', `${ids.length} prompt + ${nTokens} new tokens need ${ids.length + nTokens - 1} positions; wpe has ${p.wpe.shape[0]}`);
     }
@@ -108,6 +131,7 @@ export async function gpt2Generate(
       if (!Number.isInteger(id) || id < 0 || id >= V) throw new GPT2Error('BAD_INPUT', `token id ${id} is out of range [0, ${V - 1}]`);
     }
     for (let n = 0; n < nTokens; n++) {
+      if (signal?.aborted) throw aborted();
       const t = seedLogits(ids, p);
       let logits: Float32Array;
       try {
@@ -115,8 +139,11 @@ export async function gpt2Generate(
       } finally {
         t.dispose();
       }
+      assertFiniteLogits(logits);
       ids.push(temperature === 0 ? argmax(logits) : choice(softmax64(logits, temperature), rng));
+      await yieldToEventLoop();
     }
+    if (signal?.aborted) throw aborted();
     return ids;
   } finally {
     for (const t of owned) t.dispose();

@@ -155,6 +155,23 @@ export function checkSamplingOptions(o: SamplingOptions): Required<SamplingOptio
 }
 
 /** A configured sampler: processors in order, then a greedy pick or a seeded draw. */
+/**
+ * Sampling on a NaN or an infinite logit would silently pick token 0 (every comparison with NaN is
+ * false), so non-finite raw logits are a NON_FINITE error: the weights hold NaN/Inf or overflowed.
+ * One pass over the vocabulary per token (~30 µs for 50257 logits).
+ */
+export function assertFiniteLogits(logits: ArrayLike<number>): void {
+  for (let i = 0; i < logits.length; i++) {
+    const v = logits[i];
+    if (v - v !== 0) {
+      throw new GPT2Error(
+        'NON_FINITE',
+        `the model produced a non-finite logit (${v} for token id ${i}): its weights hold NaN/Infinity or overflowed. Check them with \`gpt2-tfjs check --model DIR\` or loadModel(..., { validate: true })`,
+      );
+    }
+  }
+}
+
 export class Sampler {
   private readonly processors: Processor[] = [];
   private readonly greedy: boolean;
@@ -172,6 +189,7 @@ export class Sampler {
 
   /** Picks the next token from raw logits; `context` is every token so far (prompt included). */
   sample(logits: ArrayLike<number>, context: readonly number[]): number {
+    assertFiniteLogits(logits);
     if (this.greedy && this.processors.length === 0) return argmax(logits); // no float64 copy on the plain greedy path
     const z = Float64Array.from(logits);
     for (const p of this.processors) p(z, context);
@@ -199,6 +217,7 @@ export interface TokenLogprob {
 
 /** The chosen token's log-probability and the top-n alternatives, from the raw logits. */
 export function tokenLogprobs(logits: ArrayLike<number>, chosen: number, n: number): { logprob: number; top: TokenLogprob[] } {
+  assertFiniteLogits(logits);
   const lp = logSoftmax(logits);
   const top: TokenLogprob[] = [];
   if (n > 0) {

@@ -63,12 +63,27 @@ export function seedLogits(ids: number[], p: SeedParams): tf.Tensor1D {
   });
 }
 
+/** A description of the first element of a nested array that is not a number, or null. */
+function firstNonNumber(a: unknown): string | null {
+  if (typeof a === 'number' || ArrayBuffer.isView(a)) return null;
+  if (!Array.isArray(a)) return `${typeof a} ${JSON.stringify(a)?.slice(0, 20)}`;
+  for (const x of a) {
+    const bad = firstNonNumber(x);
+    if (bad !== null) return bad;
+  }
+  return null;
+}
+
 /** Turns one user array into a float32 tensor; `owned` collects what we created (to dispose). */
 export function toTensor(a: ArrayInput, what: string, rank: 1 | 2, owned: tf.Tensor[]): tf.Tensor {
   let t: tf.Tensor;
   if (a instanceof tf.Tensor) {
+    if (a.isDisposed) throw new GPT2Error('BAD_INPUT', `${what}: the tf.Tensor was disposed; pass a live tensor`);
+    if (a.dtype !== 'float32') throw new GPT2Error('BAD_INPUT', `${what}: expected a float32 tensor, got ${a.dtype}`);
     t = a;
   } else if (Array.isArray(a)) {
+    const bad = firstNonNumber(a);
+    if (bad !== null) throw new GPT2Error('BAD_INPUT', `${what}: not a rectangular numeric array (found ${bad})`);
     try {
       t = tf.tensor(a as number[][], undefined, 'float32');
     } catch (e) {
@@ -76,8 +91,13 @@ export function toTensor(a: ArrayInput, what: string, rank: 1 | 2, owned: tf.Ten
     }
     owned.push(t);
   } else if (a && typeof a === 'object' && 'data' in a && 'shape' in a && Array.isArray(a.shape) && a.data && typeof a.data.length === 'number') {
+    if (!a.shape.every((s) => Number.isSafeInteger(s) && s > 0)) throw new GPT2Error('BAD_INPUT', `${what}: shape [${a.shape}] must be positive integers`);
     const n = a.shape.reduce((x, y) => x * y, 1);
     if (a.data.length !== n) throw new GPT2Error('BAD_INPUT', `${what}: data has ${a.data.length} values but shape [${a.shape}] needs ${n}`);
+    if (!(a.data instanceof Float32Array)) {
+      const bad = firstNonNumber(a.data);
+      if (bad !== null) throw new GPT2Error('BAD_INPUT', `${what}: data must be numbers (found ${bad})`);
+    }
     t = tf.tensor(a.data, a.shape, 'float32');
     owned.push(t);
   } else {
