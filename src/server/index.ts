@@ -12,7 +12,8 @@
  */
 import { randomUUID } from 'crypto';
 import { setMaxListeners } from 'events';
-import type { Server } from 'http';
+import { STATUS_CODES, Server } from 'http';
+import type { Socket } from 'net';
 import Fastify, { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { GPT2Error, GPT2ErrorCode, isGPT2Error } from '../errors';
@@ -46,6 +47,15 @@ export interface ServerOptions {
   modelName?: string;
   /** On close, how long in-flight requests may run before they are cancelled (default 5000 ms). */
   shutdownGraceMs?: number;
+  /**
+   * A request's headers and body must arrive within this many ms, or it gets 408 and its connection
+   * closes (default 10 000): a client trickling bytes cannot hold a connection open.
+   */
+  bodyTimeoutMs?: number;
+  /** An idle keep-alive connection closes after this many ms (default 5000). */
+  keepAliveTimeoutMs?: number;
+  /** Most open connections; more are closed on arrival (default 512). */
+  maxConnections?: number;
   /** Fastify's request logger (default off: library code does not log). */
   logger?: boolean;
 }
@@ -146,7 +156,7 @@ class HttpError extends Error {
   }
 }
 
-const STATUS_OF: Partial<Record<GPT2ErrorCode, number>> = { BAD_INPUT: 400, BAD_OPTION: 400, CONTEXT_OVERFLOW: 400, QUEUE_FULL: 429, DISPOSED: 503 };
+const STATUS_OF: Partial<Record<GPT2ErrorCode, number>> = { BAD_INPUT: 400, BAD_OPTION: 400, CONTEXT_OVERFLOW: 400, QUEUE_FULL: 429, DISPOSED: 503, NON_FINITE: 500 };
 
 function toHttpError(e: unknown): HttpError {
   if (e instanceof HttpError) return e;
@@ -248,6 +258,7 @@ interface Choice {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
+const yieldToEventLoop = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   if (!opts || !(opts.model instanceof GPT2)) throw new GPT2Error('BAD_OPTION', 'startServer needs { model }: a GPT2 from loadModel()');
@@ -264,6 +275,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     bodyLimit = 1024 * 1024,
     modelName = 'gpt2',
     shutdownGraceMs = 5000,
+    bodyTimeoutMs = 10_000,
+    keepAliveTimeoutMs = 5000,
+    maxConnections = 512,
     logger = false,
   } = opts;
   const positiveInt = (name: string, v: number): void => {
@@ -274,6 +288,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   positiveInt('maxChoices', maxChoices);
   positiveInt('requestTimeoutMs', requestTimeoutMs);
   positiveInt('bodyLimit', bodyLimit);
+  positiveInt('bodyTimeoutMs', bodyTimeoutMs);
+  positiveInt('keepAliveTimeoutMs', keepAliveTimeoutMs);
+  positiveInt('maxConnections', maxConnections);
   if (typeof modelName !== 'string' || !modelName) throw new GPT2Error('BAD_OPTION', 'modelName must be a non-empty string');
 
   const scheduler = new Scheduler(gpt.model, { maxBatch, maxQueue });
@@ -319,13 +336,41 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   new Gauge({ name: 'gpt2_running_rows', help: 'Sequences in the running batch', registers: [registry], collect() { this.set(scheduler.running); } });
   new Gauge({ name: 'gpt2_tokens_per_second', help: 'Generation throughput over the last 10 s', registers: [registry], collect() { this.set(scheduler.stats.tokensPerSecond); } });
 
+  /** Errors Node's HTTP parser raises before a request exists (Fastify's default answers in its own shape). */
+  const clientError = (err: Error & { code?: string }, socket: Socket): void => {
+    if (err.code === 'ECONNRESET' || socket.destroyed) return;
+    let e: HttpError;
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') e = new HttpError(408, `the request (headers and body) did not arrive within ${bodyTimeoutMs} ms`, null, 'request_timeout');
+    else if (err.code === 'HPE_HEADER_OVERFLOW') e = new HttpError(431, 'the request headers are too large', null, 'headers_too_large');
+    else e = new HttpError(400, `malformed HTTP request (${err.code ?? 'parse error'})`, null, 'bad_request');
+    requests.inc({ route: 'unmatched', status: String(e.status) });
+    if (socket.writable) {
+      const body = JSON.stringify(errorBody(e));
+      socket.write(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    }
+    socket.destroy();
+  };
+
   const app: FastifyInstance = Fastify({
     logger,
     bodyLimit,
     return503OnClosing: false, // answered below, in the OpenAI error shape
     forceCloseConnections: 'idle',
+    requestTimeout: bodyTimeoutMs, // headers + body; the response may then take as long as generation needs
+    keepAliveTimeout: keepAliveTimeoutMs,
+    // Node checks request timeouts every connectionsCheckingInterval (default 30 s): check often enough to keep the promise.
+    http: { headersTimeout: bodyTimeoutMs, connectionsCheckingInterval: Math.min(1000, bodyTimeoutMs) },
+    clientErrorHandler: clientError,
+    frameworkErrors: (err, req, reply) => {
+      // Fastify's own errors before routing (a malformed URL such as /%ZZ, bad constraints): OpenAI shape too.
+      const e = toHttpError(err);
+      void (reply as FastifyReply).code(e.status).send(errorBody(e.status === 400 && /url/i.test(err.message) ? new HttpError(400, `malformed URL: ${req.url}`, null, 'bad_url') : e));
+    },
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
   });
+  app.server.maxConnections = maxConnections;
+  // Bodies are JSON only: text/plain gets 415 instead of a confusing schema error.
+  app.removeContentTypeParser('text/plain');
 
   app.setErrorHandler((err, _req, reply) => {
     const e = toHttpError(err);
@@ -335,7 +380,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     void reply.code(404).send(errorBody(new HttpError(404, `no route ${req.method} ${req.url}`, null, 'not_found')));
   });
   app.addHook('onRequest', async (req, reply) => {
-    if (closing) return reply.code(503).header('connection', 'close').send(errorBody(new HttpError(503, 'the server is shutting down', null, 'shutting_down')));
+    if (closing && req.url !== '/health') return reply.code(503).header('connection', 'close').send(errorBody(new HttpError(503, 'the server is shutting down', null, 'shutting_down')));
   });
   app.addHook('onSend', async (_req, reply, payload) => {
     // Responses finishing during shutdown end their connection, so the server can close promptly.
@@ -371,7 +416,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
 
   /** Turns the body into prompts and per-choice generation options; throws HttpError on what the schema cannot say. */
-  function parse(body: CompletionBody): { prompts: PromptItem[]; n: number; options: GenerateOptions; maxNew: number; echo: boolean } {
+  async function parse(body: CompletionBody): Promise<{ prompts: PromptItem[]; n: number; options: GenerateOptions; maxNew: number; echo: boolean }> {
     if (body.model !== undefined && body.model !== modelName) {
       throw new HttpError(404, `the model '${body.model}' does not exist; this server serves '${modelName}'`, 'model', 'model_not_found');
     }
@@ -388,10 +433,17 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
     const p = body.prompt;
     const raw: (string | number[])[] = typeof p === 'string' ? [p] : typeof p[0] === 'number' ? [p as number[]] : (p as (string | number[])[]);
-    const prompts = raw.map((x): PromptItem => {
+    const tooLong = (n: string | number): HttpError =>
+      new HttpError(400, `the prompt has ${n} tokens; this server takes at most ${maxPromptTokens}`, 'prompt', 'context_length_exceeded');
+    const prompts: PromptItem[] = [];
+    for (const x of raw) {
       let ids: number[];
       if (typeof x === 'string') {
         if (!codec) throw new HttpError(400, 'this model has no tokenizer: send the prompt as token ids', 'prompt', 'no_tokenizer');
+        // A cheap bound first: no token is longer than maxTokenBytes, so a text this long cannot fit.
+        const atLeast = Math.ceil(Buffer.byteLength(x) / codec.maxTokenBytes);
+        if (atLeast > maxPromptTokens) throw tooLong(`at least ${atLeast}`);
+        await yieldToEventLoop(); // one prompt's tokenizing at a time between other requests
         ids = gpt.encode(x);
       } else {
         ids = x;
@@ -399,11 +451,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         if (bad !== undefined) throw new HttpError(400, `token id ${bad} is out of range: ids must be integers in [0, ${gpt.config.vocabSize - 1}]`, 'prompt', 'invalid_value');
       }
       if (ids.length === 0) throw new HttpError(400, 'the prompt is empty: give at least one token', 'prompt', 'invalid_value');
-      if (ids.length > maxPromptTokens) {
-        throw new HttpError(400, `the prompt has ${ids.length} tokens; this server takes at most ${maxPromptTokens}`, 'prompt', 'context_length_exceeded');
-      }
-      return { ids, text: typeof x === 'string' ? x : codec ? codec.decode(ids) : '' };
-    });
+      if (ids.length > maxPromptTokens) throw tooLong(ids.length);
+      prompts.push({ ids, text: typeof x === 'string' ? x : codec ? codec.decode(ids) : '' });
+    }
     const n = body.n ?? 1;
     if (prompts.length * n > maxChoices) {
       throw new HttpError(400, `${prompts.length} prompt(s) × n=${n} asks for ${prompts.length * n} completions; this server takes at most ${maxChoices} per request`, 'n', 'invalid_value');
@@ -447,7 +497,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   async function complete(body: CompletionBody, req: FastifyRequest, reply: FastifyReply): Promise<unknown> {
     const t0 = performance.now();
-    const { prompts, n, options, maxNew, echo } = parse(body);
+    const { prompts, n, options, maxNew, echo } = await parse(body);
     const stream = body.stream ?? false;
     const id = `cmpl-${randomUUID().replace(/-/g, '')}`;
 
@@ -468,7 +518,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       ctl.abort();
     }, requestTimeoutMs);
     timer.unref();
-    if (req.raw.destroyed || reply.raw.destroyed) onClose();
+    // The socket, not req.raw: a request whose body has been read is destroyed by Node itself (autoDestroy).
+    if (req.raw.socket?.destroyed || reply.raw.destroyed) onClose();
 
     try {
       // Build every sequence before queueing any, so a bad option fails the request whole.
@@ -516,8 +567,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         return { text: c.prompt.text, logprobs: out };
       };
 
+      // More rows than the batch and the queue together can ever hold: retrying would never help.
+      const rows = choices.filter((c) => c.seq).length;
+      if (rows > maxBatch + maxQueue) {
+        throw new HttpError(400, `this request needs ${rows} rows (prompts × n) but the server holds at most ${maxBatch + maxQueue} (max batch + max queue); split it`, 'n', 'invalid_value');
+      }
       // Checked right before queueing (nothing awaits in between), so a request is queued whole or not at all.
-      if (choices.filter((c) => c.seq).length > scheduler.room) throw busy();
+      if (rows > scheduler.room) throw busy();
       if (stream) return await streamChoices(id, choices, echoPart, body, reply, () => why, t0);
 
       const results = await Promise.all(choices.map((c) => (c.seq ? scheduler.submit(c.seq) : Promise.resolve(null))));
@@ -659,12 +715,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   async function close(): Promise<void> {
     if (closing) return closing;
     closing = (async () => {
-      const stopped = app.close(); // stops listening; idle keep-alive connections close now
+      // Still listening while in-flight requests drain, so new ones (and /health) get 503, not ECONNREFUSED.
       const grace = sleep(shutdownGraceMs);
       while (inflight.size) {
         const done = await Promise.race([Promise.allSettled([...inflight]).then(() => true), grace.then(() => false)]);
         if (!done) break;
       }
+      const stopped = app.close(); // stops listening; idle keep-alive connections close now
       await scheduler.close(); // cancels what is still running and frees the KV cache
       await Promise.allSettled([...inflight]);
       app.server.closeIdleConnections();
