@@ -240,6 +240,8 @@ export function buildProgram(io: CliIO): Command {
     .option('--max-queue <n>', 'waiting requests before 429', int('--max-queue', 0, 100000), 64)
     .option('--max-tokens <n>', 'cap on a request\'s max_tokens', int('--max-tokens', 1, 100000), 256)
     .option('--request-timeout <ms>', 'per-request timeout in milliseconds', int('--request-timeout', 1), 120000)
+    .option('--body-timeout <ms>', 'a request\'s headers and body must arrive within this (408 otherwise)', int('--body-timeout', 1), 10000)
+    .option('--max-connections <n>', 'open connections at most; more are closed on arrival', int('--max-connections', 1), 512)
     .option('--model-name <id>', 'model id reported by /v1/models and accepted in requests', 'gpt2')
     .addHelpText('after', '\nExamples:\n  $ gpt2-tfjs serve --port 8080\n  $ curl -s localhost:8080/v1/completions -H "content-type: application/json" -d \'{"prompt":"ROMEO:","max_tokens":40}\'')
     .action(async (o) => {
@@ -248,6 +250,7 @@ export function buildProgram(io: CliIO): Command {
       const srv = await startServer({
         model: gpt, host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue,
         maxTokens: o.maxTokens, requestTimeoutMs: o.requestTimeout, modelName: o.modelName,
+        bodyTimeoutMs: o.bodyTimeout, maxConnections: o.maxConnections,
       });
       io.stderr.write(`gpt2-tfjs listening on ${srv.url} (backend ${o.backend}); Ctrl-C to stop\n`);
       await new Promise<void>((resolve) => {
