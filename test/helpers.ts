@@ -90,3 +90,8 @@ export async function rejection(p: Promise<unknown>): Promise<GPT2Error> {
   }
   throw new Error('expected a rejection');
 }
+
+/** The server's error shape (OpenAI's). */
+export interface ErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}

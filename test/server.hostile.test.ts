@@ -7,11 +7,8 @@ import * as net from 'net';
 import * as tf from '@tensorflow/tfjs-core';
 import { GPT2, loadModel } from '../src';
 import { RunningServer, startServer } from '../src/server';
-import { TINY_DIR } from './helpers';
+import { ErrorBody, TINY_DIR } from './helpers';
 
-interface ErrorBody {
-  error: { message: string; type: string; param: string | null; code: string | null };
-}
 
 let gpt: GPT2;
 let srv: RunningServer;

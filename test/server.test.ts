@@ -10,7 +10,7 @@ import { Sequence, StreamChunk } from '../src/generate/generate';
 import { Scheduler } from '../src/generate/scheduler';
 import { RunningServer, ServerOptions, startServer } from '../src/server';
 import { loadTokenizer } from '../src/tokenizer';
-import { TINY_DIR } from './helpers';
+import { ErrorBody, TINY_DIR } from './helpers';
 
 interface Choice {
   text: string;
@@ -24,9 +24,6 @@ interface Completion {
   model: string;
   choices: Choice[];
   usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
-}
-interface ErrorBody {
-  error: { message: string; type: string; param: string | null; code: string | null };
 }
 
 let gpt: GPT2;
