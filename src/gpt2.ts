@@ -32,6 +32,13 @@ export class GPT2 {
 
   private sequence(prompt: Prompt, options: GenerateOptions): Sequence {
     if (options === null || typeof options !== 'object') throw new GPT2Error('BAD_OPTION', 'options must be an object');
+    // A text that cannot fit even before tokenizing (no token is longer than maxTokenBytes) fails at once.
+    if (typeof prompt === 'string' && this.tokenizer && options.truncate !== 'left') {
+      const atLeast = Math.ceil(new TextEncoder().encode(prompt).length / this.tokenizer.maxTokenBytes);
+      if (atLeast > this.config.nPositions) {
+        throw new GPT2Error('CONTEXT_OVERFLOW', `the prompt has at least ${atLeast} tokens, past the context of ${this.config.nPositions}; shorten it, or pass truncate: 'left'`);
+      }
+    }
     return new Sequence(this.encode(prompt, options.allowSpecial), options, this.model, this.tokenizer);
   }
 

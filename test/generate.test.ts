@@ -113,6 +113,15 @@ describe.each(['cpu', 'wasm'] as const)('generation on %s', (backend) => {
     expect(r.tokens).toEqual(direct.tokens);
   });
 
+  test('a text far past the context fails before it is tokenized; with truncate left it still generates', async () => {
+    const huge = 'a'.repeat(1 << 20); // one unbroken run: the worst case for BPE
+    const t0 = performance.now();
+    await expect(model.generate(huge, { maxNewTokens: 2 })).rejects.toMatchObject({ code: 'CONTEXT_OVERFLOW', message: expect.stringMatching(/at least \d+ tokens/) });
+    expect(performance.now() - t0).toBeLessThan(1000);
+    const r = await model.generate(huge, { maxNewTokens: 2, temperature: 0, truncate: 'left' });
+    expect(r.usage.promptTokens).toBe(model.config.nPositions - 1);
+  });
+
   test('invalid options and ids are typed errors', async () => {
     const bad: GenerateOptions[] = [
       { temperature: -1 }, { topK: 1.5 }, { topP: 0 }, { topP: 1.5 }, { minP: 2 }, { repetitionPenalty: 0 },
