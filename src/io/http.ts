@@ -75,22 +75,13 @@ class Watchdog {
 }
 
 /** fetch() whose failures (refused, DNS, reset, aborted, stalled) are GPT2Errors naming the URL. */
-export async function httpFetch(url: string, init: RequestInit = {}, guard: FetchGuard = {}): Promise<Response> {
-  const dog = new Watchdog(url, { ...guard, signal: init.signal ?? guard.signal });
-  try {
-    return await fetch(url, { ...init, signal: dog.signal });
-  } catch (e) {
-    const why = dog.error(e);
-    if (why) throw why;
-    if (isAbort(e)) throw new GPT2Error('ABORTED', `fetching ${url} was aborted`, { cause: e });
-    throw new GPT2Error('NETWORK', `could not fetch ${url}: ${causeText(e)}. Check the URL and the network, then retry.`, { cause: e });
-  } finally {
-    dog.done();
-  }
+export function httpFetch(url: string, init: RequestInit = {}, guard: FetchGuard = {}): Promise<Response> {
+  const { signal, ...rest } = init;
+  return guardedFetch(url, rest, { ...guard, signal: signal ?? guard.signal }, async (res) => res);
 }
 
-/** GET with a watchdog that lives on through the body: `pump` reads it (touching on each chunk). */
-async function guardedGet<T>(url: string, init: RequestInit, guard: FetchGuard, pump: (res: Response, dog: Watchdog) => Promise<T>): Promise<T> {
+/** A request whose watchdog lives on through the body: `pump` reads it (touching on each chunk). */
+async function guardedFetch<T>(url: string, init: RequestInit, guard: FetchGuard, pump: (res: Response, dog: Watchdog) => Promise<T>): Promise<T> {
   const dog = new Watchdog(url, guard);
   try {
     let res: Response;
@@ -195,7 +186,7 @@ export async function pumpBody(
 
 /** GETs `url` into memory (one buffer, preallocated when the length is known), with progress. */
 export async function fetchBytes(url: string, onBytes?: BytesCallback, init: RequestInit = {}, guard: FetchGuard = {}): Promise<Uint8Array> {
-  return guardedGet(url, init, guard, async (res, dog) => {
+  return guardedFetch(url, init, guard, async (res, dog) => {
     await checkStatus(url, res);
     const limits = { maxBytes: guard.maxBytes, onChunk: () => dog.touch() };
     const expected = declaredLength(res);
@@ -255,7 +246,7 @@ export async function fetchToFile(url: string, dest: string, options: FileFetchO
     }
   }
   const headers: Record<string, string> = have > 0 ? { Range: `bytes=${have}-` } : {};
-  return guardedGet(url, { headers }, options, async (res, dog) => {
+  return guardedFetch(url, { headers }, options, async (res, dog) => {
 
     if (res.status === 416 && have > 0) {
       // Range not satisfiable: the partial file is already whole (total == have) or stale; decide by the total.
