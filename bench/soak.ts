@@ -41,6 +41,13 @@ const json = { 'content-type': 'application/json' };
 const post = (url: string, body: string, headers: Record<string, string> = json, signal?: AbortSignal) =>
   fetch(`${url}/v1/completions`, { method: 'POST', headers, body, signal });
 
+/** Sends one request, reads the body, returns the status with the time taken. */
+const exchange = (f: () => Promise<Response>) => timed(async () => {
+  const r = await f();
+  await r.text();
+  return r.status;
+});
+
 const PROMPTS = ['ROMEO:', 'JULIET:\nO', 'To be, or not to be', 'First Citizen:\nBefore we proceed', 'KING HENRY'];
 const pick = <T>(xs: T[]): T => xs[Math.floor(Math.random() * xs.length)];
 
@@ -49,21 +56,13 @@ const KINDS: Kind[] = [
     name: 'completion',
     weight: 30,
     expect: [200, 429],
-    run: (url) => timed(async () => {
-      const r = await post(url, JSON.stringify({ prompt: pick(PROMPTS), max_tokens: 16, temperature: 0.8, seed: 1 }));
-      await r.text();
-      return r.status;
-    }),
+    run: (url) => exchange(() => post(url, JSON.stringify({ prompt: pick(PROMPTS), max_tokens: 16, temperature: 0.8, seed: 1 }))),
   },
   {
     name: 'stream',
     weight: 25,
     expect: [200, 429],
-    run: (url) => timed(async () => {
-      const r = await post(url, JSON.stringify({ prompt: pick(PROMPTS), max_tokens: 24, stream: true }));
-      await r.text();
-      return r.status;
-    }),
+    run: (url) => exchange(() => post(url, JSON.stringify({ prompt: pick(PROMPTS), max_tokens: 24, stream: true }))),
   },
   {
     name: 'disconnect mid-stream',
@@ -87,71 +86,43 @@ const KINDS: Kind[] = [
     name: 'n=3 with logprobs',
     weight: 5,
     expect: [200, 429],
-    run: (url) => timed(async () => {
-      const r = await post(url, JSON.stringify({ prompt: pick(PROMPTS), max_tokens: 8, n: 3, logprobs: 2, seed: 7 }));
-      await r.text();
-      return r.status;
-    }),
+    run: (url) => exchange(() => post(url, JSON.stringify({ prompt: pick(PROMPTS), max_tokens: 8, n: 3, logprobs: 2, seed: 7 }))),
   },
   {
     name: 'hostile 200 KB run',
     weight: 5,
     expect: [400],
-    run: (url) => timed(async () => {
-      const r = await post(url, JSON.stringify({ prompt: 'a'.repeat(200_000) }));
-      await r.text();
-      return r.status;
-    }),
+    run: (url) => exchange(() => post(url, JSON.stringify({ prompt: 'a'.repeat(200_000) }))),
   },
   {
     name: 'malformed JSON',
     weight: 5,
     expect: [400],
-    run: (url) => timed(async () => {
-      const r = await post(url, '{"prompt": "x",');
-      await r.text();
-      return r.status;
-    }),
+    run: (url) => exchange(() => post(url, '{"prompt": "x",')),
   },
   {
     name: 'text/plain',
     weight: 3,
     expect: [415],
-    run: (url) => timed(async () => {
-      const r = await post(url, 'hello', { 'content-type': 'text/plain' });
-      await r.text();
-      return r.status;
-    }),
+    run: (url) => exchange(() => post(url, 'hello', { 'content-type': 'text/plain' })),
   },
   {
     name: 'bad ids',
     weight: 4,
     expect: [400],
-    run: (url) => timed(async () => {
-      const r = await post(url, JSON.stringify({ prompt: [1, 99999999], max_tokens: 2 }));
-      await r.text();
-      return r.status;
-    }),
+    run: (url) => exchange(() => post(url, JSON.stringify({ prompt: [1, 99999999], max_tokens: 2 }))),
   },
   {
     name: 'health',
     weight: 5,
     expect: [200],
-    run: (url) => timed(async () => {
-      const r = await fetch(`${url}/health`);
-      await r.text();
-      return r.status;
-    }),
+    run: (url) => exchange(() => fetch(`${url}/health`)),
   },
   {
     name: 'metrics',
     weight: 3,
     expect: [200],
-    run: (url) => timed(async () => {
-      const r = await fetch(`${url}/metrics`);
-      await r.text();
-      return r.status;
-    }),
+    run: (url) => exchange(() => fetch(`${url}/metrics`)),
   },
 ];
 

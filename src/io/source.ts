@@ -273,7 +273,7 @@ export class DirSource implements FileSource {
     const file = this.path(name);
     const size = await this.stat(file);
     if (cap !== undefined && size > cap) throw tooLarge(file, size, cap);
-    return this.readRange(name, 0, size);
+    return this.readBytes(file, 0, size);
   }
   async readText(name: string): Promise<string> {
     return new TextDecoder().decode(await this.read(name));
@@ -282,9 +282,13 @@ export class DirSource implements FileSource {
     return this.stat(this.path(name));
   }
   async readRange(name: string, begin: number, end: number): Promise<Uint8Array> {
-    const fs = require('fs') as typeof import('fs');
     const file = this.path(name);
     await this.stat(file);
+    return this.readBytes(file, begin, end);
+  }
+  /** Bytes [begin, end) of a file already checked by stat(). */
+  private async readBytes(file: string, begin: number, end: number): Promise<Uint8Array> {
+    const fs = require('fs') as typeof import('fs');
     let fh: import('fs').promises.FileHandle;
     try {
       fh = await fs.promises.open(file, 'r');
