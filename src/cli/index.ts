@@ -8,6 +8,7 @@ import { BACKENDS, BackendName } from '../backend';
 import { GPT2Error } from '../errors';
 import { GPT2, GenerateOptions, LoadOptions, loadModel } from '../index';
 import { LoadProgress } from '../io/hf';
+import { GENERATE_DEFAULTS, READING_PRESET, SERVER_DEFAULTS } from '../options';
 import { registerFileCommands } from './files';
 
 export interface CliIO {
@@ -108,12 +109,13 @@ export function buildProgram(io: CliIO): Command {
     .addOption(loadTimeoutOption())
     .addOption(backendOption())
     .addOption(threadsOption())
-    .option('-n, --max-new-tokens <n>', 'tokens to generate (default 64, or what the context leaves)', int('--max-new-tokens', 1, 100000))
-    .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', num('--temperature', 0), 0.7)
-    .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', int('--top-k', 0), 40)
-    .option('--top-p <p>', 'nucleus sampling mass (1 = off)', num('--top-p', Number.MIN_VALUE, 1), 1)
-    .option('--min-p <p>', 'drop tokens below p × the top probability (0 = off)', num('--min-p', 0, 1), 0)
-    .option('--repetition-penalty <r>', 'discourage repeated tokens (1 = off)', num('--repetition-penalty', Number.MIN_VALUE), 1)
+    // Sampling defaults are READING_PRESET, not the library's neutral ones: options.ts says why.
+    .option('-n, --max-new-tokens <n>', `tokens to generate (default ${GENERATE_DEFAULTS.maxNewTokens}, or what the context leaves)`, int('--max-new-tokens', 1, 100000))
+    .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', num('--temperature', 0), READING_PRESET.temperature)
+    .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', int('--top-k', 0), READING_PRESET.topK)
+    .option('--top-p <p>', 'nucleus sampling mass (1 = off)', num('--top-p', Number.MIN_VALUE, 1), READING_PRESET.topP)
+    .option('--min-p <p>', 'drop tokens below p × the top probability (0 = off)', num('--min-p', 0, 1), READING_PRESET.minP)
+    .option('--repetition-penalty <r>', 'discourage repeated tokens (1 = off)', num('--repetition-penalty', Number.MIN_VALUE), READING_PRESET.repetitionPenalty)
     .option('-s, --seed <n>', 'random seed (same seed, same text)', int('--seed', 0, 0xffffffff))
     .option('--stop <text>', 'stop string (repeatable; \\n means newline)', collect)
     .option('--json', 'print one JSON result instead of streaming text')
@@ -234,15 +236,15 @@ export function buildProgram(io: CliIO): Command {
     .addOption(loadTimeoutOption())
     .addOption(backendOption())
     .addOption(threadsOption())
-    .option('-p, --port <n>', 'port', int('--port', 0, 65535), 8080)
-    .option('--host <host>', 'address to listen on', '127.0.0.1')
-    .option('--max-batch <n>', 'rows decoded together', int('--max-batch', 1, 256), 8)
-    .option('--max-queue <n>', 'waiting requests before 429', int('--max-queue', 0, 100000), 64)
-    .option('--max-tokens <n>', 'cap on a request\'s max_tokens', int('--max-tokens', 1, 100000), 256)
-    .option('--request-timeout <ms>', 'per-request timeout in milliseconds', int('--request-timeout', 1), 120000)
-    .option('--body-timeout <ms>', 'a request\'s headers and body must arrive within this (408 otherwise)', int('--body-timeout', 1), 10000)
-    .option('--max-connections <n>', 'open connections at most; more are closed on arrival', int('--max-connections', 1), 512)
-    .option('--model-name <id>', 'model id reported by /v1/models and accepted in requests', 'gpt2')
+    .option('-p, --port <n>', 'port', int('--port', 0, 65535), SERVER_DEFAULTS.port)
+    .option('--host <host>', 'address to listen on', SERVER_DEFAULTS.host)
+    .option('--max-batch <n>', 'rows decoded together', int('--max-batch', 1, 256), SERVER_DEFAULTS.maxBatch)
+    .option('--max-queue <n>', 'waiting requests before 429', int('--max-queue', 0, 100000), SERVER_DEFAULTS.maxQueue)
+    .option('--max-tokens <n>', 'cap on a request\'s max_tokens', int('--max-tokens', 1, 100000), SERVER_DEFAULTS.maxTokens)
+    .option('--request-timeout <ms>', 'per-request timeout in milliseconds', int('--request-timeout', 1), SERVER_DEFAULTS.requestTimeoutMs)
+    .option('--body-timeout <ms>', 'a request\'s headers and body must arrive within this (408 otherwise)', int('--body-timeout', 1), SERVER_DEFAULTS.bodyTimeoutMs)
+    .option('--max-connections <n>', 'open connections at most; more are closed on arrival', int('--max-connections', 1), SERVER_DEFAULTS.maxConnections)
+    .option('--model-name <id>', 'model id reported by /v1/models and accepted in requests', SERVER_DEFAULTS.modelName)
     .addHelpText('after', '\nExamples:\n  $ gpt2-tfjs serve --port 8080\n  $ curl -s localhost:8080/v1/completions -H "content-type: application/json" -d \'{"prompt":"ROMEO:","max_tokens":40}\'')
     .action(async (o) => {
       const gpt = await loadWithProgress(io, o, false);
