@@ -19,6 +19,7 @@ FILES = [
     "test/fixtures/tiny_logits.f32",
     "test/fixtures/exercise.json",
     "test/fixtures/sampling.json",
+    "test/fixtures/processors.json",
 ]
 
 

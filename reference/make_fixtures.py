@@ -6,6 +6,7 @@ Outputs (under --root, default the repository root):
   weights/tiny-random/{config.json,model.safetensors}   deterministic random GPT-2, F16
   test/fixtures/tiny.json, tiny_logits.f32               HF-GPT-2 parity fixtures
   test/fixtures/exercise.json                            the exercise's gpt2_generate fixtures
+  test/fixtures/sampling.json, processors.json           sampling_ref.py: generation and processor fixtures
 Fixtures are generated, never hand-edited; reference/check_fixtures.py regenerates and diffs them.
 """
 import argparse

@@ -42,6 +42,14 @@ describe.each(['cpu', 'wasm'] as const)('generation on %s', (backend) => {
     expect(r.usage.promptTokens).toBe(c.prompt.length);
   });
 
+  test('presence/frequency penalties count the generated tokens, not the prompt', async () => {
+    // The fixture's prompt ends in the token greedy picks first: no penalty applies to it yet.
+    const c = fx.cases.find((x) => x.options.presencePenalty && x.prompt.includes(x.tokens[0]))!;
+    const plain = await model.generate(c.prompt, { temperature: 0, maxNewTokens: 2 });
+    expect(c.tokens[0]).toBe(plain.tokens[0]);
+    expect(c.tokens[1]).not.toBe(plain.tokens[1]);
+  });
+
   test('same seed, same tokens; different seed, different tokens', async () => {
     const a = await model.generate([464], { seed: 11, maxNewTokens: 8 });
     const b = await model.generate([464], { seed: 11, maxNewTokens: 8 });
@@ -126,6 +134,7 @@ describe.each(['cpu', 'wasm'] as const)('generation on %s', (backend) => {
     const bad: GenerateOptions[] = [
       { temperature: -1 }, { topK: 1.5 }, { topP: 0 }, { topP: 1.5 }, { minP: 2 }, { repetitionPenalty: 0 },
       { maxNewTokens: 0 }, { seed: -1 }, { logprobs: 99 }, { eosTokenId: 1e9 }, { stop: [''] },
+      { logitBias: { 50257: 1 } }, { logitBias: { 5: 200 } }, { presencePenalty: 3 }, { frequencyPenalty: -2.5 },
       // eslint-disable-next-line @typescript-eslint/no-explicit-any
       { truncate: 'right' as 'left' },
     ];
@@ -225,6 +234,7 @@ test('a model padded past the tokenizer vocabulary never samples a padding id', 
     const limited = new GPT2(model.model, small);
     const r = await limited.generate([464], { temperature: 1.5, seed: 4, maxNewTokens: 30, eosTokenId: null });
     expect(r.tokens.every((t) => t < 1000)).toBe(true);
+    await expect(limited.generate([464], { logitBias: { 1000: 100 } })).rejects.toMatchObject({ code: 'BAD_OPTION' });
   } finally {
     model.dispose();
   }

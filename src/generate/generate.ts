@@ -7,6 +7,7 @@ import { GPT2Error } from '../errors';
 import { GPT2Model, KVCache } from '../model/gpt2';
 import { makeRng } from './rng';
 import { Sampler, SamplingOptions, TokenLogprob, tokenLogprobs } from './sampling';
+import { StopText, stopList } from './stops';
 
 /** What generation needs of a tokenizer (the tokenizer module's Tokenizer satisfies it). */
 export interface TextCodec {
@@ -56,20 +57,6 @@ export interface GenerateResult {
 
 export const DEFAULT_MAX_NEW_TOKENS = 64;
 
-/** Longest suffix of `text` that is a proper prefix of some stop string (text to hold back). */
-function partialStop(text: string, stops: string[]): number {
-  let best = 0;
-  for (const s of stops) {
-    for (let n = Math.min(s.length - 1, text.length); n > best; n--) {
-      if (text.endsWith(s.slice(0, n))) {
-        best = n;
-        break;
-      }
-    }
-  }
-  return best;
-}
-
 /** One sequence's state: context, sampler, stop rules, incremental text. */
 export class Sequence {
   readonly context: number[];
@@ -81,10 +68,8 @@ export class Sequence {
   readonly out: StreamChunk[] = [];
   private completion = 0;
   private readonly sampler: Sampler;
-  private readonly stops: string[];
+  private readonly stopText: StopText;
   private readonly decoder: { push(id: number): string; flush(): string } | null;
-  private text = ''; // decoded completion text so far
-  private emitted = 0; // chars of `text` already handed out
   private readonly maxNew: number;
   private readonly eos: number | null;
 
@@ -103,8 +88,7 @@ export class Sequence {
     if (o.eosTokenId !== undefined && o.eosTokenId !== null && (!Number.isInteger(o.eosTokenId) || o.eosTokenId < 0 || o.eosTokenId >= c.vocabSize)) {
       throw new GPT2Error('BAD_OPTION', `eosTokenId must be a token id in [0, ${c.vocabSize - 1}] or null`);
     }
-    const stops = o.stop === undefined ? [] : Array.isArray(o.stop) ? o.stop : [o.stop];
-    if (!stops.every((s) => typeof s === 'string' && s.length > 0)) throw new GPT2Error('BAD_OPTION', 'stop must be a non-empty string or an array of them');
+    const stops = stopList(o.stop);
     if (stops.length && !codec) throw new GPT2Error('BAD_OPTION', 'stop strings need a tokenizer; this model has none (pass token ids and use eosTokenId)');
     if (maxNew > c.nPositions) throw new GPT2Error('CONTEXT_OVERFLOW', `maxNewTokens (${maxNew}) exceeds the model's context of ${c.nPositions}`);
     // The last generated token is never fed back, so prompt + maxNew - 1 positions are needed.
@@ -120,8 +104,8 @@ export class Sequence {
     this.promptTokens = ids.length;
     // A model whose embedding is padded past the tokenizer's vocabulary must never pick a padding id.
     const limit = codec && codec.vocabSize < c.vocabSize ? codec.vocabSize : undefined;
-    this.sampler = new Sampler(o, makeRng(o.seed), limit);
-    this.stops = stops;
+    this.sampler = new Sampler(o, makeRng(o.seed), { size: c.vocabSize, limit });
+    this.stopText = new StopText(stops);
     this.decoder = codec ? codec.createDecoder() : null;
     this.maxNew = maxNew;
     this.eos = o.eosTokenId === undefined ? c.eosTokenId : o.eosTokenId;
@@ -137,7 +121,7 @@ export class Sequence {
 
   /** Picks the next token from this row's logits and updates text, stops and finish state. */
   accept(logits: Float32Array): void {
-    const token = this.sampler.sample(logits, this.context);
+    const token = this.sampler.sample(logits, this.context, this.promptTokens);
     this.completion++;
     const lp = this.options.logprobs !== undefined ? tokenLogprobs(logits, token, this.options.logprobs) : null;
     if (token === this.eos) {
@@ -159,29 +143,9 @@ export class Sequence {
 
   /** Appends decoded text, applies stop strings, returns what may be shown now. */
   private addText(piece: string): string {
-    this.text += piece;
-    if (this.stops.length) {
-      const from = Math.max(0, this.emitted - Math.max(...this.stops.map((s) => s.length)));
-      let at = -1;
-      for (const s of this.stops) {
-        const i = this.text.indexOf(s, from);
-        if (i >= 0 && (at < 0 || i < at)) at = i;
-      }
-      if (at >= 0) {
-        this.text = this.text.slice(0, at);
-        this.finishReason = 'stop';
-        return this.release(this.text.length);
-      }
-      return this.release(this.text.length - partialStop(this.text, this.stops));
-    }
-    return this.release(this.text.length);
-  }
-
-  private release(upTo: number): string {
-    if (upTo <= this.emitted) return '';
-    const s = this.text.slice(this.emitted, upTo);
-    this.emitted = upTo;
-    return s;
+    const shown = this.stopText.push(piece);
+    if (this.stopText.stopped) this.finishReason = 'stop';
+    return shown;
   }
 
   /** Ends the sequence; whatever text was held back is released (as a last chunk when non-empty). */
@@ -191,7 +155,7 @@ export class Sequence {
     const rest = this.decoder ? this.decoder.flush() : '';
     const tail = rest ? this.addText(rest) : '';
     if (reason !== 'length') this.finishReason = reason; // a stop string in the flushed tail does not hide an abort or eos
-    const held = this.finishReason === 'stop' ? '' : this.release(this.text.length);
+    const held = this.finishReason === 'stop' ? '' : this.stopText.flush();
     const text = tail + held;
     if (text) {
       const last = this.out[this.out.length - 1];
@@ -202,7 +166,7 @@ export class Sequence {
 
   result(): GenerateResult {
     const r: GenerateResult = {
-      text: this.text,
+      text: this.stopText.text,
       tokens: this.tokens.slice(),
       finishReason: this.finishReason ?? 'length',
       usage: { promptTokens: this.promptTokens, completionTokens: this.completion },
