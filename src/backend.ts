@@ -4,7 +4,7 @@
  */
 import * as tf from './tf';
 import { GPT2Error } from './errors';
-import { enableWasmKernels } from './model/wasm/kernels';
+import { enableWasmKernels } from './model/wasm/engine';
 import { withSharedWasmMemory } from './model/wasm/shared-memory';
 
 export type BackendName = 'cpu' | 'wasm' | 'webgl' | 'webgpu' | 'tensorflow';
@@ -110,9 +110,12 @@ export async function setBackend(name: BackendName = defaultBackend(), options: 
   }
   let ok = false;
   const threads = name === 'wasm' ? wasmThreads(options) : 1;
+  let unshared: string | undefined;
   try {
     if (name === 'wasm' && isNode && threads > 1 && !tf.engine().registry['wasm']) {
-      ok = (await withSharedWasmMemory(() => tf.setBackend(name))).result;
+      const r = await withSharedWasmMemory(() => tf.setBackend(name));
+      ok = r.result;
+      if (!r.memory) unshared = "the shared-memory rewrite did not recognise tfjs-backend-wasm's module (a version the kernels were not built for), so it runs on an unshared memory";
     } else {
       ok = await tf.setBackend(name);
     }
@@ -122,7 +125,7 @@ export async function setBackend(name: BackendName = defaultBackend(), options: 
   if (!ok) throw new GPT2Error('BACKEND_UNAVAILABLE', `backend "${name}" failed to initialise in this runtime`);
   await tf.ready();
   // Our SIMD kernels (linear, layer norm, decode attention) share the wasm backend's memory.
-  if (name === 'wasm') await enableWasmKernels({ threads });
+  if (name === 'wasm') await enableWasmKernels({ threads, unshared });
   // Production mode skips per-op debug checks and the "install tfjs-node" console notice.
   tf.enableProdMode();
   return name;
@@ -148,3 +151,8 @@ function cores(): number {
 export function currentBackend(): string {
   return tf.getBackend();
 }
+
+/** What runs the model now: backend, engine (our wasm kernels or tf ops), kernel threads and FMA, and why a fast path is off. */
+export { engineInfo } from './model/engines';
+export type { EngineInfo } from './model/engines';
+export type { KernelStatus } from './model/wasm/instance';

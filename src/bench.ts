@@ -6,7 +6,7 @@ import { BackendName, currentBackend } from './backend';
 import { Batch, Sequence } from './generate/generate';
 import * as tf from './tf';
 import { loadModel } from './index';
-import { wasmKernelThreads, wasmKernelsFma } from './model/wasm/kernels';
+import { EngineInfo, engineInfo } from './model/engines';
 
 export interface BenchOptions {
   model?: string;
@@ -27,6 +27,8 @@ export interface BenchResult {
   threads: number;
   /** wasm: whether the fused multiply-add (relaxed SIMD) build of the kernels ran. */
   fma: boolean;
+  /** What ran the model, and why a fast path was off (engineInfo() after the timed run). */
+  engine: EngineInfo;
   nLayer: number;
   nHead: number;
   nEmbd: number;
@@ -80,11 +82,13 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
     };
     for (let i = 0; i < (o.warmup ?? 1); i++) await once(Math.min(4, newTokens));
     const r = await once(newTokens);
+    const engine = engineInfo();
     return {
       model: o.model ?? 'default',
       backend: currentBackend(),
-      threads: currentBackend() === 'wasm' ? wasmKernelThreads() : 1,
-      fma: currentBackend() === 'wasm' && wasmKernelsFma(),
+      threads: engine.kernels.active ? engine.kernels.threads : 1,
+      fma: engine.kernels.fma,
+      engine,
       nLayer: gpt.config.nLayer,
       nHead: gpt.config.nHead,
       nEmbd: gpt.config.nEmbd,

@@ -3,8 +3,8 @@ export type { Prompt, FinishReason, GenerateOptions, GenerateResult, StreamChunk
 export type { SamplingOptions, TokenLogprob } from './generate/sampling';
 export { GPT2Error, isGPT2Error } from './errors';
 export type { GPT2ErrorCode } from './errors';
-export { setBackend, currentBackend, BACKENDS } from './backend';
-export type { BackendName, BackendOptions } from './backend';
+export { setBackend, currentBackend, engineInfo, BACKENDS } from './backend';
+export type { BackendName, BackendOptions, EngineInfo, KernelStatus } from './backend';
 export type { GPT2Config } from './model/config';
 export type { LoadOptions } from './load';
 export { MAX_FILE_BYTES, DEFAULT_TIMEOUT_MS } from './io/source';

@@ -6,24 +6,24 @@
 import * as os from 'os';
 import * as tf from '../src/tf';
 import { setBackend } from '../src/backend';
-import { KV_GROW, cachePrefix } from '../src/model/layers';
-import {
-  ensureKernelThread,
-  kernelAttend,
-  kernelLayerNorm,
-  kernelLinear,
-  setWasmKernelsDisabled,
-  stopKernelThread,
-  wasmKernelThreads,
-  wasmKernelsActive,
-  writeCacheRows,
-} from '../src/model/wasm/kernels';
+import { KV_GROW, cachePrefix } from '../src/model/engine';
+import { wasmEngine } from '../src/model/wasm/engine';
+import { KERNELS_BUILT_FOR, ensureKernelThread, memoryOf, setWasmKernelsDisabled, stopKernelThread, wasmKernelThreads, wasmKernelsActive } from '../src/model/wasm/instance';
+import { moveRows, runAttend } from '../src/model/wasm/register';
 import { KERNELS_WASM_BASE64 } from '../src/model/wasm/kernels.wasm';
 import { patchMemoryImportToShared, patchToImportSharedMemory } from '../src/model/wasm/shared-memory';
 import { KernelThread } from '../src/model/wasm/threads';
-import { loadModel } from '../src';
+import { engineInfo, loadModel } from '../src';
 import { TINY_DIR, maxAbsDiff } from './helpers';
 
+const kernelLinear = (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: 'none' | 'relu' | 'gelu_new') => wasmEngine.linear(x, w, b, act);
+const kernelAttend = (q: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, B: number, T: number, past: number, mask: tf.Tensor | null, nHead: number, scale: number) =>
+  runAttend(q, k, v, mask && (tf.reshape(mask, [B, past + T]) as tf.Tensor2D), { B, T, past, nHead, scale });
+/** Writes rows [B, T, d] into the cache buffer at positions [pos, pos + T), in place. */
+const writeCacheRows = (buf: tf.Tensor3D, rows: tf.Tensor3D, pos: number) => {
+  const r = Array.from({ length: rows.shape[0] }, (_, i) => i);
+  moveRows(buf, rows, r, r, 0, rows.shape[1], pos, false);
+};
 const randn = (shape: number[], seed: number, scale = 0.5) => tf.randomNormal(shape, 0, scale, 'float32', seed);
 
 /** Runs `f` with our kernels off, so the callers' tf-op fallbacks compute the reference. */
@@ -45,6 +45,46 @@ describe('wasm kernels', () => {
     expect(wasmKernelsActive()).toBe(true);
     const cores = os.availableParallelism?.() ?? os.cpus().length;
     expect(wasmKernelThreads()).toBe(cores >= 2 ? 2 : 1);
+  });
+
+  test('engineInfo says so: the kernel engine, on the tfjs-backend-wasm version they were built for, no fallback reason', () => {
+    const cores = os.availableParallelism?.() ?? os.cpus().length;
+    const info = engineInfo();
+    expect(info.backend).toBe('wasm');
+    expect(info.engine).toBe('wasm-kernels');
+    expect(info.kernels.active).toBe(true);
+    expect(info.kernels.reason).toBeUndefined();
+    expect(info.kernels.threads).toBe(cores >= 2 ? 2 : 1);
+    expect(info.kernels.threadReason).toBeUndefined();
+    // package.json pins tfjs-backend-wasm; a bump must be checked against the kernels' use of its internals
+    expect(info.kernels.backendVersion).toBe(KERNELS_BUILT_FOR);
+    expect(require('../package.json').dependencies['@tensorflow/tfjs-backend-wasm']).toBe(KERNELS_BUILT_FOR);
+  });
+
+  test('engineInfo says why the kernels are off: turned off, or another backend', async () => {
+    setWasmKernelsDisabled(true);
+    try {
+      const info = engineInfo();
+      expect(info.engine).toBe('tf-ops');
+      expect(info.kernels).toMatchObject({ active: false, reason: expect.stringMatching(/turned off/) });
+    } finally {
+      setWasmKernelsDisabled(false);
+    }
+    await setBackend('cpu');
+    try {
+      expect(engineInfo()).toMatchObject({ backend: 'cpu', engine: 'tf-ops', kernels: { active: false, reason: expect.stringMatching(/active backend is "cpu"/) } });
+    } finally {
+      await setBackend('wasm');
+    }
+    expect(engineInfo().engine).toBe('wasm-kernels');
+  });
+
+  test("the backend's memory is found under either Emscripten glue's name, and its absence is reported", () => {
+    const memory = new WebAssembly.Memory({ initial: 1 });
+    expect(memoryOf({ wasm: { asm: { memory } } })).toBe(memory);
+    expect(memoryOf({ wasm: { wasmExports: { memory } } })).toBe(memory);
+    expect(memoryOf({ wasm: {} })).toBeNull();
+    expect(memoryOf(undefined)).toBeNull();
   });
 
   // Rows: decode (1), batched decode (3, 8), the tiled prefill path (16, 37: a 4-row tail).
@@ -88,7 +128,7 @@ describe('wasm kernels', () => {
       const b = randn([770], 6) as tf.Tensor1D;
       const xc = tf.sub(x, tf.mean(x, -1, true));
       const want = tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(tf.mean(tf.square(xc), -1, true), 1e-5))), g), b);
-      expect(maxAbsDiff(kernelLayerNorm(x, g, b, 1e-5)!.dataSync(), want.dataSync())).toBeLessThanOrEqual(2e-5);
+      expect(maxAbsDiff(wasmEngine.layerNorm(x, g, b, 1e-5).dataSync(), want.dataSync())).toBeLessThanOrEqual(2e-5);
     });
   });
 
@@ -145,7 +185,7 @@ describe('wasm kernels', () => {
   test('a cache write fills only its positions, and refuses one that does not fit', () => {
     const buf = tf.zeros([2, 6, 3]) as tf.Tensor3D;
     const rows = tf.tensor3d([1, 2, 3, 4, 5, 6], [2, 1, 3]);
-    expect(writeCacheRows(buf, rows, 4)).toBe(true);
+    writeCacheRows(buf, rows, 4);
     const got = Array.from(buf.dataSync());
     const want = new Array(36).fill(0);
     want.splice(12, 3, 1, 2, 3);
@@ -221,17 +261,25 @@ describe('KV cache joins and leaves on wasm', () => {
 });
 
 describe('kernel builds and thread counts', () => {
-  /** Greedy ids of the bundled model from a fresh process with the given environment. */
-  async function greedyIn(env: Record<string, string>): Promise<{ tokens: number[]; backend: string }> {
+  /** Greedy ids of the bundled model, and a hash of prefill and decode logits, from a fresh process with the given environment. */
+  async function greedyIn(env: Record<string, string>): Promise<{ tokens: number[]; backend: string; logits: string }> {
     const { execFile } = await import('child_process');
     const path = await import('path');
     const script = [
-      "const { loadModel } = require('./src');",
-      "const k = require('./src/model/wasm/kernels');",
+      "const { loadModel, engineInfo } = require('./src');",
+      "const { KVCache } = require('./src/model/kvcache');",
+      "const { createHash } = require('crypto');",
       '(async () => {',
       "  const m = await loadModel(undefined, { backend: 'wasm' });",
       "  const r = await m.generate('ROMEO:', { maxNewTokens: 24, temperature: 0 });",
-      '  console.log(JSON.stringify({ tokens: r.tokens, backend: `fma=${k.wasmKernelsFma()} threads=${k.wasmKernelThreads()}` }));',
+      '  const ids = Array.from({ length: 41 }, (_, i) => (i * 7919 + 13) % 50257);',
+      '  const c = new KVCache([0]);',
+      '  const pre = await m.model.step([ids.slice(0, 40)], c);', // 40 rows: the tiled prefill path, every position's logits
+      '  const dec = await m.model.step([[ids[40]]], c, { lastOnly: true });', // one row: the chunked decode path
+      '  c.dispose();',
+      "  const logits = createHash('sha256').update(Buffer.from(pre.buffer)).update(Buffer.from(dec.buffer)).digest('hex');",
+      '  const k = engineInfo().kernels;',
+      '  console.log(JSON.stringify({ tokens: r.tokens, backend: `fma=${k.fma} threads=${k.threads}`, logits }));',
       '})();',
     ].join('\n');
     const tsx = path.join(__dirname, '..', 'node_modules', '.bin', 'tsx');
@@ -241,14 +289,19 @@ describe('kernel builds and thread counts', () => {
     return JSON.parse(out.trim().split('\n').pop() as string);
   }
 
-  test('the fused multiply-add build with two threads and the plain build on one thread generate the same text', async () => {
-    const fast = await greedyIn({});
-    const plain = await greedyIn({ GPT2_TFJS_FMA: '0', GPT2_TFJS_THREADS: '1' });
-    expect(plain.backend).toBe('fma=false threads=1');
+  test('one thread and two give bit-identical logits (prefill and decode); the plain build on one thread generates the same text', async () => {
     const cores = os.availableParallelism?.() ?? os.cpus().length;
+    const fast = await greedyIn({});
+    const one = await greedyIn({ GPT2_TFJS_THREADS: '1' });
+    const plain = await greedyIn({ GPT2_TFJS_FMA: '0', GPT2_TFJS_THREADS: '1' });
     expect(fast.backend).toMatch(cores >= 2 ? /threads=2/ : /threads=1/);
-    expect(fast.tokens).toEqual(plain.tokens);
-  }, 60_000);
+    expect(one.backend).toMatch(/threads=1/);
+    expect(plain.backend).toBe('fma=false threads=1');
+    expect(one.backend.replace(/threads=\d/, '')).toBe(fast.backend.replace(/threads=\d/, ''));
+    expect(one.logits).toBe(fast.logits); // the same build: every logit bit-identical whatever the thread count
+    expect(one.tokens).toEqual(fast.tokens);
+    expect(plain.tokens).toEqual(fast.tokens);
+  }, 90_000);
 });
 
 describe('second kernel thread', () => {
@@ -284,7 +337,7 @@ describe('second kernel thread', () => {
     // x (2 floats) at 0, W [2, 2] at 64, y at 128: y = x @ W
     new Float32Array(memory.buffer, 0, 2).set([1, 2]);
     new Float32Array(memory.buffer, 64, 4).set([1, 2, 3, 4]);
-    t.post(1, [0, 64, 0, 128, 1, 2, 2, 2, 2, 0, 0]);
+    t.post('linear', { x: 0, w: 64, b: 0, y: 128, M: 1, K: 2, n: 2, ld: 2, ldx: 2, act: 0, pack: 0 });
     t.wait();
     expect(Array.from(new Float32Array(memory.buffer, 128, 2))).toEqual([7, 10]);
     await new Promise((r) => setTimeout(r, 400));

@@ -14,13 +14,18 @@ export interface Norm {
   g: tf.Tensor1D;
   b: tf.Tensor1D;
 }
+/** One block, named as the checkpoint names it (`h.{i}.ln_1`, `h.{i}.attn.c_attn`, `h.{i}.mlp.c_proj`, ...). */
 export interface BlockParams {
   ln_1: Norm;
-  c_attn: Linear; // [d, 3d], q|k|v along the last axis
-  c_proj: Linear; // [d, d]
+  attn: {
+    c_attn: Linear; // [d, 3d], q|k|v along the last axis
+    c_proj: Linear; // [d, d]
+  };
   ln_2: Norm;
-  c_fc: Linear; // [d, n_inner]
-  mlp_c_proj: Linear; // [n_inner, d]
+  mlp: {
+    c_fc: Linear; // [d, n_inner]
+    c_proj: Linear; // [n_inner, d]
+  };
 }
 export interface Params {
   /**
@@ -104,11 +109,9 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
     for (let i = 0; i < config.nLayer; i++) {
       h.push({
         ln_1: norm(`h.${i}.ln_1`),
-        c_attn: lin(`h.${i}.attn.c_attn`),
-        c_proj: lin(`h.${i}.attn.c_proj`),
+        attn: { c_attn: lin(`h.${i}.attn.c_attn`), c_proj: lin(`h.${i}.attn.c_proj`) },
         ln_2: norm(`h.${i}.ln_2`),
-        c_fc: lin(`h.${i}.mlp.c_fc`),
-        mlp_c_proj: lin(`h.${i}.mlp.c_proj`),
+        mlp: { c_fc: lin(`h.${i}.mlp.c_fc`), c_proj: lin(`h.${i}.mlp.c_proj`) },
       });
     }
     return { headT, wte: wteT, wpe: get('wpe.weight'), h, ln_f: norm('ln_f') };
@@ -126,6 +129,6 @@ export function disposeParams(p: Params): void {
   p.ln_f.b.dispose();
   for (const b of p.h) {
     for (const part of [b.ln_1, b.ln_2]) { part.g.dispose(); part.b.dispose(); }
-    for (const part of [b.c_attn, b.c_proj, b.c_fc, b.mlp_c_proj]) { part.w.dispose(); part.b.dispose(); }
+    for (const part of [b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj]) { part.w.dispose(); part.b.dispose(); }
   }
 }

@@ -1,21 +1,28 @@
 /**
  * A second thread for the kernels (Node): one worker_threads Worker instantiates kernels.wasm on the
- * same shared memory as tfjs-backend-wasm and runs half of each kernel call (half the columns of a
- * matrix product, half the heads of decode attention) while the calling thread runs the other half.
- * Each call is a few integers in a small SharedArrayBuffer and an Atomics notify; the caller then
- * waits (spinning briefly, then Atomics.wait) for the worker's half. Splitting by output columns or
- * heads keeps every sum in the same order as one thread, so results are bit-identical.
+ * same shared memory as tfjs-backend-wasm and runs part of a kernel call while the calling thread
+ * runs the rest. A job is a kernel name and its arguments (laid out by the ABI table in abi.ts, which
+ * the worker receives at start: it has no per-kernel code), written into a small SharedArrayBuffer,
+ * then an Atomics notify; the caller waits (spinning briefly, then Atomics.wait) for the worker.
+ * Jobs split output columns, heads or batch rows (each output element is computed by one thread in
+ * the same order as with one thread), or take chunks of the inner dimension into their own partial
+ * slots summed in index order afterwards (the one-thread path takes the same chunks): results do not
+ * depend on the thread count.
  */
+import { ChunkSpec, KERNEL_ABI, KERNEL_NAMES, KernelArgs, KernelExports, KernelName, MAX_KERNEL_ARGS, argList, chunkArgs, chunkLayout } from './abi';
 
 const enum Slot {
   Seq = 0, // bumped by the caller for each job
-  Op = 1, // 0 quit, 1 linear, 2 attend, 3 linear by chunks of the inner dimension
-  Args = 2, // up to 16 int args
-  FloatArg = 18, // one float32 arg
-  Done = 19, // the worker writes the job's Seq here when finished
-  Error = 20, // 1 when the worker's kernel threw
-  State = 21, // Idle, Claimed (the caller holds the worker for one job) or Exited
-  Chunk = 22, // next unclaimed chunk of a chunked job (both threads take chunks with Atomics.add)
+  Kernel = 1, // 1 + index in KERNEL_NAMES; 0 = quit
+  Done = 2, // the worker writes the job's Seq here when finished
+  Error = 3, // 1 when the worker's kernel threw
+  State = 4, // Idle, Claimed (the caller holds the worker for one job) or Exited
+  Chunk = 5, // next unclaimed chunk of a chunked job (both threads take chunks with Atomics.add)
+  Chunks = 6, // chunk count (0: one call, the worker's whole share)
+  ExtentArg = 7, // argument index set to min(size, total - c * size) per chunk; -1 none
+  ExtentSize = 8,
+  ExtentTotal = 9,
+  Args = 10, // MAX_KERNEL_ARGS slots, f32 arguments stored as float bits (read through a Float32Array view)
 }
 const enum State {
   Idle = 0,
@@ -24,16 +31,18 @@ const enum State {
 }
 /** A worker with no job for this long exits (it pins the backend's memory); the next step starts another. */
 const IDLE_EXIT_MS = 30_000;
-const CTRL_INTS = 32;
+const STEPS = Slot.Args + MAX_KERNEL_ARGS; // per-argument chunk steps
+const CTRL_INTS = STEPS + MAX_KERNEL_ARGS;
 
 /** The worker: plain JS (evaluated with `eval: true`), so it needs no build step or file path. */
 const WORKER_SOURCE = `
 const { parentPort } = require('node:worker_threads');
-parentPort.once('message', ({ module, memory, ctrl }) => {
+parentPort.once('message', ({ module, memory, ctrl, names, types }) => {
   const c = new Int32Array(ctrl), f = new Float32Array(ctrl);
   let k;
   try { k = new WebAssembly.Instance(module, { env: { memory } }).exports; }
   catch (e) { parentPort.postMessage({ error: String(e) }); return; }
+  const fns = names.map((n) => k[n]);
   // Jobs are counted from 0 on a fresh control block. Reading the counter here instead would race:
   // the caller may post its first job between 'ready' and that read, and the job would never run.
   let last = 0;
@@ -46,20 +55,21 @@ parentPort.once('message', ({ module, memory, ctrl }) => {
       if (Atomics.wait(c, ${Slot.Seq}, last, IDLE_EXIT_MS) === 'timed-out' && Atomics.compareExchange(c, ${Slot.State}, ${State.Idle}, ${State.Exited}) === ${State.Idle}) return;
     }
     last = Atomics.load(c, ${Slot.Seq});
-    const op = c[${Slot.Op}];
+    const op = c[${Slot.Kernel}];
     if (op === 0) return;
-    const a = ${Slot.Args};
     try {
-      if (op === 1) k.linear(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10]);
-      else if (op === 3) {
-        // chunk ch: x[:, k0:k0+kn] @ W[k0:k0+kn, :] into parts[ch]  (args: x, W, parts, M, K, N, chunk, nChunks)
-        const [x, w, parts, M, K, N, chunk, n] = [c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7]];
+      const t = types[op - 1];
+      const args = t.map((ty, i) => (ty === 'f32' ? f[${Slot.Args} + i] : c[${Slot.Args} + i]));
+      const n = c[${Slot.Chunks}];
+      if (n === 0) fns[op - 1](...args);
+      else {
+        const e = c[${Slot.ExtentArg}], size = c[${Slot.ExtentSize}], total = c[${Slot.ExtentTotal}];
         for (let ch = Atomics.add(c, ${Slot.Chunk}, 1); ch < n; ch = Atomics.add(c, ${Slot.Chunk}, 1)) {
-          const k0 = ch * chunk;
-          k.linear(x + 4 * k0, w + 4 * k0 * N, 0, parts + 4 * ch * M * N, M, Math.min(chunk, K - k0), N, N, K, 0, 0);
+          const a = args.map((v, i) => v + ch * c[${STEPS} + i]);
+          if (e >= 0) a[e] = Math.min(size, total - ch * size);
+          fns[op - 1](...a);
         }
       }
-      else if (op === 2) k.attend(c[a], c[a + 1], c[a + 2], c[a + 3], c[a + 4], c[a + 5], c[a + 6], c[a + 7], c[a + 8], c[a + 9], c[a + 10], c[a + 11], f[${Slot.FloatArg}], c[a + 12], c[a + 13]);
     } catch (e) { Atomics.store(c, ${Slot.Error}, 1); }
     Atomics.store(c, ${Slot.Done}, last);
     Atomics.notify(c, ${Slot.Done});
@@ -84,7 +94,7 @@ export class KernelThread {
     await new Promise<void>((resolve, reject) => {
       worker.once('message', (m: { ready?: boolean; error?: string }) => (m.ready ? resolve() : reject(new Error(m.error))));
       worker.once('error', reject);
-      worker.postMessage({ module, memory, ctrl: t.ctrl.buffer });
+      worker.postMessage({ module, memory, ctrl: t.ctrl.buffer, names: KERNEL_NAMES, types: KERNEL_NAMES.map((n) => KERNEL_ABI[n].map(([, ty]) => ty)) });
     });
     worker.on('error', () => (t.broken = true));
     worker.on('exit', () => (t.broken = true));
@@ -101,13 +111,28 @@ export class KernelThread {
     return Atomics.compareExchange(this.ctrl, Slot.State, State.Idle, State.Claimed) === State.Idle;
   }
 
-  /** Hands a claimed worker its job; call `wait()` after doing the caller's half. */
-  post(op: 1 | 2 | 3, ints: number[], float = 0): void {
+  /**
+   * Hands a claimed worker its job: kernel `name` with `args` (its share), or with `chunks` the chunks
+   * it takes in turn with the caller (see runChunks). Call `wait()` after doing the caller's part.
+   */
+  post<K extends KernelName>(name: K, args: KernelArgs<K>, chunks?: ChunkSpec<K>): void {
     const c = this.ctrl;
+    const list = argList(name, args);
+    const types = KERNEL_ABI[name];
+    for (let i = 0; i < list.length; i++) {
+      if (types[i][1] === 'f32') this.f32[Slot.Args + i] = list[i];
+      else c[Slot.Args + i] = list[i];
+    }
     Atomics.store(c, Slot.Chunk, 0);
-    for (let i = 0; i < ints.length; i++) c[Slot.Args + i] = ints[i];
-    this.f32[Slot.FloatArg] = float;
-    c[Slot.Op] = op;
+    c[Slot.Chunks] = chunks ? chunks.count : 0;
+    if (chunks) {
+      const { steps, extentIndex } = chunkLayout(name, chunks);
+      for (let i = 0; i < steps.length; i++) c[STEPS + i] = steps[i];
+      c[Slot.ExtentArg] = extentIndex;
+      c[Slot.ExtentSize] = chunks.extent?.size ?? 0;
+      c[Slot.ExtentTotal] = chunks.extent?.total ?? 0;
+    }
+    c[Slot.Kernel] = 1 + KERNEL_NAMES.indexOf(name);
     this.seq = (this.seq + 1) | 0;
     Atomics.store(c, Slot.Seq, this.seq);
     Atomics.notify(c, Slot.Seq);
@@ -141,10 +166,31 @@ export class KernelThread {
 
   async stop(): Promise<void> {
     Atomics.store(this.ctrl, Slot.State, State.Exited);
-    this.ctrl[Slot.Op] = 0;
+    this.ctrl[Slot.Kernel] = 0;
     Atomics.add(this.ctrl, Slot.Seq, 1);
     Atomics.notify(this.ctrl, Slot.Seq);
     this.broken = true;
     await this.worker.terminate();
+  }
+}
+
+/**
+ * Runs every chunk of a chunked job: with a worker (claimed here) both threads take chunks in turn,
+ * else the caller takes them all, in the same chunks — so the per-chunk partial results, and
+ * whatever sums them afterwards in index order, are the same for one thread and two.
+ */
+export function runChunks<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>, spec: ChunkSpec<K>, thread: KernelThread | null): void {
+  const base = argList(name, args);
+  const { steps, extentIndex } = chunkLayout(name, spec);
+  const size = spec.extent?.size ?? 0;
+  const total = spec.extent?.total ?? 0;
+  const shared = thread !== null && thread.claim();
+  let next = 0;
+  const take = shared ? () => thread.takeChunk() : () => next++;
+  if (shared) thread.post(name, args, spec);
+  try {
+    for (let ch = take(); ch < spec.count; ch = take()) k[name](...chunkArgs(base, steps, ch, extentIndex, size, total));
+  } finally {
+    if (shared) thread.wait();
   }
 }

@@ -1,0 +1,77 @@
+/**
+ * The kernels' calling convention, written once. Each entry is one C function of native/kernels.c:
+ * its arguments by name, in order, with their wasm types. The TS callers pass named arguments
+ * (`call(k, 'attend', { q, k, ... })`), the worker thread receives the table and reads a job's
+ * arguments from it, and the instance's exports are typed from it — so adding a kernel is one entry
+ * here plus its C function, and no call site patches an argument by position.
+ *
+ * ptr: a byte offset into the wasm backend's memory (0 = none); i32: an integer; f32: a float.
+ */
+
+export type ArgType = 'ptr' | 'i32' | 'f32';
+
+export const KERNEL_ABI = {
+  /** y[:, 0:n] = act(x[:, 0:K] @ W[0:K, 0:n] + b[0:n]); W and y have row stride ld, x has ldx; pack: KC*8 floats when M >= 16. */
+  linear: [['x', 'ptr'], ['w', 'ptr'], ['b', 'ptr'], ['y', 'ptr'], ['M', 'i32'], ['K', 'i32'], ['n', 'i32'], ['ld', 'i32'], ['ldx', 'i32'], ['act', 'i32'], ['pack', 'ptr']],
+  /** y[M, N] = act(b + sum of parts[nparts, M, N] in index order). */
+  reduce_act: [['y', 'ptr'], ['parts', 'ptr'], ['nparts', 'i32'], ['M', 'i32'], ['N', 'i32'], ['b', 'ptr'], ['act', 'i32']],
+  /** y = (x - mean) / sqrt(var + eps) * g + b over rows of D. */
+  layer_norm: [['x', 'ptr'], ['g', 'ptr'], ['b', 'ptr'], ['y', 'ptr'], ['M', 'i32'], ['D', 'i32'], ['eps', 'f32']],
+  /** Causal attention of T new positions per row against k/v cache buffers [B, ldkv, H*hd], heads [h0, h1). */
+  attend: [
+    ['q', 'ptr'], ['k', 'ptr'], ['v', 'ptr'], ['mask', 'ptr'], ['out', 'ptr'], ['scratch', 'ptr'],
+    ['B', 'i32'], ['T', 'i32'], ['past', 'i32'], ['H', 'i32'], ['hd', 'i32'], ['ldkv', 'i32'], ['scale', 'f32'], ['h0', 'i32'], ['h1', 'i32'],
+  ],
+  copy_f32: [['dst', 'ptr'], ['src', 'ptr'], ['n', 'i32']],
+  zero_f32: [['dst', 'ptr'], ['n', 'i32']],
+} as const satisfies Record<string, readonly (readonly [string, ArgType])[]>;
+
+export type KernelName = keyof typeof KERNEL_ABI;
+/** A kernel's arguments by name. */
+export type KernelArgs<K extends KernelName> = { [A in (typeof KERNEL_ABI)[K][number] as A[0]]: number };
+/** The instance's exports, typed from the table. */
+export type KernelExports = { [K in KernelName]: (...args: number[]) => void };
+
+export const KERNEL_NAMES = Object.keys(KERNEL_ABI) as KernelName[];
+/** Most arguments any kernel takes (the worker's argument slots). */
+export const MAX_KERNEL_ARGS = Math.max(...KERNEL_NAMES.map((k) => KERNEL_ABI[k].length));
+
+/** The positional argument list of a call, in the table's order. */
+export function argList<K extends KernelName>(name: K, args: KernelArgs<K>): number[] {
+  const named = args as Record<string, number>;
+  return KERNEL_ABI[name].map(([a]) => {
+    const v = named[a];
+    if (typeof v !== 'number') throw new Error(`gpt2-tfjs kernel ${name}: argument ${a} is missing`);
+    return v;
+  });
+}
+
+/** Calls kernel `name` of `k` with named arguments. */
+export function call<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>): void {
+  k[name](...argList(name, args));
+}
+
+/**
+ * A job that repeats a call over chunks: chunk c runs with each named argument advanced by
+ * c × step[name], and `extent` (an argument) set to min(size, total − c × size): the last chunk may
+ * be shorter. Chunks are taken in turn by whichever thread is free; each writes its own output slot.
+ */
+export interface ChunkSpec<K extends KernelName> {
+  count: number;
+  step: Partial<KernelArgs<K>>;
+  extent?: { arg: keyof KernelArgs<K> & string; size: number; total: number };
+}
+
+/** The arguments of chunk `c` of a chunked job (positional). */
+export function chunkArgs(base: readonly number[], steps: readonly number[], c: number, extentIndex: number, size: number, total: number): number[] {
+  const a = base.map((v, i) => v + c * steps[i]);
+  if (extentIndex >= 0) a[extentIndex] = Math.min(size, total - c * size);
+  return a;
+}
+
+/** Positional step vector and extent index of a chunk spec. */
+export function chunkLayout<K extends KernelName>(name: K, spec: ChunkSpec<K>): { steps: number[]; extentIndex: number } {
+  const step = spec.step as Record<string, number | undefined>;
+  const names = KERNEL_ABI[name].map(([a]) => a as string);
+  return { steps: names.map((a) => step[a] ?? 0), extentIndex: spec.extent ? names.indexOf(spec.extent.arg) : -1 };
+}

@@ -1,0 +1,94 @@
+/**
+ * The wasm-kernel engine (see ../engine.ts for the interface and the tf-op engine it replaces on the
+ * wasm backend). Differences that matter:
+ * - linear fuses bias and gelu_new/relu into one kernel that streams W once;
+ * - attention is one kernel for every head, reading a padding-only mask (it applies causality itself);
+ * - the KV cache buffers keep room to grow: a step's keys/values are written into them in place (the
+ *   one deliberate mutation of a tensor in this library: the buffers are referenced only by their
+ *   KVCache), rows that join or leave a batch are moved in place where they fit.
+ */
+import * as tf from '../../tf';
+import type { Engine, JoinPlan, KVOps, LayerKV } from '../engine';
+import { KV_GROW, cachePrefix, tfEngine } from '../engine';
+import { activate } from '../layers';
+import { startKernels } from './instance';
+import { moveRows, registerKernels, runAttend, runCacheRows, runLayerNorm, runLinear } from './register';
+
+/** Extra rows a merged cache buffer keeps, so the next joining rows are copied in place. */
+const SPARE_ROWS = 3;
+
+/**
+ * Starts the kernels for the current wasm backend (instance, worker thread, tfjs registration).
+ * False when they cannot run here; kernelStatus() then says why.
+ */
+export async function enableWasmKernels(opts: { threads?: number; unshared?: string } = {}): Promise<boolean> {
+  const ok = await startKernels(opts);
+  if (ok) registerKernels();
+  return ok;
+}
+
+/** A buffer holding `buf`'s first `len` positions with room for `n` more: `buf` itself when it has room. */
+function withRoom(buf: tf.Tensor3D, len: number, n: number): tf.Tensor3D {
+  if (buf.shape[1] >= len + n) return buf;
+  return tf.pad(cachePrefix(buf, len), [[0, 0], [0, n + KV_GROW], [0, 0]]); // [B, len, d] -> [B, len + n + KV_GROW, d]
+}
+
+const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
+
+const wasmKV: KVOps = {
+  write(prev, k, v, past) {
+    if (!prev) return { k, v };
+    const T = k.shape[1];
+    const kb = withRoom(prev.k, past, T); // [B, cap, d]
+    const vb = withRoom(prev.v, past, T);
+    const rows = range(k.shape[0]);
+    moveRows(kb, k, rows, rows, 0, T, past, false);
+    moveRows(vb, v, rows, rows, 0, T, past, false);
+    return { k: kb, v: vb };
+  },
+  join(a: LayerKV, b: LayerKV, j: JoinPlan) {
+    const rows = j.rowsA + j.rowsB;
+    if (j.padA === 0 && a.k.shape[0] >= rows && a.k.shape[1] >= j.length) {
+      // the joining rows are no longer than ours and our buffers have spare rows: copy them in place
+      const from = range(j.rowsB);
+      const to = range(j.rowsB, j.rowsA);
+      moveRows(a.k, b.k, from, to, 0, j.lenB, j.padB);
+      moveRows(a.v, b.v, from, to, 0, j.lenB, j.padB);
+      return a;
+    }
+    // one contiguous copy per row into a buffer with room to grow, and a few spare rows for later joins
+    const src = range(rows);
+    const attrs = {
+      rows: src,
+      start: src.map(() => 0),
+      len: src.map((r) => (r < j.rowsA ? j.lenA : j.lenB)),
+      dst: src.map((r) => (r < j.rowsA ? j.padA : j.padB)),
+      cap: j.length + KV_GROW,
+      rowsCap: rows + SPARE_ROWS,
+      aRows: j.rowsA,
+    };
+    return { k: runCacheRows(a.k, b.k, attrs), v: runCacheRows(a.v, b.v, attrs) };
+  },
+  keep(l, rows, trim, length) {
+    // rows kept in order move down (and left by `trim`) inside the same buffers
+    if (!rows.every((r, i) => i === 0 || r > rows[i - 1])) return tfEngine.kv.keep(l, rows, trim, length);
+    const to = range(rows.length);
+    moveRows(l.k, l.k, rows, to, trim, length - trim, 0);
+    moveRows(l.v, l.v, rows, to, trim, length - trim, 0);
+    return l;
+  },
+};
+
+export const wasmEngine: Engine = {
+  name: 'wasm-kernels',
+  linear(x, w, b, act = 'none') {
+    if (act === 'gelu') return activate(runLinear(x, w, b, 'none'), act); // exact erf gelu: not fused
+    return runLinear(x, w, b, act); // [N, in] -> [N, out]
+  },
+  layerNorm: runLayerNorm,
+  attend(q, kv, ctx) {
+    const hd = q.shape[1] / ctx.nHead;
+    return runAttend(q, kv.k, kv.v, ctx.mask.padding(), { B: ctx.batch, T: ctx.steps, past: ctx.past, nHead: ctx.nHead, scale: 1 / Math.sqrt(hd) }); // [N, d]
+  },
+  kv: wasmKV,
+};

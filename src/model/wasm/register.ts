@@ -1,0 +1,265 @@
+/**
+ * Our kernels registered with tfjs for the `wasm` backend, written as tfjs-backend-wasm writes its
+ * own (src/kernels/*.ts there): typed inputs and attrs, a kernelFunc that allocates the output with
+ * the backend and calls the C function through the ABI table (abi.ts), and a typed runner that the
+ * engine calls (tf.engine().runKernel, so tidy/dispose track the outputs as for any tf op).
+ *
+ *   GPT2Linear     y = act(x @ W + b)            replaces fused matMul (+ gelu): streams W once per call
+ *                                                 instead of keeping an XNNPACK-packed second copy
+ *   GPT2LayerNorm  (x - mean) / sqrt(var + eps) · g + b, one pass per row (10 ops → 1)
+ *   GPT2Attend     causal attention against the KV cache buffers (prefill and decode)
+ *   GPT2CacheRows  a new cache buffer assembled from rows of one or two others
+ */
+import * as tf from '../../tf';
+import { KernelExports, call } from './abi';
+import { WasmBackendLike, activeKernels, threadFor } from './instance';
+import { runChunks } from './threads';
+
+export const ACT_CODES = { none: 0, gelu_new: 1, relu: 2 } as const;
+export type KernelActivation = keyof typeof ACT_CODES;
+
+/** KC x 8 floats: the packed W panel of the kernel's tiled path (KC = 256 in kernels.c). */
+const PACK_FLOATS = 256 * 8;
+
+/** Chunks of the inner dimension in a few-row product (see GPT2Linear). */
+export const LINEAR_CHUNKS = 8;
+
+function offset(backend: WasmBackendLike, t: tf.TensorInfo): number {
+  const d = backend.dataIdMap.get(t.dataId);
+  if (!d) throw new Error('gpt2-tfjs kernel: tensor is not on the wasm backend');
+  return d.memoryOffset;
+}
+
+function kernels(): KernelExports {
+  const k = activeKernels();
+  if (!k) throw new Error('gpt2-tfjs kernels are not instantiated for the active backend');
+  return k;
+}
+
+/** Registers one kernel for the wasm backend. */
+function register<I extends string, A extends object>(kernelName: string, run: (be: WasmBackendLike, inputs: Partial<Record<I, tf.TensorInfo>>, attrs: A) => tf.TensorInfo): void {
+  if (tf.getKernel(kernelName, 'wasm')) return;
+  const kernelFunc = ({ inputs, backend, attrs }: { inputs: Partial<Record<I, tf.TensorInfo>>; backend: unknown; attrs?: unknown }) => run(backend as WasmBackendLike, inputs, (attrs ?? {}) as A);
+  tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc } as unknown as tf.KernelConfig);
+}
+
+// ----------------------------------------------------------------------------- GPT2Linear
+
+type LinearInputs = 'x' | 'w' | 'b';
+interface LinearAttrs {
+  act: number;
+}
+
+/**
+ * Few rows (decode, M < 16, N <= 4096): the inner dimension is cut into LINEAR_CHUNKS chunks, each
+ * chunk's partial product gets its own slot, and the slots are summed in order (reduce_act) — with
+ * one thread or two (both take chunks in turn), so the result does not depend on the thread count.
+ * Many rows (prefill) or wide outputs (the head): two threads split the output columns at a
+ * multiple of 16 (each column is computed exactly as one thread computes it).
+ */
+function linearKernel(be: WasmBackendLike, inputs: Partial<Record<LinearInputs, tf.TensorInfo>>, { act }: LinearAttrs): tf.TensorInfo {
+  const x = inputs.x as tf.TensorInfo;
+  const w = inputs.w as tf.TensorInfo;
+  const [M, K] = x.shape;
+  const N = w.shape[1];
+  const out = be.makeOutput([M, N], 'float32');
+  if (M * N === 0) return out;
+  const k = kernels();
+  const thread = threadFor(M * K * N);
+  const chunked = M < 16 && N <= 4096 && K >= 4 * LINEAR_CHUNKS;
+  const pack = M >= 16 ? be.makeOutput([2 * PACK_FLOATS], 'float32') : null; // the tiled path's W panels, one per thread
+  const partial = chunked ? be.makeOutput([LINEAR_CHUNKS * M * N], 'float32') : null;
+  const [px, pw, pb, py, pp] = [offset(be, x), offset(be, w), inputs.b ? offset(be, inputs.b) : 0, offset(be, out), pack ? offset(be, pack) : 0];
+  try {
+    if (partial) {
+      const size = Math.ceil(K / LINEAR_CHUNKS / 4) * 4;
+      const count = Math.ceil(K / size);
+      const parts = offset(be, partial);
+      // chunk c: x[:, c*size : +size] @ W[c*size : +size, :] -> parts[c]
+      runChunks(k, 'linear', { x: px, w: pw, b: 0, y: parts, M, K: size, n: N, ld: N, ldx: K, act: 0, pack: 0 },
+        { count, step: { x: 4 * size, w: 4 * size * N, y: 4 * M * N }, extent: { arg: 'K', size, total: K } }, thread);
+      call(k, 'reduce_act', { y: py, parts, nparts: count, M, N, b: pb, act });
+    } else if (thread && thread.claim()) {
+      const n0 = (N >> 1) & ~15;
+      thread.post('linear', { x: px, w: pw + 4 * n0, b: pb && pb + 4 * n0, y: py + 4 * n0, M, K, n: N - n0, ld: N, ldx: K, act, pack: pp && pp + 4 * PACK_FLOATS });
+      try {
+        call(k, 'linear', { x: px, w: pw, b: pb, y: py, M, K, n: n0, ld: N, ldx: K, act, pack: pp });
+      } finally {
+        thread.wait();
+      }
+    } else {
+      call(k, 'linear', { x: px, w: pw, b: pb, y: py, M, K, n: N, ld: N, ldx: K, act, pack: pp });
+    }
+  } finally {
+    if (pack) be.disposeData(pack.dataId);
+    if (partial) be.disposeData(partial.dataId);
+  }
+  return out;
+}
+
+export function runLinear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D {
+  const inputs: tf.NamedTensorMap = b ? { x, w, b } : { x, w };
+  const attrs: LinearAttrs = { act: ACT_CODES[act] };
+  return tf.engine().runKernel('GPT2Linear', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+// ----------------------------------------------------------------------------- GPT2LayerNorm
+
+type NormInputs = 'x' | 'g' | 'b';
+interface NormAttrs {
+  eps: number;
+}
+
+function layerNormKernel(be: WasmBackendLike, inputs: Partial<Record<NormInputs, tf.TensorInfo>>, { eps }: NormAttrs): tf.TensorInfo {
+  const x = inputs.x as tf.TensorInfo;
+  const [M, D] = x.shape;
+  const out = be.makeOutput([M, D], 'float32');
+  if (M * D > 0) call(kernels(), 'layer_norm', { x: offset(be, x), g: offset(be, inputs.g as tf.TensorInfo), b: offset(be, inputs.b as tf.TensorInfo), y: offset(be, out), M, D, eps });
+  return out;
+}
+
+export function runLayerNorm(x: tf.Tensor2D, g: tf.Tensor1D, b: tf.Tensor1D, eps: number): tf.Tensor2D {
+  const attrs: NormAttrs = { eps };
+  return tf.engine().runKernel('GPT2LayerNorm', { x, g, b }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+// ----------------------------------------------------------------------------- GPT2Attend
+
+type AttendInputs = 'q' | 'k' | 'v' | 'mask';
+interface AttendAttrs {
+  B: number;
+  T: number;
+  past: number;
+  nHead: number;
+  scale: number;
+}
+
+/**
+ * Two threads: with several rows the worker takes rows [B/2, B) (each thread then reads its own part
+ * of the cache); with one row it takes heads [H/2, H).
+ */
+function attendKernel(be: WasmBackendLike, inputs: Partial<Record<AttendInputs, tf.TensorInfo>>, { B, T, past, nHead: H, scale }: AttendAttrs): tf.TensorInfo {
+  const q = inputs.q as tf.TensorInfo;
+  const kb = inputs.k as tf.TensorInfo;
+  const D = q.shape[1];
+  const ldkv = kb.shape[1];
+  const Tk = past + T;
+  const out = be.makeOutput([B * T, D], 'float32');
+  const room = Tk + 4;
+  const scratch = be.makeOutput([2 * room], 'float32'); // one softmax row per thread
+  const thread = threadFor(B * T * Tk * D);
+  const args = {
+    q: offset(be, q), k: offset(be, kb), v: offset(be, inputs.v as tf.TensorInfo), mask: inputs.mask ? offset(be, inputs.mask) : 0,
+    out: offset(be, out), scratch: offset(be, scratch), B, T, past, H, hd: D / H, ldkv, scale, h0: 0, h1: H,
+  };
+  try {
+    const split = thread !== null && thread.claim();
+    const rowSplit = split && B >= 2;
+    const b0 = rowSplit ? B >> 1 : B; // rows the caller takes
+    const h0 = split && !rowSplit ? H >> 1 : H; // heads the caller takes
+    if (split) {
+      const qRow = 4 * T * D; // bytes of q/out per batch row
+      const kvRow = 4 * ldkv * D; // bytes of k/v per batch row
+      const theirs = rowSplit
+        ? { ...args, q: args.q + b0 * qRow, k: args.k + b0 * kvRow, v: args.v + b0 * kvRow, mask: args.mask && args.mask + 4 * b0 * Tk, out: args.out + b0 * qRow, B: B - b0 }
+        : { ...args, h0 };
+      thread.post('attend', { ...theirs, scratch: args.scratch + 4 * room });
+    }
+    try {
+      call(kernels(), 'attend', { ...args, B: b0, h1: h0 });
+    } finally {
+      if (split) thread.wait();
+    }
+  } finally {
+    be.disposeData(scratch.dataId);
+  }
+  return out;
+}
+
+/**
+ * q [B*T, d] against the first past + T positions of k/v [B, cap, d] (cache buffers that already hold
+ * the new keys/values), with an optional additive padding mask [B, past + T] -> [B*T, d].
+ */
+export function runAttend(q: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, mask: tf.Tensor2D | null, attrs: AttendAttrs): tf.Tensor2D {
+  const inputs: tf.NamedTensorMap = mask ? { q, k, v, mask } : { q, k, v };
+  return tf.engine().runKernel('GPT2Attend', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+// ----------------------------------------------------------------------------- GPT2CacheRows
+
+type CacheRowsInputs = 'a' | 'b';
+interface CacheRowsAttrs {
+  rows: number[]; // source row: < aRows from a, else b's row (rows[i] - aRows)
+  start: number[]; // first source position
+  len: number[]; // positions copied
+  dst: number[]; // zero positions before them
+  cap: number; // positions of the new buffer
+  rowsCap: number; // rows of the new buffer (>= rows.length: spare rows for later joins)
+  aRows: number; // a's rows in use
+}
+
+/**
+ * out[i] = zeros(dst[i]) ++ src_i[start[i], start[i] + len[i]) ++ (unused room, not zeroed). Positions
+ * after dst + len are never read (attention reads only the first `length`); left padding is zeroed
+ * because masked positions are still multiplied before the mask applies.
+ */
+function cacheRowsKernel(be: WasmBackendLike, inputs: Partial<Record<CacheRowsInputs, tf.TensorInfo>>, { rows, start, len, dst, cap, rowsCap, aRows }: CacheRowsAttrs): tf.TensorInfo {
+  const a = inputs.a as tf.TensorInfo;
+  const d = a.shape[2];
+  const out = be.makeOutput([Math.max(rows.length, rowsCap), cap, d], 'float32');
+  const k = kernels();
+  const po = offset(be, out);
+  rows.forEach((r, i) => {
+    const src = r < aRows ? a : (inputs.b as tf.TensorInfo);
+    const row = r < aRows ? r : r - aRows;
+    const base = po + 4 * i * cap * d;
+    call(k, 'zero_f32', { dst: base, n: dst[i] * d });
+    call(k, 'copy_f32', { dst: base + 4 * dst[i] * d, src: offset(be, src) + 4 * (row * src.shape[1] + start[i]) * d, n: len[i] * d });
+  });
+  return out;
+}
+
+export function runCacheRows(a: tf.Tensor3D, b: tf.Tensor3D | null, attrs: CacheRowsAttrs): tf.Tensor3D {
+  attrs.rows.forEach((r, i) => {
+    const src = r < attrs.aRows ? a : b;
+    const row = r < attrs.aRows ? r : r - attrs.aRows;
+    if (!src || row >= src.shape[0] || attrs.start[i] < 0 || attrs.start[i] + attrs.len[i] > src.shape[1] || attrs.dst[i] + attrs.len[i] > attrs.cap || src.shape[2] !== a.shape[2]) {
+      throw new Error(`cache row ${r} [${attrs.start[i]}, ${attrs.start[i] + attrs.len[i]}) -> ${attrs.dst[i]} does not fit`);
+    }
+  });
+  const inputs: tf.NamedTensorMap = b ? { a, b } : { a };
+  return tf.engine().runKernel('GPT2CacheRows', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor3D;
+}
+
+// ----------------------------------------------------------------------------- in-place row moves
+
+/**
+ * In place, inside cache buffers (no new tensor, no tfjs kernel: nothing is allocated): row to[i] of
+ * `buf` becomes positions [start, start + len) of row from[i] of `src`, written at position `dst`,
+ * with positions before `dst` zeroed when `zeroLead`. `src` may be `buf` itself: moves run in order,
+ * so from[i] >= to[i] with ascending `to` never reads a row already overwritten.
+ */
+export function moveRows(buf: tf.Tensor3D, src: tf.Tensor3D, from: number[], to: number[], start: number, len: number, dst: number, zeroLead = true): void {
+  const [R, cap, d] = buf.shape;
+  const [Rs, caps] = src.shape;
+  if (src.shape[2] !== d || dst + len > cap || start + len > caps || from.some((r) => r < 0 || r >= Rs) || to.some((r) => r < 0 || r >= R)) {
+    throw new Error(`cache move [${start}, ${start + len}) -> ${dst} does not fit ${buf.shape} from ${src.shape}`);
+  }
+  const be = tf.engine().backend as unknown as WasmBackendLike;
+  const k = kernels();
+  const pb = offset(be, buf);
+  const ps = offset(be, src);
+  from.forEach((r, i) => {
+    const base = pb + 4 * to[i] * cap * d;
+    call(k, 'copy_f32', { dst: base + 4 * dst * d, src: ps + 4 * (r * caps + start) * d, n: len * d }); // forward copy: safe for dst <= src
+    if (zeroLead) call(k, 'zero_f32', { dst: base, n: dst * d });
+  });
+}
+
+/** Registers the kernels (once per process; the wasm backend must be registered). */
+export function registerKernels(): void {
+  register<CacheRowsInputs, CacheRowsAttrs>('GPT2CacheRows', cacheRowsKernel);
+  register<LinearInputs, LinearAttrs>('GPT2Linear', linearKernel);
+  register<NormInputs, NormAttrs>('GPT2LayerNorm', layerNormKernel);
+  register<AttendInputs, AttendAttrs>('GPT2Attend', attendKernel);
+}
