@@ -5,6 +5,10 @@
  * Rules for this file (checked by native/build.sh): no libc, no static data, no stack use. Every
  * function works only through the pointers it is given; the module must have no data segment and
  * must never touch the __stack_pointer, or it would scribble on the backend's heap.
+ *
+ * Every exported function's argument list is written once more, by name, in src/model/wasm/abi.ts
+ * (the table the TS callers and the worker thread follow; a test checks names and arity against the
+ * built module): change both together.
  */
 #include <wasm_simd128.h>
 
@@ -212,7 +216,7 @@ static void apply_act(f32* y, int n, int act) {
 
 /* y[:, 0:n] = act(x[:, 0:K] @ W[0:K, 0:n] + b[0:n]). W and y have row stride `ld` (>= n), x has row
  * stride `ldx` (>= K): a caller may hand each thread a column slice (W + j0, b + j0, y + j0) or a
- * slice of the inner dimension (x + k0, W + k0 * ld, no bias, act 0, summed afterwards by add_act).
+ * slice of the inner dimension (x + k0, W + k0 * ld, no bias, act 0, summed afterwards by reduce_act).
  * pack: KC * 8 floats, used when M >= 16. */
 EXPORT(linear)
 void linear(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int n, int ld, int ldx, int act, f32* pack) {

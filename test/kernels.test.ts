@@ -10,7 +10,8 @@ import { KV_GROW, cachePrefix } from '../src/model/engine';
 import { wasmEngine } from '../src/model/wasm/engine';
 import { KERNELS_BUILT_FOR, ensureKernelThread, memoryOf, setWasmKernelsDisabled, stopKernelThread, wasmKernelThreads, wasmKernelsActive } from '../src/model/wasm/instance';
 import { moveRows, runAttend } from '../src/model/wasm/register';
-import { KERNELS_WASM_BASE64 } from '../src/model/wasm/kernels.wasm';
+import { KERNELS_FMA_WASM_BASE64, KERNELS_WASM_BASE64 } from '../src/model/wasm/kernels.wasm';
+import { KERNEL_ABI } from '../src/model/wasm/abi';
 import { patchMemoryImportToShared, patchToImportSharedMemory } from '../src/model/wasm/shared-memory';
 import { KernelThread } from '../src/model/wasm/threads';
 import { engineInfo, loadModel } from '../src';
@@ -77,6 +78,16 @@ describe('wasm kernels', () => {
       await setBackend('wasm');
     }
     expect(engineInfo().engine).toBe('wasm-kernels');
+  });
+
+  test.each([['plain', KERNELS_WASM_BASE64], ['fma', KERNELS_FMA_WASM_BASE64]])('the %s build exports exactly the ABI table: names and argument counts', async (_, b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const module = await WebAssembly.compile(bytes as BufferSource).catch(() => null);
+    if (!module) return expect(b64).toBe(KERNELS_FMA_WASM_BASE64); // relaxed SIMD not compilable here: only the fma build may be skipped
+    const names = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function').map((e) => e.name);
+    expect(names.sort()).toEqual(Object.keys(KERNEL_ABI).sort());
+    const instance = await WebAssembly.instantiate(module, { env: { memory: new WebAssembly.Memory({ initial: 1 }) } });
+    for (const [name, args] of Object.entries(KERNEL_ABI)) expect([name, (instance.exports[name] as (...a: number[]) => void).length]).toEqual([name, args.length]);
   });
 
   test("the backend's memory is found under either Emscripten glue's name, and its absence is reported", () => {

@@ -4,7 +4,7 @@
  * numbers and leaves every assertion to test/browser/browser.test.ts.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { BackendName, GPT2, GenerateOptions, loadModel, setBackend } from '../src/index';
+import { BackendName, EngineInfo, GPT2, GenerateOptions, engineInfo, loadModel, setBackend } from '../src/index';
 
 interface TinyFixture {
   fullLogits: { file: string; ids: number[]; shape: [number, number] };
@@ -14,6 +14,8 @@ interface TinyFixture {
 
 export interface EnvReport {
   backend: string;
+  /** What ran the model: on wasm our kernels must be active (a silent fallback to tf ops is a 2-4x slowdown). */
+  engine: EngineInfo;
   crossOriginIsolated: boolean;
   /** webgl: whether ops render to float32 textures (false on float16-only devices). */
   webglRenderFloat32?: boolean;
@@ -71,7 +73,7 @@ function mem(): MemorySample {
 
 function env(): EnvReport {
   const backend = tf.getBackend();
-  const r: EnvReport = { backend, crossOriginIsolated: self.crossOriginIsolated === true, userAgent: navigator.userAgent };
+  const r: EnvReport = { backend, engine: engineInfo(), crossOriginIsolated: self.crossOriginIsolated === true, userAgent: navigator.userAgent };
   if (backend === 'webgl') r.webglRenderFloat32 = tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED');
   return r;
 }

@@ -203,7 +203,9 @@ export function buildProgram(io: CliIO): Command {
       const f = (x: number, d = 1) => x.toFixed(d);
       io.stdout.write(
         `model ${r.model}: ${r.nLayer} layers, ${r.nHead} heads, n_embd ${r.nEmbd}, vocab ${r.vocabSize}\n` +
-          `backend ${r.backend} (${r.threads} thread${r.threads > 1 ? 's' : ''}${r.fma ? ', fused multiply-add' : ''}), prompt ${r.promptTokens} tokens, ${r.newTokens} new tokens, batch ${r.batch}\n` +
+          `backend ${r.backend}, engine ${r.engine.engine} (${r.threads} thread${r.threads > 1 ? 's' : ''}${r.fma ? ', fused multiply-add' : ''}), prompt ${r.promptTokens} tokens, ${r.newTokens} new tokens, batch ${r.batch}\n` +
+          (r.engine.kernels.reason && r.backend === 'wasm' ? `wasm kernels off: ${r.engine.kernels.reason}\n` : '') +
+          (r.engine.kernels.threadReason ? `one kernel thread: ${r.engine.kernels.threadReason}\n` : '') +
           `load ${f(r.loadSeconds, 2)} s | time to first token ${f(r.timeToFirstTokenSeconds, 3)} s\n` +
           `prefill ${f(r.prefillTokensPerSecond)} tokens/s | decode ${f(r.decodeTokensPerSecond)} tokens/s (${f(r.decodeMsPerStep)} ms/step)\n` +
           `peak RSS ${f(r.peakRssBytes / 2 ** 20, 0)} MiB | tensors ${r.numTensors}\n`,

@@ -101,6 +101,9 @@ suite('in headless Chromium', () => {
           `, ${(r.ms / 1000).toFixed(1)} s`,
       );
       expect(r.backend).toBe(backend);
+      // wasm: our kernels run (not a silent fallback to tf ops); GPU backends: tfjs's own ops
+      expect(r.engine.engine).toBe(backend === 'wasm' ? 'wasm-kernels' : 'tf-ops');
+      if (backend === 'wasm') expect(r.engine.kernels).toMatchObject({ active: true, fma: true });
       expect(r.crossOriginIsolated).toBe(true);
       if (backend === 'webgl') expect(r.webglRenderFloat32).toBe(true);
       expect(r.fullMaxDiff).toBeLessThanOrEqual(TOLERANCE[backend]);
