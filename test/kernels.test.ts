@@ -14,7 +14,7 @@ import { KERNELS_FMA_WASM_BASE64, KERNELS_WASM_BASE64 } from '../src/model/wasm/
 import { KERNEL_ABI } from '../src/model/wasm/abi';
 import { patchMemoryImportToShared, patchToImportSharedMemory } from '../src/model/wasm/shared-memory';
 import { KernelThread } from '../src/model/wasm/threads';
-import { engineInfo, loadModel } from '../src';
+import { EngineInfo, engineInfo, loadModel } from '../src';
 import { TINY_DIR, maxAbsDiff } from './helpers';
 
 const kernelLinear = (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: 'none' | 'relu' | 'gelu_new') => wasmEngine.linear(x, w, b, act);
@@ -25,6 +25,17 @@ const writeCacheRows = (buf: tf.Tensor3D, rows: tf.Tensor3D, pos: number) => {
   const r = Array.from({ length: rows.shape[0] }, (_, i) => i);
   moveRows(buf, rows, r, r, 0, rows.shape[1], pos, false);
 };
+/** Runs a CommonJS script (tsx, repo root) in a fresh process; returns its last stdout line as JSON. */
+async function runScript<T>(lines: string[], env: Record<string, string> = {}): Promise<T> {
+  const { execFile } = await import('child_process');
+  const path = await import('path');
+  const tsx = path.join(__dirname, '..', 'node_modules', '.bin', 'tsx');
+  const out = await new Promise<string>((resolve, reject) =>
+    execFile(tsx, ['-e', lines.join('\n')], { cwd: path.join(__dirname, '..'), env: { ...process.env, ...env } }, (e, stdout) => (e ? reject(e) : resolve(stdout))),
+  );
+  return JSON.parse(out.trim().split('\n').pop() as string) as T;
+}
+
 const randn = (shape: number[], seed: number, scale = 0.5) => tf.randomNormal(shape, 0, scale, 'float32', seed);
 
 /** Runs `f` with our kernels off, so the callers' tf-op fallbacks compute the reference. */
@@ -273,32 +284,27 @@ describe('KV cache joins and leaves on wasm', () => {
 
 describe('kernel builds and thread counts', () => {
   /** Greedy ids of the bundled model, and a hash of prefill and decode logits, from a fresh process with the given environment. */
-  async function greedyIn(env: Record<string, string>): Promise<{ tokens: number[]; backend: string; logits: string }> {
-    const { execFile } = await import('child_process');
-    const path = await import('path');
-    const script = [
-      "const { loadModel, engineInfo } = require('./src');",
-      "const { KVCache } = require('./src/model/kvcache');",
-      "const { createHash } = require('crypto');",
-      '(async () => {',
-      "  const m = await loadModel(undefined, { backend: 'wasm' });",
-      "  const r = await m.generate('ROMEO:', { maxNewTokens: 24, temperature: 0 });",
-      '  const ids = Array.from({ length: 41 }, (_, i) => (i * 7919 + 13) % 50257);',
-      '  const c = new KVCache([0]);',
-      '  const pre = await m.model.step([ids.slice(0, 40)], c);', // 40 rows: the tiled prefill path, every position's logits
-      '  const dec = await m.model.step([[ids[40]]], c, { lastOnly: true });', // one row: the chunked decode path
-      '  c.dispose();',
-      "  const logits = createHash('sha256').update(Buffer.from(pre.buffer)).update(Buffer.from(dec.buffer)).digest('hex');",
-      '  const k = engineInfo().kernels;',
-      '  console.log(JSON.stringify({ tokens: r.tokens, backend: `fma=${k.fma} threads=${k.threads}`, logits }));',
-      '})();',
-    ].join('\n');
-    const tsx = path.join(__dirname, '..', 'node_modules', '.bin', 'tsx');
-    const out = await new Promise<string>((resolve, reject) =>
-      execFile(tsx, ['-e', script], { cwd: path.join(__dirname, '..'), env: { ...process.env, ...env } }, (e, stdout) => (e ? reject(e) : resolve(stdout))),
+  const greedyIn = (env: Record<string, string>): Promise<{ tokens: number[]; backend: string; logits: string }> =>
+    runScript(
+      [
+        "const { loadModel, engineInfo } = require('./src');",
+        "const { KVCache } = require('./src/model/kvcache');",
+        "const { createHash } = require('crypto');",
+        '(async () => {',
+        "  const m = await loadModel(undefined, { backend: 'wasm' });",
+        "  const r = await m.generate('ROMEO:', { maxNewTokens: 24, temperature: 0 });",
+        '  const ids = Array.from({ length: 41 }, (_, i) => (i * 7919 + 13) % 50257);',
+        '  const c = new KVCache([0]);',
+        '  const pre = await m.model.step([ids.slice(0, 40)], c);', // 40 rows: the tiled prefill path, every position's logits
+        '  const dec = await m.model.step([[ids[40]]], c, { lastOnly: true });', // one row: the chunked decode path
+        '  c.dispose();',
+        "  const logits = createHash('sha256').update(Buffer.from(pre.buffer)).update(Buffer.from(dec.buffer)).digest('hex');",
+        '  const k = engineInfo().kernels;',
+        '  console.log(JSON.stringify({ tokens: r.tokens, backend: `fma=${k.fma} threads=${k.threads}`, logits }));',
+        '})();',
+      ],
+      env,
     );
-    return JSON.parse(out.trim().split('\n').pop() as string);
-  }
 
   test('one thread and two give bit-identical logits (prefill and decode); the plain build on one thread generates the same text', async () => {
     const cores = os.availableParallelism?.() ?? os.cpus().length;
@@ -313,6 +319,57 @@ describe('kernel builds and thread counts', () => {
     expect(one.tokens).toEqual(fast.tokens);
     expect(plain.tokens).toEqual(fast.tokens);
   }, 90_000);
+});
+
+describe('fallbacks that speak', () => {
+  interface Report {
+    info: EngineInfo;
+    warns: string[];
+    tokens?: number[];
+  }
+  test('a second thread wanted on a backend already started unshared: one thread, the reason in engineInfo, one warning', async () => {
+    const r = await runScript<Report>([
+      "const { setBackend, engineInfo } = require('./src');",
+      'const warns = [];',
+      'console.warn = (m) => warns.push(String(m));',
+      '(async () => {',
+      "  await setBackend('wasm', { threads: 1 });",
+      "  await setBackend('wasm', { threads: 2 });",
+      "  await setBackend('wasm', { threads: 2 });",
+      '  console.log(JSON.stringify({ info: engineInfo(), warns }));',
+      '})();',
+    ]);
+    expect(r.info.kernels).toMatchObject({ active: true, threads: 1, threadsWanted: 2, threadReason: expect.stringMatching(/unshared memory/) });
+    expect(r.warns).toEqual([expect.stringMatching(/^gpt2-tfjs: the wasm kernels run on one thread: .*unshared memory/)]);
+  }, 60_000);
+
+  test('a tfjs-backend-wasm that hides its memory: tf ops, the reason in engineInfo, one warning, and generation still right', async () => {
+    const r = await runScript<Report>([
+      "const { setBackend, engineInfo, loadModel } = require('./src');",
+      "const tf = require('./src/tf');",
+      'const warns = [];',
+      'console.warn = (m) => warns.push(String(m));',
+      '(async () => {',
+      "  await setBackend('wasm', { threads: 1 });",
+      "  const glue = tf.findBackend('wasm').wasm;", // as if a newer Emscripten glue kept the memory elsewhere
+      '  glue.asm = { ...glue.asm, memory: undefined };',
+      "  await setBackend('wasm', { threads: 1 });",
+      "  await setBackend('wasm', { threads: 1 });",
+      `  const m = await loadModel(${JSON.stringify(TINY_DIR)}, { backend: 'wasm', threads: 1 });`,
+      "  const g = await m.generate([464, 318], { maxNewTokens: 6, temperature: 0 });",
+      '  console.log(JSON.stringify({ info: engineInfo(), warns, tokens: g.tokens }));',
+      '})();',
+    ]);
+    expect(r.info.engine).toBe('tf-ops');
+    expect(r.info.kernels).toMatchObject({ active: false, reason: expect.stringMatching(/does not expose its WebAssembly.Memory/) });
+    expect(r.warns).toEqual([expect.stringMatching(/^gpt2-tfjs: wasm kernels are off, generation runs on plain tf ops/)]);
+    const model = await loadModel(TINY_DIR, { backend: 'wasm' }); // here, with the kernels
+    try {
+      expect((await model.generate([464, 318], { maxNewTokens: 6, temperature: 0 })).tokens).toEqual(r.tokens);
+    } finally {
+      model.dispose();
+    }
+  }, 60_000);
 });
 
 describe('second kernel thread', () => {
