@@ -41,22 +41,31 @@ describe('parseCompletion: good requests → options', () => {
 
   test('every sampling field lands on its GenerateOptions key', async () => {
     const p = await parseCompletion(
-      { prompt: [1, 2], max_tokens: 5, temperature: 0.5, top_p: 0.9, top_k: 40, min_p: 0.05, repetition_penalty: 1.3, stop: ['\n'], seed: 9, logprobs: 2, n: 3, echo: true, stream: true, stream_options: { include_usage: true } },
+      {
+        prompt: [1, 2], max_tokens: 5, temperature: 0.5, top_p: 0.9, top_k: 40, min_p: 0.05, repetition_penalty: 1.3, stop: ['\n'], seed: 9, logprobs: 2, n: 3, echo: true, stream: true, stream_options: { include_usage: true },
+        presence_penalty: 0.5, frequency_penalty: -1, logit_bias: { '50256': -100, '0': 2.5 },
+      },
       fields,
       ctx,
     );
-    expect(p.options).toEqual({ maxNewTokens: 5, temperature: 0.5, topP: 0.9, topK: 40, minP: 0.05, repetitionPenalty: 1.3, stop: ['\n'], seed: 9, logprobs: 2 });
+    expect(p.options).toEqual({
+      maxNewTokens: 5, temperature: 0.5, topP: 0.9, topK: 40, minP: 0.05, repetitionPenalty: 1.3, stop: ['\n'], seed: 9, logprobs: 2,
+      presencePenalty: 0.5, frequencyPenalty: -1, logitBias: { 50256: -100, 0: 2.5 },
+    });
     expect(p).toMatchObject({ n: 3, maxNew: 5, echo: true, stream: true, includeUsage: true });
     expect(p.prompts).toEqual([{ ids: [1, 2], text: tok.decode([1, 2]) }]);
   });
 
   test('null means unset; top_k -1 means off; neutral values of unsupported fields pass', async () => {
     const p = await parseCompletion(
-      { prompt: 'a', temperature: null, top_p: null, top_k: -1, seed: null, stop: null, presence_penalty: 0, frequency_penalty: null, best_of: 1, suffix: '', logit_bias: {}, user: 'u' },
+      { prompt: 'a', temperature: null, top_p: null, top_k: -1, seed: null, stop: null, frequency_penalty: null, logit_bias: null, best_of: 1, suffix: '', user: 'u' },
       fields,
       ctx,
     );
     expect(p.options).toEqual({ maxNewTokens: 16, temperature: 1 });
+    // The OpenAI fields the library implements pass their neutral values on as they are.
+    const neutral = await parseCompletion({ prompt: 'a', presence_penalty: 0, frequency_penalty: 0, logit_bias: {} }, fields, ctx);
+    expect(neutral.options).toEqual({ maxNewTokens: 16, temperature: 1, presencePenalty: 0, frequencyPenalty: 0, logitBias: {} });
     expect((await parseCompletion({ prompt: 'a', top_k: 0 }, fields, ctx)).options.topK).toBe(0);
   });
 
@@ -82,11 +91,16 @@ describe('parseCompletion: good requests → options', () => {
 describe('parseCompletion: bad requests → typed HttpError', () => {
   const cases: [string, Record<string, unknown>, number, string | null, string][] = [
     ['a model this server does not serve', { prompt: 'a', model: 'gpt-4' }, 404, 'model', 'model_not_found'],
-    ['presence_penalty', { prompt: 'a', presence_penalty: 0.5 }, 400, 'presence_penalty', 'unsupported_parameter'],
-    ['frequency_penalty', { prompt: 'a', frequency_penalty: -1 }, 400, 'frequency_penalty', 'unsupported_parameter'],
     ['best_of', { prompt: 'a', best_of: 2 }, 400, 'best_of', 'unsupported_parameter'],
     ['suffix', { prompt: 'a', suffix: 'x' }, 400, 'suffix', 'unsupported_parameter'],
-    ['logit_bias', { prompt: 'a', logit_bias: { '50256': -100 } }, 400, 'logit_bias', 'unsupported_parameter'],
+    // The sampling fields go through the library's own check (the schema is not run here).
+    ['presence_penalty above 2', { prompt: 'a', presence_penalty: 2.5 }, 400, 'presence_penalty', 'invalid_value'],
+    ['frequency_penalty below -2', { prompt: 'a', frequency_penalty: -3 }, 400, 'frequency_penalty', 'invalid_value'],
+    ['logit_bias id past the vocabulary', { prompt: 'a', logit_bias: { '50257': -100 } }, 400, 'logit_bias', 'invalid_value'],
+    ['logit_bias id not an integer', { prompt: 'a', logit_bias: { '1.5': 1 } }, 400, 'logit_bias', 'invalid_value'],
+    ['logit_bias id not canonical', { prompt: 'a', logit_bias: { '007': 1 } }, 400, 'logit_bias', 'invalid_value'],
+    ['logit_bias value past 100', { prompt: 'a', logit_bias: { '7': 101 } }, 400, 'logit_bias', 'invalid_value'],
+    ['temperature negative', { prompt: 'a', temperature: -1 }, 400, 'temperature', 'invalid_value'],
     ['token id past the vocabulary', { prompt: [1, 50257] }, 400, 'prompt', 'invalid_value'],
     ['empty text prompt', { prompt: '' }, 400, 'prompt', 'invalid_value'],
     ['ids past maxPromptTokens', { prompt: Array(49).fill(1) }, 400, 'prompt', 'context_length_exceeded'],
@@ -101,10 +115,23 @@ describe('parseCompletion: bad requests → typed HttpError', () => {
   });
 
   test('messages say what was wrong and what to use', async () => {
-    expect((await parseError({ prompt: 'a', presence_penalty: 1 })).message).toBe('presence_penalty is not supported by this server (use repetition_penalty)');
-    expect((await parseError({ prompt: 'a', logit_bias: { 1: 1 } })).message).toBe('logit_bias is not supported by this server');
+    expect((await parseError({ prompt: 'a', best_of: 3 })).message).toBe('best_of is not supported by this server (use n)');
+    expect((await parseError({ prompt: 'a', suffix: 'x' })).message).toBe('suffix is not supported by this server (insertion is not supported)');
+    // The library's message, under the request field's name.
+    expect((await parseError({ prompt: 'a', logit_bias: { 50257: 1 } })).message).toBe('logit_bias has token id "50257": ids must be integers in [0, 50256]');
+    expect((await parseError({ prompt: 'a', logit_bias: { 7: 101 } })).message).toBe('logit_bias for token 7 must be a number in [-100, 100], got 101');
+    expect((await parseError({ prompt: 'a', presence_penalty: 2.5 })).message).toBe('presence_penalty must be a number in [-2, 2] (0 = off), got 2.5');
     expect((await parseError({ prompt: 'a'.repeat(200_000) })).message).toMatch(/^the prompt has at least \d+ tokens; this server takes at most 48$/);
     expect((await parseError({ prompt: 'hi' }, { ...ctx, tokenizer: null })).code).toBe('no_tokenizer');
+  });
+
+  test('logit_bias ids are bounded by the ids the sampler may pick: a padded embedding past the tokenizer does not widen them', async () => {
+    const padded = { ...ctx, vocabSize: 50304 };
+    const e = await parseError({ prompt: 'a', logit_bias: { 50300: 1 } }, padded);
+    expect({ param: e.param, code: e.code, message: e.message }).toEqual({ param: 'logit_bias', code: 'invalid_value', message: 'logit_bias has token id "50300": ids must be integers in [0, 50256]' });
+    expect((await parseCompletion({ prompt: 'a', logit_bias: { 50256: 1 } }, fields, padded)).options.logitBias).toEqual({ 50256: 1 });
+    // No tokenizer: the model's own vocabulary bounds them.
+    expect((await parseCompletion({ prompt: [1], logit_bias: { 50303: 1 } }, fields, { ...padded, tokenizer: null })).options.logitBias).toEqual({ 50303: 1 });
   });
 
   test('a text that only fails after tokenizing is tokenized, then refused', async () => {
@@ -145,6 +172,13 @@ describe('the schema, through the real transport', () => {
     [{ prompt: 'a', temperature: 2.5 }, 'temperature', 'temperature must be <= 2'],
     [{ prompt: 'a', stop: ['a', 'b', 'c', 'd', 'e'] }, 'stop', expect.stringMatching(/^stop /) as unknown as string],
     [{ prompt: 'a', logprobs: 6 }, 'logprobs', 'logprobs must be <= 5'],
+    [{ prompt: 'a', presence_penalty: 2.5 }, 'presence_penalty', 'presence_penalty must be <= 2'],
+    [{ prompt: 'a', frequency_penalty: '1' }, 'frequency_penalty', 'frequency_penalty must be number'],
+    [{ prompt: 'a', logit_bias: { '7': 101 } }, 'logit_bias', 'logit_bias.7 must be <= 100'],
+    [{ prompt: 'a', logit_bias: { '7': 'ban' } }, 'logit_bias', 'logit_bias.7 must be number'],
+    [{ prompt: 'a', logit_bias: [1] }, 'logit_bias', 'logit_bias must be object'],
+    // Past the schema, the parse's library check: still a 400 naming the field.
+    [{ prompt: 'a', logit_bias: { '50257': -100 } }, 'logit_bias', 'logit_bias has token id "50257": ids must be integers in [0, 50256]'],
     [{ prompt: ['a', 'b', 'c', 'd', 'e', 'f', 'g'] }, 'prompt', expect.stringMatching(/^prompt must be/) as unknown as string],
     [[1, 2], null, expect.any(String) as unknown as string],
   ];
@@ -160,7 +194,10 @@ describe('the schema, through the real transport', () => {
     expect(s.additionalProperties).toBe(false);
     expect(Object.keys(s.properties)).toEqual(Object.keys(fields));
     expect(Object.keys(fields)).toEqual(
-      expect.arrayContaining(['model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'repetition_penalty', 'stop', 'seed', 'n', 'logprobs', 'echo', 'stream', 'stream_options', 'user']),
+      expect.arrayContaining([
+        'model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'repetition_penalty', 'stop', 'seed', 'n', 'logprobs', 'echo', 'stream', 'stream_options',
+        'presence_penalty', 'frequency_penalty', 'logit_bias', 'user',
+      ]),
     );
   });
 });

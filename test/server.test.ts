@@ -6,7 +6,7 @@
 import { getMaxListeners } from 'events';
 import * as tf from '@tensorflow/tfjs-core';
 import { GPT2, loadModel } from '../src';
-import { Sequence, StreamChunk } from '../src/generate/generate';
+import { GenerateOptions, Sequence, StreamChunk } from '../src/generate/generate';
 import { Scheduler } from '../src/generate/scheduler';
 import { RunningServer, ServerOptions, startServer } from '../src/server';
 import { loadTokenizer } from '../src/tokenizer';
@@ -156,6 +156,38 @@ describe('completions', () => {
     expect(viaHttp.choices[0].text).toBe((await gpt.generate(PROMPT, extras)).text);
   });
 
+  test('logit_bias, presence_penalty and frequency_penalty act as the library options do', async () => {
+    const tokenizer = gpt.tokenizer as NonNullable<GPT2['tokenizer']>;
+    /** The server's completion and the library's, with the same options: the same tokens and text. */
+    const both = async (body: Record<string, unknown>, options: GenerateOptions): Promise<{ text: string; tokens: number[] }> => {
+      const c = await complete({ prompt: PROMPT, max_tokens: 12, logprobs: 0, ...body });
+      const lib = await gpt.generate(PROMPT, { maxNewTokens: 12, logprobs: 0, ...options });
+      expect(c.choices[0].text).toBe(lib.text);
+      expect(c.choices[0].logprobs?.tokens).toEqual(lib.tokens.map((t) => tokenizer.decode([t])));
+      return lib;
+    };
+    const plain = await both({ temperature: 0 }, { temperature: 0 });
+    // Greedy with the greedy token banned: the first token changes, and the banned one never appears.
+    const first = plain.tokens[0];
+    const banned = await both({ temperature: 0, logit_bias: { [first]: -100 } }, { temperature: 0, logitBias: { [first]: -100 } });
+    expect(banned.tokens[0]).not.toBe(first);
+    expect(banned.tokens).not.toContain(first);
+    // +100 on a token all but forces it.
+    const forced = await both({ temperature: 0, logit_bias: { '464': 100 } }, { temperature: 0, logitBias: { 464: 100 } });
+    expect(forced.tokens).toEqual(Array(12).fill(464));
+    // The penalties: the greedy text repeats tokens; penalising repeats changes it.
+    expect(new Set(plain.tokens).size).toBeLessThan(plain.tokens.length);
+    const presence = await both({ temperature: 0, presence_penalty: 2 }, { temperature: 0, presencePenalty: 2 });
+    const frequency = await both({ temperature: 0, frequency_penalty: 2 }, { temperature: 0, frequencyPenalty: 2 });
+    expect(presence.tokens).not.toEqual(plain.tokens);
+    expect(frequency.tokens).not.toEqual(plain.tokens);
+    // Sampled, all three together, seeded: the same draw as the library's.
+    const mixed = { temperature: 0.9, seed: 5 };
+    const sampled = await both({ ...mixed }, mixed);
+    const all = await both({ ...mixed, logit_bias: { [sampled.tokens[0]]: -100 }, presence_penalty: 1.5, frequency_penalty: 0.5 }, { ...mixed, logitBias: { [sampled.tokens[0]]: -100 }, presencePenalty: 1.5, frequencyPenalty: 0.5 });
+    expect(all.tokens).not.toEqual(sampled.tokens);
+  });
+
   test('n > 1: choice j draws with seed + j; prompts × n are indexed prompt-major', async () => {
     const c = await complete({ prompt: PROMPT, max_tokens: 10, seed: 7, n: 3 });
     expect(c.choices.map((x) => x.index)).toEqual([0, 1, 2]);
@@ -273,8 +305,13 @@ describe('validation', () => {
     ['logprobs 6', { prompt: 'a', logprobs: 6 }, 400, 'logprobs'],
     ['echo not a boolean', { prompt: 'a', echo: 'yes' }, 400, 'echo'],
     ['stream not a boolean', { prompt: 'a', stream: 1 }, 400, 'stream'],
-    ['presence_penalty', { prompt: 'a', presence_penalty: 0.5 }, 400, 'presence_penalty'],
-    ['logit_bias', { prompt: 'a', logit_bias: { '50256': -100 } }, 400, 'logit_bias'],
+    ['presence_penalty above 2', { prompt: 'a', presence_penalty: 2.5 }, 400, 'presence_penalty'],
+    ['frequency_penalty below -2', { prompt: 'a', frequency_penalty: -2.5 }, 400, 'frequency_penalty'],
+    ['logit_bias id past the vocabulary', { prompt: 'a', logit_bias: { '50257': -100 } }, 400, 'logit_bias'],
+    ['logit_bias id not a token id', { prompt: 'a', logit_bias: { x: -100 } }, 400, 'logit_bias'],
+    ['logit_bias value above 100', { prompt: 'a', logit_bias: { '50256': 101 } }, 400, 'logit_bias'],
+    ['logit_bias not an object', { prompt: 'a', logit_bias: [1] }, 400, 'logit_bias'],
+    ['best_of (not supported)', { prompt: 'a', best_of: 2 }, 400, 'best_of'],
     ['a model this server does not serve', { prompt: 'a', model: 'gpt-4' }, 404, 'model'],
     ['a body that is not an object', [1, 2], 400, null],
   ];

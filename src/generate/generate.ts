@@ -6,7 +6,7 @@
 import { GPT2Error } from '../errors';
 import { GPT2Model, KVCache } from '../model/gpt2';
 import { makeRng } from './rng';
-import { Sampler, SamplingOptions, TokenLogprob, tokenLogprobs } from './sampling';
+import { Sampler, SamplingOptions, TokenLogprob, tokenLogprobs, vocabBounds } from './sampling';
 import { StopText, stopList } from './stops';
 
 /** What generation needs of a tokenizer (the tokenizer module's Tokenizer satisfies it). */
@@ -103,8 +103,7 @@ export class Sequence {
     this.context = ids.slice();
     this.promptTokens = ids.length;
     // A model whose embedding is padded past the tokenizer's vocabulary must never pick a padding id.
-    const limit = codec && codec.vocabSize < c.vocabSize ? codec.vocabSize : undefined;
-    this.sampler = new Sampler(o, makeRng(o.seed), { size: c.vocabSize, limit });
+    this.sampler = new Sampler(o, makeRng(o.seed), vocabBounds(c.vocabSize, codec));
     this.stopText = new StopText(stops);
     this.decoder = codec ? codec.createDecoder() : null;
     this.maxNew = maxNew;

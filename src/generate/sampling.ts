@@ -267,6 +267,11 @@ export interface VocabBounds {
   limit?: number;
 }
 
+/** The bounds for a model of `size` ids read through `codec` (ids past a smaller tokenizer are padding, never picked). */
+export function vocabBounds(size: number, codec: { readonly vocabSize: number } | null): VocabBounds {
+  return { size, limit: codec && codec.vocabSize < size ? codec.vocabSize : undefined };
+}
+
 /**
  * The processors for `options`, validated, in the order described at the top of this file. For
  * temperature 0 the list stops after the penalties (the caller takes the argmax).

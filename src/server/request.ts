@@ -7,8 +7,13 @@
  * key it sets (with an optional mapping and default), or, for a field this server does not
  * implement, the only value it accepts. Adding an OpenAI sampling field is one row, e.g.
  *   presence_penalty: { schema: opt({ type: 'number', minimum: -2, maximum: 2 }), option: 'presencePenalty' },
+ * Each option a row sets is then checked by the library's own validator, with the vocabulary the
+ * sampler will use, so what the schema cannot say (a logit_bias id past the vocabulary) is a 400
+ * naming the request field rather than a failure once generation starts.
  */
+import { isGPT2Error } from '../errors';
 import type { GenerateOptions } from '../generate/generate';
+import { SamplingOptions, VocabBounds, checkSamplingOptions, vocabBounds } from '../generate/sampling';
 import { COMPLETION_DEFAULTS } from '../options';
 import type { Tokenizer } from '../tokenizer';
 import { HttpError } from './openai';
@@ -39,7 +44,10 @@ export function completionFields(maxTokens: number, maxChoices: number): Record<
   const ids = { type: 'array', minItems: 1, items: { type: 'integer', minimum: 0 } };
   const text = { type: 'string' };
   const prompts = { anyOf: [text, { type: 'array', minItems: 1, maxItems: maxChoices, items: text }, ids, { type: 'array', minItems: 1, maxItems: maxChoices, items: ids }] };
-  const neutralPenalty = { ok: (v: unknown) => v === 0, hint: 'use repetition_penalty' };
+  const penalty = opt({ type: 'number', minimum: -2, maximum: 2 });
+  // JSON keys are the token ids as strings, as a Record<number, number>'s keys are in JS; the
+  // library's check (below) wants each a canonical integer id inside the vocabulary.
+  const bias = opt({ type: 'object', additionalProperties: { type: 'number', minimum: -100, maximum: 100 } });
   // prettier-ignore
   return {
     model:              { schema: { type: 'string' } },
@@ -57,11 +65,11 @@ export function completionFields(maxTokens: number, maxChoices: number): Record<
     echo:               { schema: opt({ type: 'boolean' }) },
     stream:             { schema: opt({ type: 'boolean' }) },
     stream_options:     { schema: opt({ type: 'object', additionalProperties: false, properties: { include_usage: { type: 'boolean' } } }) },
-    presence_penalty:   { schema: opt({ type: 'number' }), neutral: neutralPenalty },
-    frequency_penalty:  { schema: opt({ type: 'number' }), neutral: neutralPenalty },
+    presence_penalty:   { schema: penalty, option: 'presencePenalty' },
+    frequency_penalty:  { schema: penalty, option: 'frequencyPenalty' },
     best_of:            { schema: opt({ type: 'integer' }), neutral: { ok: (v) => v === 1, hint: 'use n' } },
     suffix:             { schema: opt({ type: 'string' }), neutral: { ok: (v) => v === '', hint: 'insertion is not supported' } },
-    logit_bias:         { schema: opt({ type: 'object' }), neutral: { ok: (v) => Object.keys(v as object).length === 0 } },
+    logit_bias:         { schema: bias, option: 'logitBias', map: (v) => Object.fromEntries(Object.entries(v as Record<string, number>)) },
     user:               { schema: { type: 'string' } },
   };
 }
@@ -93,7 +101,7 @@ export interface ParseContext {
   maxChoices: number;
   vocabSize: number;
   /** null: the model has no tokenizer, so prompts must be token ids. */
-  tokenizer: Pick<Tokenizer, 'encode' | 'decode' | 'maxTokenBytes'> | null;
+  tokenizer: Pick<Tokenizer, 'encode' | 'decode' | 'maxTokenBytes' | 'vocabSize'> | null;
 }
 
 export interface PromptItem {
@@ -119,7 +127,7 @@ const yieldToEventLoop = (): Promise<void> => new Promise((r) => setImmediate(r)
 
 /**
  * A schema-valid body → prompts and generation options; throws HttpError for what the schema cannot
- * say (an unserved model, unsupported values, prompts that cannot fit). Text prompts are tokenized
+ * say (an unserved model, unsupported values, a bad sampling option, prompts that cannot fit). Text prompts are tokenized
  * one at a time, yielding to the event loop in between.
  */
 export async function parseCompletion(body: CompletionBody, fields: Record<string, FieldSpec>, ctx: ParseContext): Promise<ParsedCompletion> {
@@ -144,13 +152,31 @@ export async function parseCompletion(body: CompletionBody, fields: Record<strin
 
   const options: GenerateOptions = { maxNewTokens: maxNew };
   const set = options as Record<string, unknown>;
+  const vocab = vocabBounds(ctx.vocabSize, ctx.tokenizer);
   for (const [k, f] of Object.entries(fields)) {
     if (!f.option) continue;
     const v = body[k] ?? undefined;
     const value = v === undefined ? f.default : f.map ? f.map(v) : v;
-    if (value !== undefined) set[f.option] = value;
+    if (value === undefined) continue;
+    checkOption(k, f.option, value, vocab);
+    set[f.option] = value;
   }
   return { prompts, n, options, maxNew, echo, stream: body.stream ?? COMPLETION_DEFAULTS.stream, includeUsage: body.stream_options?.include_usage ?? false };
+}
+
+/**
+ * The library's check of one sampling option, as `generate` will run it (other options pass through:
+ * `Sequence` checks those); its BAD_OPTION becomes a 400 naming the request field.
+ */
+function checkOption(field: string, option: keyof GenerateOptions, value: unknown, vocab: VocabBounds): void {
+  try {
+    checkSamplingOptions({ [option]: value } as SamplingOptions, vocab.limit ?? vocab.size);
+  } catch (e) {
+    if (!isGPT2Error(e, 'BAD_OPTION')) throw e;
+    // The library's messages start with its option's name; the client knows the field's.
+    const message = e.message.startsWith(option) ? field + e.message.slice(option.length) : e.message;
+    throw new HttpError(400, message, field, 'invalid_value');
+  }
 }
 
 async function parsePrompts(p: CompletionBody['prompt'], ctx: ParseContext): Promise<PromptItem[]> {
