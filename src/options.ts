@@ -1,7 +1,7 @@
 /**
  * The defaults of every public option, in one place: the library (`GenerateOptions`), the CLI and
- * the HTTP server read them from here. A leaf module (type imports only), like errors.ts, so any
- * layer may import it.
+ * the HTTP server read them from here. A leaf module (no imports), like errors.ts, so any layer may
+ * import it; `SamplingOptions` in generate/sampling.ts documents what each option does.
  *
  * Two sampling defaults, on purpose:
  *
@@ -15,9 +15,18 @@
  *   preset trades diversity for legible text. It is named, so a library caller can ask for the
  *   same with `{ ...READING_PRESET }` and a CLI user can get the neutral draw with `-t 1 --top-k 0`.
  */
-import type { SamplingOptions } from './generate/sampling';
 
-type SamplingDefaults = Readonly<Required<Pick<SamplingOptions, 'temperature' | 'topK' | 'topP' | 'minP' | 'repetitionPenalty'>>>;
+/** A value for every `SamplingOptions` key (checkSamplingOptions returns them all, so none can be missing). */
+export interface SamplingDefaults {
+  readonly temperature: number;
+  readonly topK: number;
+  readonly topP: number;
+  readonly minP: number;
+  readonly repetitionPenalty: number;
+  readonly logitBias: Readonly<Record<number, number>>;
+  readonly presencePenalty: number;
+  readonly frequencyPenalty: number;
+}
 
 /** The library's sampling defaults: each processor at its neutral value, i.e. off. */
 export const SAMPLING_DEFAULTS: SamplingDefaults = Object.freeze({
@@ -26,6 +35,9 @@ export const SAMPLING_DEFAULTS: SamplingDefaults = Object.freeze({
   topP: 1,
   minP: 0,
   repetitionPenalty: 1,
+  logitBias: Object.freeze({}), // no token biased
+  presencePenalty: 0,
+  frequencyPenalty: 0,
 });
 
 /** The library's `GenerateOptions` defaults (`maxNewTokens` is also capped by the room the prompt leaves). */

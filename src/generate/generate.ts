@@ -5,6 +5,7 @@
  */
 import { GPT2Error } from '../errors';
 import { GPT2Model, KVCache } from '../model/gpt2';
+import { GENERATE_DEFAULTS } from '../options';
 import { makeRng } from './rng';
 import { Sampler, SamplingOptions, TokenLogprob, tokenLogprobs, vocabBounds } from './sampling';
 import { StopText, stopList } from './stops';
@@ -20,7 +21,7 @@ export interface TextCodec {
 export type FinishReason = 'length' | 'stop' | 'eos' | 'abort';
 
 export interface GenerateOptions extends SamplingOptions {
-  /** Tokens to generate at most (default 64). */
+  /** Tokens to generate at most (default 64, `GENERATE_DEFAULTS` in src/options.ts, capped by the room the prompt leaves). */
   maxNewTokens?: number;
   /** Seeds the draw (MT19937, NumPy's legacy stream): same seed → same text on every backend. */
   seed?: number;
@@ -55,8 +56,6 @@ export interface GenerateResult {
   logprobs?: { token: number; logprob: number; top: TokenLogprob[] }[];
 }
 
-export const DEFAULT_MAX_NEW_TOKENS = 64;
-
 /** One sequence's state: context, sampler, stop rules, incremental text. */
 export class Sequence {
   readonly context: number[];
@@ -81,7 +80,7 @@ export class Sequence {
       if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new GPT2Error('BAD_INPUT', `token id ${id} is out of range: ids must be integers in [0, ${c.vocabSize - 1}]`);
     }
     // Unset, the budget is the default capped by the room the prompt leaves (a short context still works).
-    const maxNew = o.maxNewTokens ?? Math.max(1, Math.min(DEFAULT_MAX_NEW_TOKENS, c.nPositions - prompt.length + 1, c.nPositions - 1));
+    const maxNew = o.maxNewTokens ?? Math.max(1, Math.min(GENERATE_DEFAULTS.maxNewTokens, c.nPositions - prompt.length + 1, c.nPositions - 1));
     if (!Number.isInteger(maxNew) || maxNew < 1) throw new GPT2Error('BAD_OPTION', `maxNewTokens must be an integer ≥ 1, got ${JSON.stringify(o.maxNewTokens)}`);
     if (o.truncate !== undefined && o.truncate !== 'error' && o.truncate !== 'left') throw new GPT2Error('BAD_OPTION', `truncate must be 'error' or 'left', got ${JSON.stringify(o.truncate)}`);
     if (o.logprobs !== undefined && (!Number.isInteger(o.logprobs) || o.logprobs < 0 || o.logprobs > 20)) throw new GPT2Error('BAD_OPTION', `logprobs must be an integer in [0, 20], got ${JSON.stringify(o.logprobs)}`);

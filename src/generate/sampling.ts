@@ -15,8 +15,10 @@
  * Filtering sets a logit to -Infinity; the draw is `np.random.choice` over softmax(logits).
  */
 import { GPT2Error } from '../errors';
+import { SAMPLING_DEFAULTS } from '../options';
 import { Rng, choice } from './rng';
 
+/** The sampling options; each one's default is in `SAMPLING_DEFAULTS` (src/options.ts). */
 export interface SamplingOptions {
   /** Softmax temperature; 0 means greedy (argmax). Default 1. */
   temperature?: number;
@@ -217,30 +219,31 @@ function shown(v: unknown): string {
 }
 
 /**
- * Validates sampling options; throws GPT2Error('BAD_OPTION') naming the bad one. `vocabSize` bounds
- * the ids of `logitBias` (unchecked above when not given).
+ * Validates sampling options and fills in `SAMPLING_DEFAULTS` for those not given; throws
+ * GPT2Error('BAD_OPTION') naming the bad one. `vocabSize` bounds the ids of `logitBias` (unchecked
+ * above when not given).
  */
 export function checkSamplingOptions(o: SamplingOptions, vocabSize = Infinity): Required<SamplingOptions> {
+  const d = SAMPLING_DEFAULTS;
   const num = (name: keyof SamplingOptions, v: unknown, ok: (x: number) => boolean, rule: string, dflt: number): number => {
     if (v === undefined) return dflt;
     if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw new GPT2Error('BAD_OPTION', `${name} must be ${rule}, got ${shown(v)}`);
     return v;
   };
   return {
-    temperature: num('temperature', o.temperature, (x) => x >= 0, 'a number ≥ 0 (0 = greedy)', 1),
-    topK: num('topK', o.topK, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0 (0 = off)', 0),
-    topP: num('topP', o.topP, (x) => x > 0 && x <= 1, 'in (0, 1] (1 = off)', 1),
-    minP: num('minP', o.minP, (x) => x >= 0 && x <= 1, 'in [0, 1] (0 = off)', 0),
-    repetitionPenalty: num('repetitionPenalty', o.repetitionPenalty, (x) => x > 0, 'a number > 0 (1 = off)', 1),
-    logitBias: checkLogitBias(o.logitBias, vocabSize),
-    presencePenalty: num('presencePenalty', o.presencePenalty, (x) => x >= -2 && x <= 2, 'a number in [-2, 2] (0 = off)', 0),
-    frequencyPenalty: num('frequencyPenalty', o.frequencyPenalty, (x) => x >= -2 && x <= 2, 'a number in [-2, 2] (0 = off)', 0),
+    temperature: num('temperature', o.temperature, (x) => x >= 0, 'a number ≥ 0 (0 = greedy)', d.temperature),
+    topK: num('topK', o.topK, (x) => Number.isInteger(x) && x >= 0, 'an integer ≥ 0 (0 = off)', d.topK),
+    topP: num('topP', o.topP, (x) => x > 0 && x <= 1, 'in (0, 1] (1 = off)', d.topP),
+    minP: num('minP', o.minP, (x) => x >= 0 && x <= 1, 'in [0, 1] (0 = off)', d.minP),
+    repetitionPenalty: num('repetitionPenalty', o.repetitionPenalty, (x) => x > 0, 'a number > 0 (1 = off)', d.repetitionPenalty),
+    logitBias: o.logitBias === undefined ? d.logitBias : checkLogitBias(o.logitBias, vocabSize),
+    presencePenalty: num('presencePenalty', o.presencePenalty, (x) => x >= -2 && x <= 2, 'a number in [-2, 2] (0 = off)', d.presencePenalty),
+    frequencyPenalty: num('frequencyPenalty', o.frequencyPenalty, (x) => x >= -2 && x <= 2, 'a number in [-2, 2] (0 = off)', d.frequencyPenalty),
   };
 }
 
 /** `logitBias` is a plain object of canonical integer ids (as JSON keys: "50256") to biases in [-100, 100]. */
 function checkLogitBias(bias: unknown, vocabSize: number): Record<number, number> {
-  if (bias === undefined) return {};
   if (bias === null || typeof bias !== 'object' || Array.isArray(bias)) {
     throw new GPT2Error('BAD_OPTION', `logitBias must be an object mapping token ids to biases in [-100, 100], e.g. { 50256: -100 }; got ${shown(bias)}`);
   }
