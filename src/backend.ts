@@ -36,10 +36,13 @@ export interface BackendOptions {
    */
   wasmPaths?: string | Record<string, string>;
   /**
-   * wasm only, Node: threads for the matrix products and attention (1 or 2; default 2 when the
-   * machine has 2+ cores). With 2, tfjs-backend-wasm is started on a shared memory and a worker
-   * thread runs half of each of our kernels (bit-identical results). Takes effect only when the
-   * wasm backend is first initialised in this process; env GPT2_TFJS_THREADS overrides the default.
+   * wasm only: threads for the matrix products and attention (1 or 2; default 2 when the machine has
+   * 2+ cores). With 2, a worker (Node: worker_threads; browser: a Web Worker) runs part of each of
+   * our kernels on the backend's shared memory (results bit-identical to one thread). Node: takes
+   * effect when the wasm backend is first initialised in the process (it is then started on a shared
+   * memory); env GPT2_TFJS_THREADS overrides the default. Browser: needs a cross-origin isolated page
+   * (COOP/COEP headers), where tfjs-backend-wasm's threaded binary shares its memory; elsewhere one
+   * thread runs and engineInfo() says why.
    */
   threads?: number;
 }
@@ -133,12 +136,13 @@ export async function setBackend(name: BackendName = defaultBackend(), options: 
 
 function wasmThreads(options: BackendOptions): number {
   const env = isNode ? Number(process.env.GPT2_TFJS_THREADS) : NaN;
-  const wanted = options.threads ?? (Number.isFinite(env) && env > 0 ? env : isNode ? cores() : 1);
+  const wanted = options.threads ?? (Number.isFinite(env) && env > 0 ? env : cores());
   if (!Number.isInteger(wanted) || wanted < 1) throw new GPT2Error('BAD_OPTION', `threads must be a positive integer, got ${wanted}`);
   return Math.min(wanted, 2);
 }
 
 function cores(): number {
+  if (!isNode) return typeof navigator !== 'undefined' ? navigator.hardwareConcurrency || 1 : 1;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const os = require('os') as typeof import('os');

@@ -1,49 +1,60 @@
 /**
- * Browser throughput: prefill and decode tokens/s per backend in headless Chromium, through the
- * public stream API (web/parity.ts `bench`). Numbers are printed, never asserted.
- * WebGL/WebGPU here run on SwiftShader (CPU rendering): they say nothing about a real GPU.
+ * Browser throughput: `gpt2-tfjs bench` in headless Chromium, per backend, through the public stream
+ * API (web/parity.ts `bench`). Numbers are printed, never asserted. WebGL/WebGPU here run on
+ * SwiftShader (CPU rendering): they say nothing about a real GPU; wasm speed is real.
  *
- *   npm run bench:web -- [--model /weights/tiny-random/] [--backends wasm,webgl,webgpu]
- *                        [--prompt 32] [--new 32] [--repeats 3]
+ *   npm run bench:web -- [--model /bench/models/gpt2-124m-random/] [--backends wasm,webgl,webgpu]
+ *                        [--prompt-tokens 32] [--new-tokens 32] [--threads 1|2] [--repeats 3] [--json]
+ * --model: any folder served under /weights/ or /bench/models/. --json: one JSON object per backend,
+ * on its own line, with BenchResult's field names (prefillTokensPerSecond, decodeTokensPerSecond, ...).
  * (build first: `npm run build:web`; bench:web does both.)
  */
+import { Command, InvalidArgumentError } from 'commander';
 import { launchChromium } from './chromium';
 import type { BenchReport } from './parity';
 import { serve } from './serve';
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1] : fallback;
-}
+const int = (name: string, min: number) => (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer ≥ ${min}`);
+  return n;
+};
 
 async function main(): Promise<void> {
-  const model = arg('model', '/weights/tiny-random/');
-  const backends = arg('backends', 'wasm,webgl,webgpu').split(',') as ('wasm' | 'webgl' | 'webgpu' | 'cpu')[];
-  const promptTokens = Number(arg('prompt', '32'));
-  const newTokens = Number(arg('new', '32'));
-  const repeats = Number(arg('repeats', '3'));
+  const o = new Command('bench:web')
+    .description('prefill and decode tokens/s per backend in headless Chromium (the browser twin of `gpt2-tfjs bench`)')
+    .option('--model <path>', 'model folder served by the page: /weights/... or /bench/models/...', '/weights/tiny-random/')
+    .option('--backends <list>', 'comma-separated: wasm, webgl, webgpu, cpu', 'wasm,webgl,webgpu')
+    .option('--prompt-tokens <n>', 'prompt length', int('--prompt-tokens', 1), 32)
+    .option('--new-tokens <n>', 'tokens to generate', int('--new-tokens', 2), 32)
+    .option('--threads <n>', 'wasm kernel threads (1 or 2; default: 2 where the page is cross-origin isolated)', int('--threads', 1))
+    .option('--repeats <n>', 'timed runs after a warm-up (the median is reported)', int('--repeats', 1), 3)
+    .option('--json', 'print one JSON object per backend on its own line')
+    .parse()
+    .opts<{ model: string; backends: string; promptTokens: number; newTokens: number; threads?: number; repeats: number; json?: boolean }>();
+  const model = o.model.endsWith('/') ? o.model : `${o.model}/`;
   const server = await serve();
   const browser = await launchChromium();
-  const rows: string[] = [];
   try {
-    for (const backend of backends) {
+    for (const backend of o.backends.split(',') as ('wasm' | 'webgl' | 'webgpu' | 'cpu')[]) {
       const page = await browser.newPage();
       try {
         await page.goto(`${server.url}/web/parity.html`);
         await page.waitForSelector('body[data-ready="1"]', { state: 'attached' });
         const r: BenchReport = await page.evaluate(
-          ([b, m, p, n, k]) => window.__gpt2test!.bench(b, m, p, n, k),
-          [backend, model, promptTokens, newTokens, repeats] as const,
+          ([b, m, p, n, k, t]) => window.__gpt2test!.bench(b, m, p, n, k, t ?? undefined),
+          [backend, model, o.promptTokens, o.newTokens, o.repeats, o.threads ?? null] as const,
         );
-        const row =
-          `${backend.padEnd(7)} prefill ${r.prefillTokPerS.toFixed(1).padStart(8)} tok/s  decode ${r.decodeTokPerS.toFixed(1).padStart(7)} tok/s  ` +
-          `(first token ${r.ttftMs.toFixed(0)} ms, load ${(r.loadMs / 1000).toFixed(1)} s, isolated=${r.crossOriginIsolated})`;
-        rows.push(row);
-        process.stdout.write(row + '\n');
+        const k = r.engine.kernels;
+        const engine = `engine ${r.engine.engine}` + (backend === 'wasm' ? ` (${r.threads} thread${r.threads > 1 ? 's' : ''}${r.fma ? ', fused multiply-add' : ''}${k.reason ? `; kernels off: ${k.reason}` : ''}${k.threadReason ? `; one thread: ${k.threadReason}` : ''})` : '');
+        process.stdout.write(
+          o.json
+            ? JSON.stringify({ ...r, backend }) + '\n'
+            : `${backend.padEnd(7)} prefill ${r.prefillTokensPerSecond.toFixed(1).padStart(8)} tok/s  decode ${r.decodeTokensPerSecond.toFixed(1).padStart(7)} tok/s  ` +
+                `(first token ${(r.timeToFirstTokenSeconds * 1000).toFixed(0)} ms, load ${r.loadSeconds.toFixed(1)} s, isolated=${r.crossOriginIsolated})\n        ${engine}\n`,
+        );
       } catch (e) {
-        const row = `${backend.padEnd(7)} failed: ${(e as Error).message.split('\n')[0]}`;
-        rows.push(row);
-        process.stdout.write(row + '\n');
+        process.stdout.write(o.json ? JSON.stringify({ backend, error: (e as Error).message.split('\n')[0] }) + '\n' : `${backend.padEnd(7)} failed: ${(e as Error).message.split('\n')[0]}\n`);
       } finally {
         await page.close();
       }
@@ -52,10 +63,12 @@ async function main(): Promise<void> {
     await browser.close();
     await server.close();
   }
-  process.stdout.write(
-    `\n${model}: prompt ${promptTokens} tokens, ${newTokens} new, greedy, median of ${repeats} after a warm-up; ` +
-      `Chromium headless, webgl/webgpu on SwiftShader (software rendering)\n`,
-  );
+  if (!o.json) {
+    process.stdout.write(
+      `\n${model}: prompt ${o.promptTokens} tokens, ${o.newTokens} new, greedy, median of ${o.repeats} after a warm-up; ` +
+        `Chromium headless, webgl/webgpu on SwiftShader (software rendering)\n`,
+    );
+  }
 }
 
 main().catch((e: Error) => {

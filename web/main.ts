@@ -4,7 +4,7 @@
  *
  * Query parameters preset the form: ?backend=webgl&model=https://…/&autoload=0
  */
-import { BackendName, GPT2, GenerateOptions, currentBackend, isGPT2Error, loadModel, setBackend } from '../src/index';
+import { BackendName, GPT2, GenerateOptions, currentBackend, engineInfo, isGPT2Error, loadModel, setBackend } from '../src/index';
 
 const PAGE_BACKENDS: readonly BackendName[] = ['wasm', 'webgl', 'webgpu', 'cpu'];
 
@@ -30,6 +30,7 @@ const ui = {
   status: el<HTMLSpanElement>('status'),
   output: el<HTMLPreElement>('output'),
   statBackend: el<HTMLElement>('statBackend'),
+  statEngine: el<HTMLElement>('statEngine'),
   statPrompt: el<HTMLElement>('statPrompt'),
   statTokens: el<HTMLElement>('statTokens'),
   statTtft: el<HTMLElement>('statTtft'),
@@ -39,6 +40,20 @@ const ui = {
 
 const TEXT_PROMPT = 'To be, or not to be, that is the question:';
 const IDS_PROMPT = '2514 307 11 393 407 284 307'; // 'To be, or not to be' as GPT-2 token ids
+
+/**
+ * What runs the model, next to the speed: on wasm our kernels (threads, fused multiply-add) or, with
+ * the reason, the plain tf ops; one thread with the reason (e.g. a page without COOP/COEP headers).
+ */
+function showEngine(): void {
+  const info = engineInfo();
+  const k = info.kernels;
+  let text = info.engine === 'wasm-kernels' ? `wasm kernels · ${k.threads} thread${k.threads > 1 ? 's' : ''}${k.fma ? ' · FMA' : ''}` : 'tf ops';
+  const why = info.backend === 'wasm' ? (k.reason ?? k.threadReason) : undefined;
+  if (why) text += ' (!)';
+  ui.statEngine.textContent = text;
+  ui.statEngine.title = why ?? '';
+}
 
 /** Page state, mirrored into <body data-state> so tests (and CSS) can follow it. */
 type PageState = 'loading' | 'ready' | 'generating' | 'error';
@@ -109,6 +124,7 @@ async function ensureModel(): Promise<GPT2> {
   if (!m.tokenizer && ui.prompt.value === TEXT_PROMPT) ui.prompt.value = IDS_PROMPT;
   if (m.tokenizer && ui.prompt.value === IDS_PROMPT) ui.prompt.value = TEXT_PROMPT;
   ui.statBackend.textContent = currentBackend();
+  showEngine();
   model = m;
   loaded = { backend, url };
   return m;
@@ -163,6 +179,7 @@ async function generate(): Promise<void> {
     gen.className = 'gen';
     ui.output.append(shown, gen);
     ui.statBackend.textContent = currentBackend();
+    showEngine();
     ui.statPrompt.textContent = String(promptTokens);
     ui.statTokens.textContent = '0';
     ui.statTtft.textContent = '–';

@@ -5,6 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { BackendName, EngineInfo, GPT2, GenerateOptions, engineInfo, loadModel, setBackend } from '../src/index';
+import { setWasmKernelsDisabled } from '../src/model/wasm/instance';
 
 interface TinyFixture {
   fullLogits: { file: string; ids: number[]; shape: [number, number] };
@@ -17,6 +18,7 @@ export interface EnvReport {
   /** What ran the model: on wasm our kernels must be active (a silent fallback to tf ops is a 2-4x slowdown). */
   engine: EngineInfo;
   crossOriginIsolated: boolean;
+  hardwareConcurrency: number;
   /** webgl: whether ops render to float32 textures (false on float16-only devices). */
   webglRenderFloat32?: boolean;
   userAgent: string;
@@ -53,17 +55,27 @@ export interface MemoryReport extends EnvReport {
   afterDispose: MemorySample;
 }
 
+/** The browser's `gpt2-tfjs bench`: the same field names as BenchResult (src/bench.ts), where they apply. */
 export interface BenchReport extends EnvReport {
   model: string;
+  /** Kernel threads used (wasm; 1 elsewhere), and whether the fused multiply-add build ran. */
+  threads: number;
+  fma: boolean;
+  nLayer: number;
+  nHead: number;
+  nEmbd: number;
+  vocabSize: number;
   params: number;
-  loadMs: number;
+  loadSeconds: number;
   promptTokens: number;
   newTokens: number;
   repeats: number;
-  /** Median over repeats; prefill = prompt tokens / time to first token. */
-  prefillTokPerS: number;
-  decodeTokPerS: number;
-  ttftMs: number;
+  /** Medians over repeats; prefill = prompt tokens / time to first token. */
+  timeToFirstTokenSeconds: number;
+  prefillTokensPerSecond: number;
+  decodeTokensPerSecond: number;
+  decodeMsPerStep: number;
+  numTensors: number;
 }
 
 function mem(): MemorySample {
@@ -73,16 +85,16 @@ function mem(): MemorySample {
 
 function env(): EnvReport {
   const backend = tf.getBackend();
-  const r: EnvReport = { backend, engine: engineInfo(), crossOriginIsolated: self.crossOriginIsolated === true, userAgent: navigator.userAgent };
+  const r: EnvReport = { backend, engine: engineInfo(), crossOriginIsolated: self.crossOriginIsolated === true, hardwareConcurrency: navigator.hardwareConcurrency || 1, userAgent: navigator.userAgent };
   if (backend === 'webgl') r.webglRenderFloat32 = tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED');
   return r;
 }
 
 const base = (p: string): string => new URL(p, location.href).href;
 
-async function load(backend: BackendName, url: string): Promise<GPT2> {
-  if (backend === 'wasm') await setBackend('wasm', { wasmPaths: base('/web/dist/') });
-  return loadModel(url, { backend });
+async function load(backend: BackendName, url: string, threads?: number): Promise<GPT2> {
+  if (backend === 'wasm') await setBackend('wasm', { wasmPaths: base('/web/dist/'), threads });
+  return loadModel(url, { backend, threads });
 }
 
 function argmax(a: ArrayLike<number>, from: number, to: number): number {
@@ -110,7 +122,17 @@ async function fetchFixture(): Promise<{ fx: TinyFixture; full: Float32Array }> 
  * does in Node). Greedy ids come from generate() (prefill + KV-cached decode); with `viaForward` also
  * from one full forward per token, which costs a new set of shaders per length on the GPU backends.
  */
-async function parity(backend: BackendName, options: { viaForward?: boolean } = {}): Promise<ParityReport> {
+async function parity(backend: BackendName, options: { viaForward?: boolean; kernels?: boolean } = {}): Promise<ParityReport> {
+  // wasm: `kernels: false` runs the plain tf-op engine (the kernels' own reference) in this browser
+  setWasmKernelsDisabled(options.kernels === false);
+  try {
+    return await parityRun(backend, options);
+  } finally {
+    setWasmKernelsDisabled(false);
+  }
+}
+
+async function parityRun(backend: BackendName, options: { viaForward?: boolean }): Promise<ParityReport> {
   const t0 = performance.now();
   const { fx, full } = await fetchFixture();
   const model = await load(backend, base('/weights/tiny-random/'));
@@ -200,10 +222,10 @@ function median(xs: number[]): number {
 }
 
 /** Prefill and decode speed through the public stream API (greedy, eos off) after one warm-up run. */
-async function bench(backend: BackendName, modelUrl: string, promptTokens = 32, newTokens = 32, repeats = 3): Promise<BenchReport> {
+async function bench(backend: BackendName, modelUrl: string, promptTokens = 32, newTokens = 32, repeats = 3, threads?: number): Promise<BenchReport> {
   const t0 = performance.now();
-  const model = await load(backend, base(modelUrl));
-  const loadMs = performance.now() - t0;
+  const model = await load(backend, base(modelUrl), threads);
+  const loadSeconds = (performance.now() - t0) / 1000;
   try {
     const c = model.config;
     const prompt = Array.from({ length: promptTokens }, (_, i) => (i * 7919 + 13) % Math.min(c.vocabSize, 50000));
@@ -223,18 +245,28 @@ async function bench(backend: BackendName, modelUrl: string, promptTokens = 32, 
     const runs: { ttft: number; decode: number }[] = [];
     for (let i = 0; i < repeats; i++) runs.push(await run());
     const ttft = median(runs.map((r) => r.ttft));
+    const decode = median(runs.map((r) => r.decode));
     const params = c.vocabSize * c.nEmbd + c.nPositions * c.nEmbd + c.nLayer * (12 * c.nEmbd * c.nEmbd + 13 * c.nEmbd);
+    const e = env();
     return {
-      ...env(),
+      ...e,
       model: modelUrl,
+      threads: e.engine.kernels.active ? e.engine.kernels.threads : 1,
+      fma: e.engine.kernels.fma,
+      nLayer: c.nLayer,
+      nHead: c.nHead,
+      nEmbd: c.nEmbd,
+      vocabSize: c.vocabSize,
       params,
-      loadMs,
+      loadSeconds,
       promptTokens,
       newTokens,
       repeats,
-      prefillTokPerS: (promptTokens * 1000) / ttft,
-      decodeTokPerS: median(runs.map((r) => r.decode)),
-      ttftMs: ttft,
+      timeToFirstTokenSeconds: ttft / 1000,
+      prefillTokensPerSecond: (promptTokens * 1000) / ttft,
+      decodeTokensPerSecond: decode,
+      decodeMsPerStep: 1000 / decode,
+      numTensors: tf.memory().numTensors,
     };
   } finally {
     model.dispose();

@@ -103,7 +103,9 @@ suite('in headless Chromium', () => {
       expect(r.backend).toBe(backend);
       // wasm: our kernels run (not a silent fallback to tf ops); GPU backends: tfjs's own ops
       expect(r.engine.engine).toBe(backend === 'wasm' ? 'wasm-kernels' : 'tf-ops');
-      if (backend === 'wasm') expect(r.engine.kernels).toMatchObject({ active: true, fma: true });
+      // and, the page being cross-origin isolated, on two threads (a Web Worker beside the page)
+      const threads = Math.min(2, r.hardwareConcurrency);
+      if (backend === 'wasm') expect(r.engine.kernels).toMatchObject({ active: true, fma: true, threads, threadsWanted: threads });
       expect(r.crossOriginIsolated).toBe(true);
       if (backend === 'webgl') expect(r.webglRenderFloat32).toBe(true);
       expect(r.fullMaxDiff).toBeLessThanOrEqual(TOLERANCE[backend]);
@@ -117,6 +119,21 @@ suite('in headless Chromium', () => {
       }
       expect(r.tensorsAfter).toBe(r.tensorsBefore);
     });
+
+    if (backend === 'wasm') {
+      test('with our kernels off (the plain tf-op engine), logits within the same tolerance and greedy ids identical', async () => {
+        const r: ParityReport = await page.evaluate(() => window.__gpt2test!.parity('wasm', { kernels: false }));
+        expect(r.engine.engine).toBe('tf-ops');
+        expect(r.engine.kernels.reason).toMatch(/turned off/);
+        expect(r.fullMaxDiff).toBeLessThanOrEqual(TOLERANCE.wasm);
+        expect(r.caseColumnMaxDiff).toBeLessThanOrEqual(TOLERANCE.wasm);
+        expect(r.argmaxMismatches.filter((m) => m.margin > 2 * TOLERANCE.wasm)).toEqual([]);
+        for (const g of r.greedy) expect(g.viaGenerate).toEqual(g.want);
+        expect(r.tensorsAfter).toBe(r.tensorsBefore);
+        // and back on afterwards
+        expect((await page.evaluate(() => window.__gpt2test!.parity('wasm'))).engine.engine).toBe('wasm-kernels');
+      });
+    }
 
     test('20 generate calls and an aborted stream leave tensors and GPU memory where they were', async () => {
       const r: MemoryReport = await page.evaluate((b) => window.__gpt2test!.memory(b, 20), backend);
@@ -203,6 +220,8 @@ suite('in headless Chromium', () => {
       expect(await page.textContent('#statTokens')).toBe('40');
       expect(await page.textContent('#statFinish')).toBe('length');
       expect(await page.textContent('#statBackend')).toBe('wasm');
+      const cores = await page.evaluate(() => navigator.hardwareConcurrency || 1);
+      expect(await page.textContent('#statEngine')).toBe(cores >= 2 ? 'wasm kernels · 2 threads · FMA' : 'wasm kernels · 1 thread · FMA');
       expect(Number(await page.textContent('#statTps'))).toBeGreaterThan(0);
       expect((await page.textContent('#output .gen'))?.length).toBeGreaterThan(0);
       fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });

@@ -134,7 +134,14 @@ export async function startKernels(opts: { threads?: number; unshared?: string }
   }
   const shared = memory.buffer instanceof SharedArrayBuffer;
   if (state?.memory === memory) {
-    await ensureKernelThread(); // restarts a worker that exited after an idle spell
+    if (threadsWanted <= 1 && state.thread) {
+      await state.thread.stop(); // asked for one thread now
+      state.thread = null;
+    } else if (threadsWanted > 1 && !state.thread && shared) {
+      state.thread = await startThread(state.module, memory);
+    } else {
+      await ensureKernelThread(); // restarts a worker that exited after an idle spell
+    }
     noteThread(shared, opts.unshared);
     return true;
   }
@@ -142,19 +149,21 @@ export async function startKernels(opts: { threads?: number; unshared?: string }
   const module = await compileKernels(relaxedSimd(), shared);
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
   await state?.thread?.stop();
-  let thread: KernelThread | null = null;
-  threadOffReason = null;
-  if (threadsWanted > 1 && shared) {
-    try {
-      thread = await KernelThread.start(module, memory);
-    } catch (e) {
-      threadOffReason = `the kernel worker did not start (${(e as Error).message})`;
-    }
-  }
+  const thread = threadsWanted > 1 && shared ? await startThread(module, memory) : null;
   state = { memory, module, exports: instance.exports as unknown as KernelExports, thread };
   offReason = null;
   noteThread(shared, opts.unshared);
   return true;
+}
+
+async function startThread(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<KernelThread | null> {
+  threadOffReason = null;
+  try {
+    return await KernelThread.start(module, memory);
+  } catch (e) {
+    threadOffReason = `the kernel worker did not start (${(e as Error).message})`;
+    return null;
+  }
 }
 
 /** Records (and warns once) why a wanted second thread is not running. */
@@ -165,7 +174,7 @@ function noteThread(shared: boolean, unshared?: string): void {
       unshared ??
       (typeof process !== 'undefined' && process.versions?.node
         ? 'tfjs-backend-wasm was initialised on an unshared memory (setBackend("wasm", { threads: 2 }) must be the first wasm initialisation in the process)'
-        : 'threads need a shared memory (a cross-origin isolated page)');
+        : 'the page is not cross-origin isolated (serve it with COOP/COEP headers), so tfjs-backend-wasm runs on an unshared memory');
   }
   if (threadOffReason) warnOnce(`the wasm kernels run on one thread: ${threadOffReason}`);
 }

@@ -34,19 +34,21 @@ const IDLE_EXIT_MS = 30_000;
 const STEPS = Slot.Args + MAX_KERNEL_ARGS; // per-argument chunk steps
 const CTRL_INTS = STEPS + MAX_KERNEL_ARGS;
 
-/** The worker: plain JS (evaluated with `eval: true`), so it needs no build step or file path. */
-const WORKER_SOURCE = `
-const { parentPort } = require('node:worker_threads');
-parentPort.once('message', ({ module, memory, ctrl, names, types }) => {
+/**
+ * The worker: plain JS (Node: evaluated with `eval: true`; browser: a Blob URL), so it needs no build
+ * step or file path. `start` gets the first message and a way to answer it.
+ */
+const WORKER_BODY = `
+function start({ module, memory, ctrl, names, types }, reply) {
   const c = new Int32Array(ctrl), f = new Float32Array(ctrl);
   let k;
   try { k = new WebAssembly.Instance(module, { env: { memory } }).exports; }
-  catch (e) { parentPort.postMessage({ error: String(e) }); return; }
+  catch (e) { reply({ error: String(e) }); return; }
   const fns = names.map((n) => k[n]);
   // Jobs are counted from 0 on a fresh control block. Reading the counter here instead would race:
   // the caller may post its first job between 'ready' and that read, and the job would never run.
   let last = 0;
-  parentPort.postMessage({ ready: true });
+  reply({ ready: true });
   for (;;) {
     const t0 = performance.now();
     while (Atomics.load(c, ${Slot.Seq}) === last) {
@@ -74,8 +76,47 @@ parentPort.once('message', ({ module, memory, ctrl, names, types }) => {
     Atomics.store(c, ${Slot.Done}, last);
     Atomics.notify(c, ${Slot.Done});
   }
-});
+}
 `;
+const NODE_WORKER = `${WORKER_BODY}
+const { parentPort } = require('node:worker_threads');
+parentPort.once('message', (m) => start(m, (r) => parentPort.postMessage(r)));
+`;
+const BROWSER_WORKER = `${WORKER_BODY}
+self.onmessage = (e) => { self.onmessage = null; start(e.data, (r) => self.postMessage(r)); };
+`;
+
+const isNode = typeof process !== 'undefined' && !!process.versions?.node && typeof window === 'undefined';
+/** Atomics.wait is refused on a browser's main thread: there the caller spins instead. */
+const canBlock = isNode || typeof window === 'undefined';
+
+interface WorkerLike {
+  terminate(): unknown;
+  postMessage(m: unknown): void;
+}
+
+/** Starts the platform's worker on `source`; `onMessage` gets its first message, `onGone` an error or exit. */
+async function spawn(source: string, onMessage: (m: { ready?: boolean; error?: string }) => void, onGone: (e: unknown) => void): Promise<WorkerLike> {
+  if (isNode) {
+    const { Worker } = await import('node:worker_threads');
+    const w = new Worker(source, { eval: true });
+    w.unref(); // never keeps the process alive
+    w.once('message', onMessage);
+    w.on('error', onGone);
+    w.on('exit', onGone);
+    return w;
+  }
+  if (typeof Worker === 'undefined') throw new Error('no Worker in this runtime');
+  const url = URL.createObjectURL(new Blob([source], { type: 'text/javascript' }));
+  const w = new Worker(url);
+  URL.revokeObjectURL(url);
+  w.onmessage = (e: MessageEvent) => {
+    w.onmessage = null;
+    onMessage(e.data as { ready?: boolean; error?: string });
+  };
+  w.onerror = onGone;
+  return w;
+}
 
 export class KernelThread {
   private readonly ctrl = new Int32Array(new SharedArrayBuffer(CTRL_INTS * 4));
@@ -83,21 +124,30 @@ export class KernelThread {
   private seq = 0;
   private broken = false;
 
-  private constructor(private readonly worker: { terminate(): Promise<number>; postMessage(m: unknown): void }) {}
+  private worker: WorkerLike | null = null;
 
   /** Starts the worker on `memory` (must be shared) and resolves once its kernels are instantiated. */
   static async start(module: WebAssembly.Module, memory: WebAssembly.Memory, opts: { idleExitMs?: number } = {}): Promise<KernelThread> {
-    const { Worker } = await import('node:worker_threads');
-    const worker = new Worker(WORKER_SOURCE.replace('IDLE_EXIT_MS', String(opts.idleExitMs ?? IDLE_EXIT_MS)), { eval: true });
-    worker.unref(); // never keeps the process alive
-    const t = new KernelThread(worker);
+    const t = new KernelThread();
+    const source = (isNode ? NODE_WORKER : BROWSER_WORKER).replace('IDLE_EXIT_MS', String(opts.idleExitMs ?? IDLE_EXIT_MS));
     await new Promise<void>((resolve, reject) => {
-      worker.once('message', (m: { ready?: boolean; error?: string }) => (m.ready ? resolve() : reject(new Error(m.error))));
-      worker.once('error', reject);
-      worker.postMessage({ module, memory, ctrl: t.ctrl.buffer, names: KERNEL_NAMES, types: KERNEL_NAMES.map((n) => KERNEL_ABI[n].map(([, ty]) => ty)) });
+      let started = false;
+      spawn(
+        source,
+        (m) => {
+          started = true;
+          if (m.ready) resolve();
+          else reject(new Error(m.error));
+        },
+        (e) => {
+          t.broken = true;
+          if (!started) reject(e instanceof Error ? e : new Error(String((e as ErrorEvent)?.message ?? e)));
+        },
+      ).then((w) => {
+        t.worker = w;
+        w.postMessage({ module, memory, ctrl: t.ctrl.buffer, names: KERNEL_NAMES, types: KERNEL_NAMES.map((n) => KERNEL_ABI[n].map(([, ty]) => ty)) });
+      }, reject);
     });
-    worker.on('error', () => (t.broken = true));
-    worker.on('exit', () => (t.broken = true));
     return t;
   }
 
@@ -155,7 +205,7 @@ export class KernelThread {
         this.broken = true;
         throw new Error('gpt2-tfjs kernel thread stopped answering; falling back to one thread');
       }
-      if (waited > 1) Atomics.wait(c, Slot.Done, done, 5);
+      if (waited > 1 && canBlock) Atomics.wait(c, Slot.Done, done, 5); // a browser's main thread spins
     }
     Atomics.store(c, Slot.State, State.Idle);
     if (Atomics.load(c, Slot.Error)) {
@@ -170,7 +220,7 @@ export class KernelThread {
     Atomics.add(this.ctrl, Slot.Seq, 1);
     Atomics.notify(this.ctrl, Slot.Seq);
     this.broken = true;
-    await this.worker.terminate();
+    await this.worker?.terminate();
   }
 }
 
