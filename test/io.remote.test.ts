@@ -6,13 +6,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { GPT2, loadModel } from '../src';
-import { main } from '../src/cli';
 import { downloadModel } from '../src/io/download';
 import { LoadProgress } from '../src/io/hf';
 import { WriteTensor, readSafetensorsHeader, readTensor, writeSafetensors } from '../src/io/safetensors';
 import { SIDE_FILES } from '../src/io/weights';
-import { TINY_DIR, maxAbsDiff, forwardAndDispose, expectSameLogits, rejection } from './helpers';
-import { TestServer, serveFile, startServer } from './serve';
+import { TINY_DIR, TestServer, caught, expectSameFloats, forwardAndDispose, runCli, serveFile, startTestServer } from './helpers';
 
 const IDS = [464, 2068, 7586, 21831, 18045, 625, 262, 50256];
 const TINY_WEIGHTS = path.join(TINY_DIR, 'model.safetensors');
@@ -46,7 +44,7 @@ const REPOS: Record<string, string> = {};
 
 /** Routes: /<id>/resolve/main/<file> (hub), /plain/<file>, /e404/, /e500/, /trunc/, /norange/<hub path>. */
 async function hubServer(): Promise<TestServer> {
-  return startServer(async (req, res, p) => {
+  return startTestServer(async (req, res, p) => {
     let route = p;
     let ranges = true;
     if (route.startsWith('/norange/')) {
@@ -80,7 +78,7 @@ async function hubServer(): Promise<TestServer> {
 }
 
 const logits = (model: GPT2): Promise<Float32Array> => forwardAndDispose(model, IDS);
-const expectSame = (got: Float32Array): void => expectSameLogits(got, reference);
+const expectSame = (got: Float32Array): void => expectSameFloats(got, reference);
 
 function expectProgress(events: LoadProgress[], total: number): void {
   expect(events.length).toBeGreaterThan(3);
@@ -141,7 +139,7 @@ describe('loadModel from a URL', () => {
     expectSame(await logits(await loadModel(url, { backend: 'cpu', cacheDir, onProgress: (p) => offline.push({ ...p }) })));
     expect(offline[offline.length - 1]).toMatchObject({ loadedBytes: TINY_SIZE, totalBytes: TINY_SIZE });
     // Without the cache the same URL is unreachable now.
-    expect((await rejection(loadModel(url, { backend: 'cpu' }))).code).toBe('NETWORK');
+    expect((await caught(loadModel(url, { backend: 'cpu' }))).code).toBe('NETWORK');
   });
 
   test('a sharded checkpoint served over HTTP', async () => {
@@ -157,21 +155,21 @@ describe('loadModel from a URL', () => {
 
   test('404 → MISSING_FILE naming the URL; nothing is cached', async () => {
     const cacheDir = path.join(tmp, 'cache-404');
-    const e = await rejection(loadModel(`${server.url}/e404`, { backend: 'cpu', cacheDir }));
+    const e = await caught(loadModel(`${server.url}/e404`, { backend: 'cpu', cacheDir }));
     expect(e.code).toBe('MISSING_FILE');
     expect(e.message).toContain(`${server.url}/e404/config.json`);
     expect(fs.existsSync(cacheDir) ? fs.readdirSync(cacheDir) : []).toEqual([]);
   });
 
   test('a folder URL without weights → MISSING_FILE listing the layouts looked for', async () => {
-    const e = await rejection(loadModel(`${server.url}/noweights`, { backend: 'cpu' }));
+    const e = await caught(loadModel(`${server.url}/noweights`, { backend: 'cpu' }));
     expect(e.code).toBe('MISSING_FILE');
     expect(e.message).toMatch(/model\.safetensors.*index\.json.*model\.json/);
   });
 
   test('500 → NETWORK with the status; no weights entry or temp file in the cache', async () => {
     const cacheDir = path.join(tmp, 'cache-500');
-    const e = await rejection(loadModel(`${server.url}/e500`, { backend: 'cpu', cacheDir }));
+    const e = await caught(loadModel(`${server.url}/e500`, { backend: 'cpu', cacheDir }));
     expect(e.code).toBe('NETWORK');
     expect(e.message).toMatch(/HTTP 500/);
     expect(e.message).toContain(`${server.url}/e500/`);
@@ -180,7 +178,7 @@ describe('loadModel from a URL', () => {
 
   test('a truncated body → NETWORK naming the URL and the byte counts; no half-written cache entry', async () => {
     for (const cacheDir of [path.join(tmp, 'cache-trunc'), undefined]) {
-      const e = await rejection(loadModel(`${server.url}/trunc`, { backend: 'cpu', cacheDir }));
+      const e = await caught(loadModel(`${server.url}/trunc`, { backend: 'cpu', cacheDir }));
       expect(e.code).toBe('NETWORK');
       expect(e.message).toContain(`${server.url}/trunc/model.safetensors`);
       expect(e.message).toContain(`1000000 of ${TINY_SIZE} bytes`);
@@ -192,24 +190,18 @@ describe('loadModel from a URL', () => {
   });
 
   test('cacheDir must be a path', async () => {
-    const e = await rejection(loadModel(`${server.url}/plain`, { backend: 'cpu', cacheDir: '' }));
+    const e = await caught(loadModel(`${server.url}/plain`, { backend: 'cpu', cacheDir: '' }));
     expect(e.code).toBe('BAD_OPTION');
   });
 });
 
 describe('download', () => {
-  function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    let stdout = '';
-    let stderr = '';
-    const io = { stdout: { write: (s: string) => (stdout += s) }, stderr: { write: (s: string) => (stderr += s) } };
-    return main(['node', 'gpt2-tfjs', ...args], io).then((code) => ({ code, stdout, stderr }));
-  }
   const sideFiles = () => SIDE_FILES.filter((f) => fs.existsSync(path.join(TINY_DIR, f)));
 
   test('`download` fetches config, weights and the tokenizer files there are; the folder loads', async () => {
     const to = path.join(tmp, 'dl-tiny');
     server.requests.length = 0;
-    const r = await cli(['download', 'test/tiny', '--to', to, '--endpoint', server.url]);
+    const r = await runCli(['download', 'test/tiny', '--to', to, '--endpoint', server.url]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('downloaded test/tiny@main');
@@ -222,8 +214,8 @@ describe('download', () => {
   test('an interrupted download keeps its .part and resumes it with a Range request', async () => {
     const to = path.join(tmp, 'dl-resume');
     // First attempt: the server drops the connection 1 MB into the weights.
-    const flaky = await startServer((req, res, p) => serveFile(req, res, path.join(TINY_DIR, p.split('/').pop()!), { truncateAt: p.endsWith('model.safetensors') ? 1_000_000 : undefined }));
-    const e = await rejection(downloadModel('test/tiny', { to, endpoint: flaky.url }));
+    const flaky = await startTestServer((req, res, p) => serveFile(req, res, path.join(TINY_DIR, p.split('/').pop()!), { truncateAt: p.endsWith('model.safetensors') ? 1_000_000 : undefined }));
+    const e = await caught(downloadModel('test/tiny', { to, endpoint: flaky.url }));
     await flaky.close();
     expect(e.code).toBe('NETWORK');
     expect(fs.statSync(path.join(to, 'model.safetensors.part')).size).toBe(1_000_000);
@@ -273,18 +265,18 @@ describe('download', () => {
 
   test('an unknown model or revision is MISSING_FILE (exit code 1) and leaves no .part', async () => {
     const to = path.join(tmp, 'dl-missing');
-    const r = await cli(['download', 'nobody/nothing', '--to', to, '--endpoint', server.url]);
+    const r = await runCli(['download', 'nobody/nothing', '--to', to, '--endpoint', server.url]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/nobody\/nothing.*\[MISSING_FILE\]/s);
-    const e = await rejection(downloadModel('test/tiny', { to, endpoint: server.url, revision: 'v9' }));
+    const e = await caught(downloadModel('test/tiny', { to, endpoint: server.url, revision: 'v9' }));
     expect(e.code).toBe('MISSING_FILE');
     expect(e.message).toContain('/test/tiny/resolve/v9/config.json');
     expect(fs.readdirSync(to)).toEqual([]);
   });
 
   test('bad ids and options are BAD_OPTION; HF_ENDPOINT is the default endpoint', async () => {
-    expect((await rejection(downloadModel('../etc', { to: tmp }))).code).toBe('BAD_OPTION');
-    expect((await rejection(downloadModel('gpt2', { to: '' }))).code).toBe('BAD_OPTION');
+    expect((await caught(downloadModel('../etc', { to: tmp }))).code).toBe('BAD_OPTION');
+    expect((await caught(downloadModel('gpt2', { to: '' }))).code).toBe('BAD_OPTION');
     const to = path.join(tmp, 'dl-env');
     const saved = process.env.HF_ENDPOINT;
     process.env.HF_ENDPOINT = server.url;

@@ -1,6 +1,7 @@
 /** safetensors: every malformed file is one GPT2Error('BAD_SAFETENSORS') naming the problem; every dtype decodes exactly. */
 import { GPT2Error, GPT2ErrorCode } from '../src/errors';
 import { decodeToFloat32, readHeaderLength, readSafetensorsHeader, readTensor, writeSafetensors } from '../src/io/safetensors';
+import { caught, expectSameFloats } from './helpers';
 
 // ---- helpers ----------------------------------------------------------------------------------
 
@@ -21,30 +22,14 @@ function bytesOf(a: ArrayBufferView): Uint8Array {
   return new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength));
 }
 
-function caught(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (e) {
-    return e;
-  }
-  throw new Error('expected a throw');
-}
-
 function expectGPT2(fn: () => unknown, code: GPT2ErrorCode, message: RegExp): void {
   const e = caught(fn);
-  expect(e).toBeInstanceOf(GPT2Error);
-  expect((e as GPT2Error).code).toBe(code);
-  expect((e as GPT2Error).message).toMatch(message);
+  expect(e.code).toBe(code);
+  expect(e.message).toMatch(message);
 }
 
 const bad = (bytes: Uint8Array, message: RegExp): void =>
   expectGPT2(() => readSafetensorsHeader(bytes, 'x/model.safetensors'), 'BAD_SAFETENSORS', message);
-
-/** Bit-exact float equality that treats every NaN alike and tells -0 from 0. */
-function sameFloats(a: ArrayLike<number>, b: ArrayLike<number>): void {
-  expect(a.length).toBe(b.length);
-  for (let i = 0; i < a.length; i++) expect(Object.is(a[i], b[i]) || (Number.isNaN(a[i]) && Number.isNaN(b[i]))).toBe(true);
-}
 
 const f32 = (x: number): number => Math.fround(x);
 
@@ -229,7 +214,7 @@ describe('decoding', () => {
     const h = readSafetensorsHeader(bytes);
     const t = readTensor(bytes, h.entries.get('w')!);
     expect(t.shape).toEqual([3, 4]);
-    sameFloats(t.data, data);
+    expectSameFloats(t.data, data);
   });
 
   test('F32 decoded from a window is a copy of just that window', () => {
@@ -268,7 +253,7 @@ describe('decoding', () => {
       [0xffff, NaN],
     ];
     const got = decodeToFloat32(bytesOf(Uint16Array.from(cases.map((c) => c[0]))), 'F16');
-    sameFloats(got, cases.map((c) => c[1]));
+    expectSameFloats(got, cases.map((c) => c[1]));
   });
 
   test('F16 write → read is exact for all 65536 half values (NaNs stay NaN)', () => {
@@ -284,7 +269,7 @@ describe('decoding', () => {
       if (isNaN) expect((raw[i] & 0x7c00) === 0x7c00 && (raw[i] & 0x3ff) !== 0).toBe(true);
       else if (raw[i] !== i) throw new Error(`half 0x${i.toString(16)} came back as 0x${raw[i].toString(16)}`);
     }
-    sameFloats(readTensor(bytes, e).data, values);
+    expectSameFloats(readTensor(bytes, e).data, values);
   });
 
   test('F16 writer rounds to nearest, ties to even, over/underflowing correctly', () => {
@@ -307,7 +292,7 @@ describe('decoding', () => {
     const data = Float32Array.from(cases.map((c) => c[0]));
     const bytes = writeSafetensors({ w: { data, shape: [data.length], dtype: 'F16' } });
     const t = readTensor(bytes, readSafetensorsHeader(bytes).entries.get('w')!);
-    sameFloats(t.data, cases.map((c) => c[1]));
+    expectSameFloats(t.data, cases.map((c) => c[1]));
   });
 
   test('BF16 bit patterns', () => {
@@ -326,7 +311,7 @@ describe('decoding', () => {
       [0x7fc0, NaN],
       [0xffc1, NaN],
     ];
-    sameFloats(decodeToFloat32(bytesOf(Uint16Array.from(cases.map((c) => c[0]))), 'BF16'), cases.map((c) => c[1]));
+    expectSameFloats(decodeToFloat32(bytesOf(Uint16Array.from(cases.map((c) => c[0]))), 'BF16'), cases.map((c) => c[1]));
   });
 
   test('BF16 is the top half of float32: hand-built file round trip', () => {
@@ -335,7 +320,7 @@ describe('decoding', () => {
     const want = new Float32Array(Uint32Array.from(top, (u) => (u << 16) >>> 0).buffer);
     const bytes = build({ w: { dtype: 'BF16', shape: [257], data_offsets: [0, 514] } }, bytesOf(top));
     const t = readTensor(bytes, readSafetensorsHeader(bytes).entries.get('w')!);
-    sameFloats(t.data, want);
+    expectSameFloats(t.data, want);
     for (let i = 0; i < src.length; i++) expect(Math.abs(t.data[i] - src[i])).toBeLessThanOrEqual(Math.abs(src[i]) * 2 ** -7);
   });
 
@@ -344,7 +329,7 @@ describe('decoding', () => {
     const bytes = build({ __metadata__: { format: 'np' }, d: { dtype: 'F64', shape: [2, 5], data_offsets: [0, 80] } }, bytesOf(src));
     const t = readTensor(bytes, readSafetensorsHeader(bytes).entries.get('d')!);
     expect(t.shape).toEqual([2, 5]);
-    sameFloats(t.data, [1.5, -2.25, f32(0.1), Infinity, -Infinity, 0, -0, NaN, Infinity, 16777216]);
+    expectSameFloats(t.data, [1.5, -2.25, f32(0.1), Infinity, -Infinity, 0, -0, NaN, Infinity, 16777216]);
   });
 
   test('unaligned data offsets: every dtype decodes wherever its bytes start', () => {

@@ -3,13 +3,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { GPT2, loadModel } from '../src';
-import { main } from '../src/cli';
 import { LoadProgress } from '../src/io/hf';
 import { openSource } from '../src/io/source';
 import { TfjsModelJson, writeTfjsManifest } from '../src/io/tfjs';
 import { SIDE_FILES, convertToTfjs, detectWeights, streamWeights } from '../src/io/weights';
-import { TINY_DIR, maxAbsDiff, forwardAndDispose, expectSameLogits, rejection } from './helpers';
-import { TestServer, serveFile, startServer } from './serve';
+import { TINY_DIR, TestServer, caught, expectSameFloats, forwardAndDispose, runCli, serveFile, startTestServer } from './helpers';
 
 const IDS = [464, 2068, 7586, 21831, 18045, 625, 262, 50256];
 const MiB = 2 ** 20;
@@ -19,7 +17,7 @@ let out: string; // float32, 1 MiB shards
 let reference: Float32Array;
 
 const logits = (model: GPT2): Promise<Float32Array> => forwardAndDispose(model, IDS);
-const expectSame = (got: Float32Array): void => expectSameLogits(got, reference);
+const expectSame = (got: Float32Array): void => expectSameFloats(got, reference);
 
 function readManifest(dir: string): TfjsModelJson {
   return JSON.parse(fs.readFileSync(path.join(dir, 'model.json'), 'utf8')) as TfjsModelJson;
@@ -30,14 +28,6 @@ function copyOut(name: string): string {
   const dir = path.join(tmp, name);
   fs.cpSync(out, dir, { recursive: true });
   return dir;
-}
-
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const io = { stdout: { write: (s: string) => (stdout += s) }, stderr: { write: (s: string) => (stderr += s) } };
-  const code = await main(['node', 'gpt2-tfjs', ...args], io);
-  return { code, stdout, stderr };
 }
 
 beforeAll(async () => {
@@ -82,7 +72,7 @@ describe('convert to a tfjs manifest', () => {
 
   test('`convert --to tfjs --dtype float16` (tfjs float16 quantization) loads to identical logits', async () => {
     const half = path.join(tmp, 'tfjs-f16');
-    const r = await cli(['convert', '--to', 'tfjs', TINY_DIR, half, '--shard-mb', '0.5', '--dtype', 'float16']);
+    const r = await runCli(['convert', '--to', 'tfjs', TINY_DIR, half, '--shard-mb', '0.5', '--dtype', 'float16']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/wrote .*model\.json: 28 weights in 7 shard\(s\)/);
@@ -102,7 +92,7 @@ describe('convert to a tfjs manifest', () => {
     for await (const t of streamWeights(openSource(TINY_DIR))) a.set(t.name, t.data);
     let n = 0;
     for await (const t of streamWeights(openSource(dir))) {
-      expect(maxAbsDiff(t.data, a.get(t.name)!)).toBe(0);
+      expectSameFloats(t.data, a.get(t.name)!);
       n++;
     }
     expect(n).toBe(a.size);
@@ -121,8 +111,8 @@ describe('convert to a tfjs manifest', () => {
     const dir = path.join(tmp, 'has-st');
     fs.mkdirSync(dir);
     fs.writeFileSync(path.join(dir, 'model.safetensors'), '');
-    expect((await rejection(convertToTfjs(openSource(TINY_DIR), dir))).code).toBe('BAD_OPTION');
-    const r = await cli(['convert', '--to', 'onnx', TINY_DIR, dir]);
+    expect((await caught(convertToTfjs(openSource(TINY_DIR), dir))).code).toBe('BAD_OPTION');
+    const r = await runCli(['convert', '--to', 'onnx', TINY_DIR, dir]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/onnx/);
   });
@@ -131,7 +121,7 @@ describe('convert to a tfjs manifest', () => {
 describe('loading a tfjs manifest over HTTP', () => {
   let server: TestServer;
   beforeAll(async () => {
-    server = await startServer((req, res, p) => serveFile(req, res, path.join(out, p.replace(/^\/tfjs\//, ''))));
+    server = await startTestServer((req, res, p) => serveFile(req, res, path.join(out, p.replace(/^\/tfjs\//, ''))));
   });
   afterAll(() => server.close());
 
@@ -158,7 +148,7 @@ describe('broken manifests', () => {
     const w = m.weightsManifest[0].weights;
     w.splice(3, 0, { ...w.find((x) => x.name === 'ln_f.bias')! });
     fs.writeFileSync(path.join(dir, 'model.json'), JSON.stringify(m));
-    const e = await rejection(loadModel(dir, { backend: 'cpu' }));
+    const e = await caught(loadModel(dir, { backend: 'cpu' }));
     expect(e.code).toBe('BAD_WEIGHTS');
     expect(e.message).toMatch(/"ln_f\.bias" appears twice/);
     expect(e.message).toContain(path.join(dir, 'model.json'));
@@ -166,7 +156,7 @@ describe('broken manifests', () => {
 
   test('the writer refuses duplicate names too', async () => {
     const t = { name: 'a', shape: [1], data: new Float32Array(1) };
-    const e = await rejection(writeTfjsManifest([t, t], path.join(tmp, 'dup-write')));
+    const e = await caught(writeTfjsManifest([t, t], path.join(tmp, 'dup-write')));
     expect(e.code).toBe('BAD_WEIGHTS');
     expect(fs.readdirSync(path.join(tmp, 'dup-write'))).toEqual([]);
   });
@@ -180,7 +170,7 @@ describe('broken manifests', () => {
     const shard = paths[which < 0 ? paths.length + which : which];
     const file = path.join(dir, shard);
     fs.truncateSync(file, fs.statSync(file).size - 100);
-    const e = await rejection(loadModel(dir, { backend: 'cpu' }));
+    const e = await caught(loadModel(dir, { backend: 'cpu' }));
     expect(e.code).toBe('BAD_WEIGHTS');
     expect(e.message).toContain(`shard ${file} is too short`);
   });
@@ -189,7 +179,7 @@ describe('broken manifests', () => {
     const dir = copyOut('missing-shard');
     const shard = readManifest(dir).weightsManifest[0].paths[1];
     fs.rmSync(path.join(dir, shard));
-    const e = await rejection(loadModel(dir, { backend: 'cpu' }));
+    const e = await caught(loadModel(dir, { backend: 'cpu' }));
     expect(e.code).toBe('MISSING_FILE');
     expect(e.message).toContain(shard);
   });
@@ -202,7 +192,7 @@ describe('broken manifests', () => {
   ])('%s → BAD_WEIGHTS', async (_what, text) => {
     const dir = copyOut(`bad-${_what.replace(/\W/g, '')}`);
     fs.writeFileSync(path.join(dir, 'model.json'), text);
-    expect((await rejection(loadModel(dir, { backend: 'cpu' }))).code).toBe('BAD_WEIGHTS');
+    expect((await caught(loadModel(dir, { backend: 'cpu' }))).code).toBe('BAD_WEIGHTS');
   });
 
   test('load order: model.safetensors wins over model.json', async () => {

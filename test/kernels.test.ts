@@ -15,7 +15,7 @@ import { KERNEL_ABI } from '../src/model/wasm/abi';
 import { patchMemoryImportToShared, patchToImportSharedMemory } from '../src/model/wasm/shared-memory';
 import { KernelThread } from '../src/model/wasm/threads';
 import { EngineInfo, engineInfo, loadModel } from '../src';
-import { TINY_DIR, maxAbsDiff } from './helpers';
+import { TINY_DIR, maxAbsDiff, runScript } from './helpers';
 
 const kernelLinear = (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: 'none' | 'relu' | 'gelu_new') => wasmEngine.linear(x, w, b, act);
 const kernelAttend = (q: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, B: number, T: number, past: number, mask: tf.Tensor | null, nHead: number, scale: number) =>
@@ -25,16 +25,6 @@ const writeCacheRows = (buf: tf.Tensor3D, rows: tf.Tensor3D, pos: number) => {
   const r = Array.from({ length: rows.shape[0] }, (_, i) => i);
   moveRows(buf, rows, r, r, 0, rows.shape[1], pos, false);
 };
-/** Runs a CommonJS script (tsx, repo root) in a fresh process; returns its last stdout line as JSON. */
-async function runScript<T>(lines: string[], env: Record<string, string> = {}): Promise<T> {
-  const { execFile } = await import('child_process');
-  const path = await import('path');
-  const tsx = path.join(__dirname, '..', 'node_modules', '.bin', 'tsx');
-  const out = await new Promise<string>((resolve, reject) =>
-    execFile(tsx, ['-e', lines.join('\n')], { cwd: path.join(__dirname, '..'), env: { ...process.env, ...env } }, (e, stdout) => (e ? reject(e) : resolve(stdout))),
-  );
-  return JSON.parse(out.trim().split('\n').pop() as string) as T;
-}
 
 const randn = (shape: number[], seed: number, scale = 0.5) => tf.randomNormal(shape, 0, scale, 'float32', seed);
 

@@ -8,9 +8,8 @@ import * as os from 'os';
 import * as path from 'path';
 import * as tf from '@tensorflow/tfjs-core';
 import { GPT2, GenerateOptions, loadModel } from '../src';
-import { main } from '../src/cli';
 import { WriteTensor, readSafetensorsHeader, readTensor, writeSafetensors } from '../src/io/safetensors';
-import { TINY_DIR, rejection } from './helpers';
+import { TINY_DIR, caught, runCli } from './helpers';
 
 let dir: string;
 let allNanDir: string;
@@ -57,14 +56,14 @@ describe.each(['cpu', 'wasm'] as const)('on %s', (backend) => {
   ];
   test.each(modes)('%s sampling → NON_FINITE, no tensor left', async (_name, o) => {
     const before = tf.memory().numTensors;
-    const e = await rejection(gpt.generate('Hello', { maxNewTokens: 4, ...o }));
+    const e = await caught(gpt.generate('Hello', { maxNewTokens: 4, ...o }));
     expect(e.code).toBe('NON_FINITE');
     expect(e.message).toMatch(/non-finite logit \(NaN for token id 0\).*gpt2-tfjs check/);
     expect(tf.memory().numTensors).toBe(before);
   });
 
   test('a batch fails whole, and the model still works afterwards for what it can do', async () => {
-    const e = await rejection(gpt.generateBatch(['a', 'b'], { maxNewTokens: 2, seed: 3 }));
+    const e = await caught(gpt.generateBatch(['a', 'b'], { maxNewTokens: 2, seed: 3 }));
     expect(e.code).toBe('NON_FINITE');
     expect((await gpt.forward([1, 2])).length).toBe(2 * gpt.config.vocabSize);
   });
@@ -72,7 +71,7 @@ describe.each(['cpu', 'wasm'] as const)('on %s', (backend) => {
   test('score → NON_FINITE instead of a null loss', async () => {
     const all = await loadModel(allNanDir, { backend });
     try {
-      const e = await rejection(all.score('To be, or not to be'));
+      const e = await caught(all.score('To be, or not to be'));
       expect(e.code).toBe('NON_FINITE');
     } finally {
       all.dispose();
@@ -82,24 +81,18 @@ describe.each(['cpu', 'wasm'] as const)('on %s', (backend) => {
 
 describe('found at load', () => {
   test('loadModel(..., { validate: true }) → NON_FINITE naming wte', async () => {
-    const e = await rejection(loadModel(dir, { backend: 'cpu', validate: true }));
+    const e = await caught(loadModel(dir, { backend: 'cpu', validate: true }));
     expect(e.code).toBe('NON_FINITE');
     expect(e.message).toMatch(/^wte\.weight .* holds NaN at flat index 5 /);
   });
 
   test('gpt2-tfjs check: exit 1 naming the tensor; exit 0 and "ok" on a good model', async () => {
-    const run = async (model: string) => {
-      let out = '';
-      let err = '';
-      const io = { stdout: { write: (s: string) => void (out += s) }, stderr: { write: (s: string) => void (err += s), isTTY: false }, stdin: process.stdin };
-      const code = await main(['node', 'gpt2-tfjs', 'check', '--model', model, '--backend', 'cpu'], io as never);
-      return { code, out, err };
-    };
-    const bad = await run(dir);
+    const check = (model: string) => runCli(['check', '--model', model, '--backend', 'cpu']);
+    const bad = await check(dir);
     expect(bad.code).toBe(1);
-    expect(bad.err).toMatch(/wte\.weight .* holds NaN .*\[NON_FINITE\]/);
-    const good = await run(TINY_DIR);
+    expect(bad.stderr).toMatch(/wte\.weight .* holds NaN .*\[NON_FINITE\]/);
+    const good = await check(TINY_DIR);
     expect(good.code).toBe(0);
-    expect(good.out).toMatch(/^ok: every weight is finite/);
+    expect(good.stdout).toMatch(/^ok: every weight is finite/);
   });
 });

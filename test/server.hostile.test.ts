@@ -7,7 +7,8 @@ import * as net from 'net';
 import * as tf from '@tensorflow/tfjs-core';
 import { GPT2, loadModel } from '../src';
 import { RunningServer, startServer } from '../src/server';
-import { ErrorBody, TINY_DIR } from './helpers';
+import { ErrorBody } from '../src/server/openai';
+import { TINY_DIR } from './helpers';
 
 
 let gpt: GPT2;

@@ -6,10 +6,10 @@
 import type { FastifyInstance } from 'fastify';
 import { createApp } from '../src/server/http';
 import { createMetrics } from '../src/server/metrics';
-import { HttpError } from '../src/server/openai';
+import { ErrorBody, HttpError } from '../src/server/openai';
 import { CompletionBody, FieldSpec, ParseContext, completionFields, completionSchema, parseCompletion } from '../src/server/request';
 import { Tokenizer, loadTokenizer } from '../src/tokenizer';
-import { ErrorBody, TINY_DIR } from './helpers';
+import { TINY_DIR, caught } from './helpers';
 
 let tok: Tokenizer;
 let ctx: ParseContext;
@@ -20,16 +20,8 @@ beforeAll(async () => {
   ctx = { modelName: 'tiny', maxPromptTokens: 48, maxChoices: 6, vocabSize: 50257, tokenizer: tok };
 });
 
-/** The parse's HttpError, or a failure when it did not throw one. */
-async function parseError(body: Record<string, unknown>, c: ParseContext = ctx): Promise<HttpError> {
-  try {
-    await parseCompletion(body as CompletionBody, fields, c);
-  } catch (e) {
-    if (e instanceof HttpError) return e;
-    throw e;
-  }
-  throw new Error(`parsed without error: ${JSON.stringify(body)}`);
-}
+/** The parse's HttpError (the test fails when it parses, or throws something else). */
+const parseError = (body: Record<string, unknown>, c: ParseContext = ctx): Promise<HttpError> => caught(parseCompletion(body as CompletionBody, fields, c), HttpError);
 
 describe('parseCompletion: good requests → options', () => {
   test('a bare text prompt takes OpenAI defaults: max_tokens 16, temperature 1, n 1, no echo, no stream', async () => {

@@ -9,8 +9,9 @@ import { GPT2, loadModel } from '../src';
 import { GenerateOptions, Sequence, StreamChunk } from '../src/generate/generate';
 import { Scheduler } from '../src/generate/scheduler';
 import { RunningServer, ServerOptions, startServer } from '../src/server';
+import { ErrorBody } from '../src/server/openai';
 import { loadTokenizer } from '../src/tokenizer';
-import { ErrorBody, TINY_DIR } from './helpers';
+import { TINY_DIR } from './helpers';
 
 interface Choice {
   text: string;
