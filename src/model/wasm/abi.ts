@@ -46,9 +46,24 @@ export function argList<K extends KernelName>(name: K, args: KernelArgs<K>): num
   });
 }
 
+/**
+ * Calls `f` with the positional arguments `a`, at a fixed arity: a wasm export called through a
+ * spread takes V8's slow generic path, and a decode step makes hundreds of these calls.
+ */
+export function invoke(f: (...args: number[]) => void, a: readonly number[]): void {
+  switch (a.length) {
+    case 2: return f(a[0], a[1]);
+    case 3: return f(a[0], a[1], a[2]);
+    case 7: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+    case 11: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10]);
+    case 15: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14]);
+    default: return f(...a);
+  }
+}
+
 /** Calls kernel `name` of `k` with named arguments. */
 export function call<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>): void {
-  k[name](...argList(name, args));
+  invoke(k[name], argList(name, args));
 }
 
 /**
@@ -62,11 +77,11 @@ export interface ChunkSpec<K extends KernelName> {
   extent?: { arg: keyof KernelArgs<K> & string; size: number; total: number };
 }
 
-/** The arguments of chunk `c` of a chunked job (positional). */
-export function chunkArgs(base: readonly number[], steps: readonly number[], c: number, extentIndex: number, size: number, total: number): number[] {
-  const a = base.map((v, i) => v + c * steps[i]);
-  if (extentIndex >= 0) a[extentIndex] = Math.min(size, total - c * size);
-  return a;
+/** Writes the arguments of chunk `c` of a chunked job (positional) into `out`. */
+export function chunkArgs(out: number[], base: readonly number[], steps: readonly number[], c: number, extentIndex: number, size: number, total: number): number[] {
+  for (let i = 0; i < base.length; i++) out[i] = base[i] + c * steps[i];
+  if (extentIndex >= 0) out[extentIndex] = Math.min(size, total - c * size);
+  return out;
 }
 
 /** Positional step vector and extent index of a chunk spec. */

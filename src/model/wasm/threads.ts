@@ -9,7 +9,7 @@
  * slots summed in index order afterwards (the one-thread path takes the same chunks): results do not
  * depend on the thread count.
  */
-import { ChunkSpec, KERNEL_ABI, KERNEL_NAMES, KernelArgs, KernelExports, KernelName, MAX_KERNEL_ARGS, argList, chunkArgs, chunkLayout } from './abi';
+import { ChunkSpec, KERNEL_ABI, KERNEL_NAMES, KernelArgs, KernelExports, KernelName, MAX_KERNEL_ARGS, argList, chunkArgs, chunkLayout, invoke } from './abi';
 
 const enum Slot {
   Seq = 0, // bumped by the caller for each job
@@ -45,6 +45,10 @@ function start({ module, memory, ctrl, names, types }, reply) {
   try { k = new WebAssembly.Instance(module, { env: { memory } }).exports; }
   catch (e) { reply({ error: String(e) }); return; }
   const fns = names.map((n) => k[n]);
+  const arrays = [], arrays2 = []; // argument arrays by length, reused for every job
+  for (let m = 0; m <= ${MAX_KERNEL_ARGS}; m++) { arrays.push(new Array(m).fill(0)); arrays2.push(new Array(m).fill(0)); }
+  const invoke = ${invoke.toString()}; // abi.ts: fixed-arity calls (a spread call to a wasm export is slow)
+
   // Jobs are counted from 0 on a fresh control block. Reading the counter here instead would race:
   // the caller may post its first job between 'ready' and that read, and the job would never run.
   let last = 0;
@@ -60,16 +64,17 @@ function start({ module, memory, ctrl, names, types }, reply) {
     const op = c[${Slot.Kernel}];
     if (op === 0) return;
     try {
-      const t = types[op - 1];
-      const args = t.map((ty, i) => (ty === 'f32' ? f[${Slot.Args} + i] : c[${Slot.Args} + i]));
+      const t = types[op - 1], fn = fns[op - 1], m = t.length;
+      const args = arrays[m], a = arrays2[m];
+      for (let i = 0; i < m; i++) args[i] = t[i] === 'f32' ? f[${Slot.Args} + i] : c[${Slot.Args} + i];
       const n = c[${Slot.Chunks}];
-      if (n === 0) fns[op - 1](...args);
+      if (n === 0) invoke(fn, args);
       else {
         const e = c[${Slot.ExtentArg}], size = c[${Slot.ExtentSize}], total = c[${Slot.ExtentTotal}];
         for (let ch = Atomics.add(c, ${Slot.Chunk}, 1); ch < n; ch = Atomics.add(c, ${Slot.Chunk}, 1)) {
-          const a = args.map((v, i) => v + ch * c[${STEPS} + i]);
+          for (let i = 0; i < m; i++) a[i] = args[i] + ch * c[${STEPS} + i];
           if (e >= 0) a[e] = Math.min(size, total - ch * size);
-          fns[op - 1](...a);
+          invoke(fn, a);
         }
       }
     } catch (e) { Atomics.store(c, ${Slot.Error}, 1); }
@@ -235,11 +240,12 @@ export function runChunks<K extends KernelName>(k: KernelExports, name: K, args:
   const size = spec.extent?.size ?? 0;
   const total = spec.extent?.total ?? 0;
   const shared = thread !== null && thread.claim();
-  let next = 0;
-  const take = shared ? () => thread.takeChunk() : () => next++;
+  const f = k[name];
+  const a = base.slice();
   if (shared) thread.post(name, args, spec);
   try {
-    for (let ch = take(); ch < spec.count; ch = take()) k[name](...chunkArgs(base, steps, ch, extentIndex, size, total));
+    let next = 0;
+    for (let ch = shared ? thread.takeChunk() : next++; ch < spec.count; ch = shared ? thread.takeChunk() : next++) invoke(f, chunkArgs(a, base, steps, ch, extentIndex, size, total));
   } finally {
     if (shared) thread.wait();
   }
