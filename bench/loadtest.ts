@@ -1,9 +1,13 @@
 /**
  * Load test for the HTTP service: streaming completions at several concurrency levels, reporting
- * requests/s, tokens/s, p50/p95 latency and time to first token. Starts the server in-process on
- * an ephemeral loopback port (or targets --url, loopback only), bounded in requests and in time.
+ * requests/s, tokens/s, p50/p95 latency, time to first token and inter-token latency (the gaps between
+ * a stream's chunks). Starts the server in-process on an ephemeral loopback port (or targets --url,
+ * loopback only), bounded in requests and in time. With --long-prompt-every S, one more client sends a
+ * --long-prompt-tokens prompt (max_tokens 1) every S seconds during each level: how much do long
+ * admissions disturb the running streams?
  *
  *   npm run loadtest -- --model weights/tiny-random --backend wasm --concurrency 1,4,16
+ *   npm run loadtest -- --model bench/models/gpt2-124m-random --concurrency 1 --long-prompt-every 2 --long-prompt-tokens 900
  *
  * Prints a table, then one JSON line (for scripts). Numbers are printed, never asserted.
  */
@@ -25,6 +29,11 @@ interface Level {
   latencyP95Ms: number;
   ttftP50Ms: number;
   ttftP95Ms: number;
+  itlP50Ms: number;
+  itlP95Ms: number;
+  /** Long prompts sent beside the streams (--long-prompt-every), and how many failed. */
+  longPrompts: number;
+  longPromptErrors: number;
 }
 
 interface Sample {
@@ -32,6 +41,8 @@ interface Sample {
   latencyMs: number;
   ttftMs: number;
   tokens: number;
+  /** Gaps between successive chunks of the stream, ms. */
+  gaps: number[];
 }
 
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
@@ -47,6 +58,8 @@ async function oneRequest(url: string, body: object, timeoutMs: number): Promise
   const t0 = performance.now();
   let ttft = NaN;
   let tokens = 0;
+  let last = NaN;
+  const gaps: number[] = [];
   try {
     const r = await fetch(`${url}/v1/completions`, {
       method: 'POST',
@@ -56,7 +69,7 @@ async function oneRequest(url: string, body: object, timeoutMs: number): Promise
     });
     if (r.status !== 200 || !r.body) {
       await r.text().catch(() => undefined);
-      return { ok: false, latencyMs: performance.now() - t0, ttftMs: NaN, tokens: 0 };
+      return { ok: false, latencyMs: performance.now() - t0, ttftMs: NaN, tokens: 0, gaps };
     }
     const decoder = new TextDecoder();
     let buf = '';
@@ -74,21 +87,32 @@ async function oneRequest(url: string, body: object, timeoutMs: number): Promise
           continue;
         }
         const msg = JSON.parse(data) as { choices?: { text: string }[]; usage?: { completion_tokens: number }; error?: unknown };
-        if (msg.error) return { ok: false, latencyMs: performance.now() - t0, ttftMs: ttft, tokens };
-        if (Number.isNaN(ttft) && msg.choices?.length) ttft = performance.now() - t0;
+        if (msg.error) return { ok: false, latencyMs: performance.now() - t0, ttftMs: ttft, tokens, gaps };
+        if (msg.choices?.length) {
+          const now = performance.now();
+          if (Number.isNaN(ttft)) ttft = now - t0;
+          else gaps.push(now - last);
+          last = now;
+        }
         if (msg.usage) tokens = msg.usage.completion_tokens;
       }
     }
-    return { ok: done, latencyMs: performance.now() - t0, ttftMs: ttft, tokens };
+    return { ok: done, latencyMs: performance.now() - t0, ttftMs: ttft, tokens, gaps };
   } catch {
-    return { ok: false, latencyMs: performance.now() - t0, ttftMs: NaN, tokens };
+    return { ok: false, latencyMs: performance.now() - t0, ttftMs: NaN, tokens, gaps };
   }
 }
 
-async function runLevel(url: string, concurrency: number, opts: { requests: number; seconds: number; body: (i: number) => object; timeoutMs: number }): Promise<Level> {
+interface LongPrompts {
+  everyMs: number;
+  body: object;
+}
+
+async function runLevel(url: string, concurrency: number, opts: { requests: number; seconds: number; body: (i: number) => object; timeoutMs: number; long?: LongPrompts }): Promise<Level> {
   const samples: Sample[] = [];
   const deadline = performance.now() + opts.seconds * 1000;
   let next = 0;
+  let running = true;
   const t0 = performance.now();
   const worker = async (): Promise<void> => {
     while (next < opts.requests && performance.now() < deadline) {
@@ -96,7 +120,13 @@ async function runLevel(url: string, concurrency: number, opts: { requests: numb
       samples.push(await oneRequest(url, opts.body(i), opts.timeoutMs));
     }
   };
+  // the disturbing client: a long prompt every `everyMs`, each sent whether or not the last one finished
+  const longs: Promise<Sample>[] = [];
+  const timer = opts.long ? setInterval(() => running && longs.push(oneRequest(url, opts.long!.body, opts.timeoutMs)), opts.long.everyMs) : null;
   await Promise.all(Array.from({ length: concurrency }, worker));
+  running = false;
+  if (timer) clearInterval(timer);
+  const longDone = await Promise.all(longs);
   const seconds = (performance.now() - t0) / 1000;
   const ok = samples.filter((s) => s.ok);
   const r = (x: number): number => Math.round(x * 10) / 10;
@@ -111,12 +141,16 @@ async function runLevel(url: string, concurrency: number, opts: { requests: numb
     latencyP95Ms: r(quantile(ok.map((s) => s.latencyMs), 0.95)),
     ttftP50Ms: r(quantile(ok.map((s) => s.ttftMs).filter((x) => !Number.isNaN(x)), 0.5)),
     ttftP95Ms: r(quantile(ok.map((s) => s.ttftMs).filter((x) => !Number.isNaN(x)), 0.95)),
+    itlP50Ms: r(quantile(ok.flatMap((s) => s.gaps), 0.5)),
+    itlP95Ms: r(quantile(ok.flatMap((s) => s.gaps), 0.95)),
+    longPrompts: longDone.length,
+    longPromptErrors: longDone.filter((s) => !s.ok).length,
   };
 }
 
 function table(rows: Level[]): string {
-  const head = ['conc', 'reqs', 'errs', 'secs', 'req/s', 'tok/s', 'p50 ms', 'p95 ms', 'ttft p50', 'ttft p95'];
-  const body = rows.map((l) => [l.concurrency, l.requests, l.errors, l.seconds, l.requestsPerSec, l.tokensPerSec, l.latencyP50Ms, l.latencyP95Ms, l.ttftP50Ms, l.ttftP95Ms].map(String));
+  const head = ['conc', 'reqs', 'errs', 'secs', 'req/s', 'tok/s', 'p50 ms', 'p95 ms', 'ttft p50', 'ttft p95', 'itl p50', 'itl p95', 'long (errs)'];
+  const body = rows.map((l) => [l.concurrency, l.requests, l.errors, l.seconds, l.requestsPerSec, l.tokensPerSec, l.latencyP50Ms, l.latencyP95Ms, l.ttftP50Ms, l.ttftP95Ms, l.itlP50Ms, l.itlP95Ms, `${l.longPrompts} (${l.longPromptErrors})`].map(String));
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padStart(w[i])).join('  ');
   return [line(head), line(w.map((n) => '-'.repeat(n))), ...body.map(line)].join('\n');
@@ -136,6 +170,10 @@ async function main(): Promise<void> {
     .option('--temperature <t>', 'sampling temperature (0 = greedy)', '0')
     .option('--prompt <text>', 'prompt text (default: a short prompt given as token ids)')
     .option('--max-batch <n>', 'in-process server: rows decoded together (default: the highest concurrency)')
+    .option('--prefill-chunk <n>', 'in-process server: prompt tokens fed per step beside running rows (default: the server default)')
+    .option('--prefill-stretch <x>', 'in-process server: a step carrying prompt tokens takes at most ~x decode steps (default: the server default)')
+    .option('--long-prompt-every <s>', 'one more client: a long prompt (max_tokens 1) every this many seconds')
+    .option('--long-prompt-tokens <n>', 'length of that prompt in tokens', '900')
     .parse();
   const o = program.opts<{
     model: string;
@@ -148,6 +186,10 @@ async function main(): Promise<void> {
     temperature: string;
     prompt?: string;
     maxBatch?: string;
+    prefillChunk?: string;
+    prefillStretch?: string;
+    longPromptEvery?: string;
+    longPromptTokens: string;
   }>();
   const int = (name: string, v: string, min: number): number => {
     const n = Number(v);
@@ -174,19 +216,27 @@ async function main(): Promise<void> {
     // Serve text as well when the folder has tokenizer files and the loader did not attach them.
     gpt = base.tokenizer || !(await hasTokenizerFiles(o.model)) ? base : new GPT2(base.model, await loadTokenizer(o.model));
     const maxBatch = o.maxBatch ? int('max-batch', o.maxBatch, 1) : Math.max(...levels);
-    server = await startServer({ model: gpt, host: '127.0.0.1', port: 0, maxBatch, maxQueue: Math.max(64, Math.max(...levels) * 2), maxTokens: Math.max(256, maxTokens) });
+    const prefillChunk = o.prefillChunk ? int('prefill-chunk', o.prefillChunk, 1) : undefined;
+    server = await startServer({ model: gpt, host: '127.0.0.1', port: 0, maxBatch, maxQueue: Math.max(64, Math.max(...levels) * 2), maxTokens: Math.max(256, maxTokens), prefillChunk, prefillStretch: o.prefillStretch ? Number(o.prefillStretch) : undefined });
     url = server.url;
   }
   const prompt: string | number[] = o.prompt ?? [464, 2068, 7586, 21831, 18045, 625, 262]; // "The quick brown fox jumps over the"
   const body = (i: number): object => ({ prompt, max_tokens: maxTokens, temperature, seed: i });
   const timeoutMs = Math.max(5000, seconds * 1000);
+  let long: LongPrompts | undefined;
+  if (o.longPromptEvery !== undefined) {
+    const every = Number(o.longPromptEvery);
+    if (!(every > 0)) throw new Error('--long-prompt-every must be a number of seconds > 0');
+    const n = int('long-prompt-tokens', o.longPromptTokens, 1);
+    long = { everyMs: every * 1000, body: { prompt: Array.from({ length: n }, (_, i) => (i * 7919 + 11) % 50000), max_tokens: 1, temperature: 0 } };
+  }
 
   try {
     await runLevel(url, 1, { requests: 2, seconds: 10, body, timeoutMs }); // warm-up
     const rows: Level[] = [];
-    for (const c of levels) rows.push(await runLevel(url, c, { requests: Math.max(requests, c), seconds, body, timeoutMs }));
+    for (const c of levels) rows.push(await runLevel(url, c, { requests: Math.max(requests, c), seconds, body, timeoutMs, long }));
     const where = server ? `in-process, model ${o.model}, backend ${o.backend}` : `server ${url}`;
-    console.log(`gpt2-tfjs loadtest — ${where}, max_tokens ${maxTokens}, temperature ${temperature}, streaming`);
+    console.log(`gpt2-tfjs loadtest — ${where}, max_tokens ${maxTokens}, temperature ${temperature}, streaming` + (long ? `, plus a ${o.longPromptTokens}-token prompt every ${o.longPromptEvery} s` : ''));
     console.log(table(rows));
     console.log(JSON.stringify({ loadtest: { target: server ? { model: o.model, backend: o.backend } : { url }, maxTokens, temperature, levels: rows } }));
   } finally {

@@ -65,6 +65,8 @@ export const SERVER_DEFAULTS = Object.freeze({
   port: 8080,
   maxBatch: 8,
   maxQueue: 64,
+  prefillChunk: 64, // prompt tokens fed per step beside running rows, at most (chunked prefill; docs/server.md)
+  prefillStretch: 2, // ... and no more than keep such a step within 2x a plain decode step
   maxTokens: 256,
   maxChoices: 16,
   requestTimeoutMs: 120_000,

@@ -94,18 +94,18 @@ test('exclusive jobs run between steps, alone on the model', async () => {
 
 test('a sequence being prefilled holds its row, so the queue cannot overfill by one', async () => {
   const sched = new Scheduler(gpt.model, { maxBatch: 1, maxQueue: 1 });
-  const admit = Batch.prototype.admit;
+  const step = Batch.prototype.step;
   const seen: number[] = [];
-  const spy = jest.spyOn(Batch.prototype, 'admit').mockImplementation(function (this: Batch, s: Sequence) {
-    seen.push(sched.room);
-    return admit.call(this, s);
+  const spy = jest.spyOn(Batch.prototype, 'step').mockImplementation(function (this: Batch, o?: { prefillBudget?: number }) {
+    if (this.joiningCount) seen.push(sched.room); // steps that feed the joining sequence's prompt
+    return step.call(this, o);
   });
   try {
     await sched.submit(seq([1, 2], { temperature: 0, maxNewTokens: 2 }));
   } finally {
     spy.mockRestore();
   }
-  expect(seen).toEqual([1]); // the one row is taken by the admitted sequence; one queue place is left
+  expect(seen).toEqual([1]); // the one row is taken by the joining sequence; one queue place is left
   await sched.close();
   expect(tf.memory().numTensors).toBe(baseline);
 });
@@ -126,4 +126,6 @@ test('an exclusive job that throws synchronously rejects alone; the loop goes on
 test('options are checked', () => {
   expect(() => new Scheduler(gpt.model, { maxBatch: 0 })).toThrow(/maxBatch/);
   expect(() => new Scheduler(gpt.model, { maxQueue: -1 })).toThrow(/maxQueue/);
+  expect(() => new Scheduler(gpt.model, { prefillChunk: 0 })).toThrow(/prefillChunk/);
+  expect(() => new Scheduler(gpt.model, { prefillStretch: 1 })).toThrow(/prefillStretch/);
 });

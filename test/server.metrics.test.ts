@@ -1,8 +1,9 @@
 /** The server's metrics on their own, over a stand-in scheduler. */
 import { COMPLETIONS_ROUTE, SchedulerView, createMetrics } from '../src/server/metrics';
 
-function fakeScheduler(): SchedulerView & { stats: { tokensGenerated: number; steps: number; prefills: number; tokensPerSecond: number } } {
-  return { stats: { tokensGenerated: 0, steps: 0, prefills: 0, tokensPerSecond: 0 }, queueDepth: 0, running: 0 };
+function fakeScheduler(): SchedulerView {
+  const stats = { tokensGenerated: 0, steps: 0, prefills: 0, prefillTokens: 0, mixedSteps: 0, lastStep: { decodeRows: 0, prefillTokens: 0 }, tokensPerSecond: 0 };
+  return { stats, queueDepth: 0, running: 0 };
 }
 
 const line = (text: string, name: string): string | undefined => text.split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{'));
@@ -45,6 +46,14 @@ test('scheduler figures are read at scrape time', async () => {
   for (const want of ['gpt2_tokens_generated_total 42', 'gpt2_decode_steps_total 7', 'gpt2_queue_depth 3', 'gpt2_running_rows 2', 'gpt2_tokens_per_second 12.5']) expect(text).toContain(want);
   s.stats.tokensGenerated = 50; // counters follow the scheduler's total, not a sum of scrapes
   expect(await m.registry.metrics()).toContain('gpt2_tokens_generated_total 50\n');
+});
+
+test("each step's composition (chunked prefill) is exported: rows decoded, prompt tokens fed, totals", async () => {
+  const s = fakeScheduler();
+  const m = createMetrics(s);
+  Object.assign(s.stats, { prefillTokens: 900, mixedSteps: 28, lastStep: { decodeRows: 3, prefillTokens: 17 } });
+  const text = await m.registry.metrics();
+  for (const want of ['gpt2_prefill_tokens_total 900', 'gpt2_mixed_steps_total 28', 'gpt2_step_decode_rows 3', 'gpt2_step_prefill_tokens 17']) expect(text).toContain(want);
 });
 
 test('each server has its own registry', async () => {

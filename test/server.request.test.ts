@@ -136,7 +136,7 @@ describe('the schema, through the real transport', () => {
   let app: FastifyInstance;
   let url: string;
   beforeAll(async () => {
-    const metrics = createMetrics({ stats: { tokensGenerated: 0, steps: 0, prefills: 0, tokensPerSecond: 0 }, queueDepth: 0, running: 0 });
+    const metrics = createMetrics({ stats: { tokensGenerated: 0, steps: 0, prefills: 0, prefillTokens: 0, mixedSteps: 0, lastStep: { decodeRows: 0, prefillTokens: 0 }, tokensPerSecond: 0 }, queueDepth: 0, running: 0 });
     app = createApp({ logger: false, bodyLimit: 16 * 1024, bodyTimeoutMs: 1000, keepAliveTimeoutMs: 1000, maxConnections: 8, metrics, closing: () => false });
     app.post('/v1/completions', { schema: { body: completionSchema(fields) } }, async (req) => (await parseCompletion(req.body as CompletionBody, fields, ctx)).options);
     url = await app.listen({ host: '127.0.0.1', port: 0 });

@@ -242,6 +242,8 @@ export function buildProgram(io: CliIO): Command {
     .option('--host <host>', 'address to listen on', SERVER_DEFAULTS.host)
     .option('--max-batch <n>', 'rows decoded together', int('--max-batch', 1, 256), SERVER_DEFAULTS.maxBatch)
     .option('--max-queue <n>', 'waiting requests before 429', int('--max-queue', 0, 100000), SERVER_DEFAULTS.maxQueue)
+    .option('--prefill-chunk <n>', 'prompt tokens fed per step beside running requests, at most (chunked prefill)', int('--prefill-chunk', 1, 100000), SERVER_DEFAULTS.prefillChunk)
+    .option('--prefill-stretch <x>', 'a step carrying prompt tokens takes at most ~x times a plain decode step', (v: string) => { const n = Number(v); if (!(n > 1)) throw new InvalidArgumentError('--prefill-stretch must be a number > 1'); return n; }, SERVER_DEFAULTS.prefillStretch)
     .option('--max-tokens <n>', 'cap on a request\'s max_tokens', int('--max-tokens', 1, 100000), SERVER_DEFAULTS.maxTokens)
     .option('--request-timeout <ms>', 'per-request timeout in milliseconds', int('--request-timeout', 1), SERVER_DEFAULTS.requestTimeoutMs)
     .option('--body-timeout <ms>', 'a request\'s headers and body must arrive within this (408 otherwise)', int('--body-timeout', 1), SERVER_DEFAULTS.bodyTimeoutMs)
@@ -252,7 +254,7 @@ export function buildProgram(io: CliIO): Command {
       const gpt = await loadWithProgress(io, o, false);
       const { startServer } = await import('../server');
       const srv = await startServer({
-        model: gpt, host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue,
+        model: gpt, host: o.host, port: o.port, maxBatch: o.maxBatch, maxQueue: o.maxQueue, prefillChunk: o.prefillChunk, prefillStretch: o.prefillStretch,
         maxTokens: o.maxTokens, requestTimeoutMs: o.requestTimeout, modelName: o.modelName,
         bodyTimeoutMs: o.bodyTimeout, maxConnections: o.maxConnections,
       });

@@ -4,7 +4,7 @@
  * sampling state, so rows can join (after their own prefill) and leave at any step.
  */
 import { GPT2Error } from '../errors';
-import { GPT2Model, KVCache } from '../model/gpt2';
+import { GPT2Model, KVCache, StepPart } from '../model/gpt2';
 import { GENERATE_DEFAULTS } from '../options';
 import { makeRng } from './rng';
 import { Sampler, SamplingOptions, TokenLogprob, tokenLogprobs, vocabBounds } from './sampling';
@@ -174,17 +174,46 @@ export class Sequence {
   }
 }
 
+/** What one batch step ran: the running rows' decode tokens and the joining prompts' tokens. */
+export interface StepComposition {
+  decodeRows: number;
+  prefillTokens: number;
+}
+
+/** A sequence whose prompt is being prefilled in chunks inside the running steps. */
+interface Joining {
+  seq: Sequence;
+  cache: KVCache;
+  fed: number; // prompt tokens already in `cache`
+}
+
 /**
  * A running batch: rows share one KV cache (left-padded to a common length) and one forward per
- * decode step. Rows join after their own prefill and leave when finished.
+ * decode step. Rows join after their prefill — alone (`admit`), or in chunks that ride in the decode
+ * steps (`join`: no stall of the running rows) — and leave when finished.
  */
 export class Batch {
   readonly rows: Sequence[] = [];
   private readonly cache = new KVCache([]);
+  private readonly joining: Joining[] = [];
   constructor(private readonly model: GPT2Model) {}
 
   get size(): number {
     return this.rows.length;
+  }
+
+  /** Sequences whose prompts are still being fed (see `join`). */
+  get joiningCount(): number {
+    return this.joining.length;
+  }
+
+  /**
+   * Queues `seq` to join the batch: from the next `step` on, its prompt is fed in chunks within that
+   * step's prefill budget, in the same forward pass as the running rows' decode tokens, into a cache of
+   * its own; once the whole prompt is in, it samples its first token and becomes a row.
+   */
+  join(seq: Sequence): void {
+    this.joining.push({ seq, cache: new KVCache([0]), fed: 0 });
   }
 
   /** Prefills `seq` alone (only its last position goes through the head), samples its first token, and adds it. */
@@ -206,52 +235,58 @@ export class Batch {
   }
 
   /**
-   * Prefills several sequences in one forward pass (left-padded to the longest prompt: the weights
-   * are read once for all of them), samples each one's first token, and adds those not yet done.
+   * One step: every row decodes one token and, within `prefillBudget` prompt tokens (default: no
+   * limit), the joining sequences' prompts advance, shortest remaining first — one forward pass for
+   * all of it (chunked prefill, as Sarathi-Serve / vLLM). A joining sequence whose prompt is complete
+   * samples its first token and becomes a row; finished and aborted rows leave.
    */
-  async admitMany(seqs: Sequence[]): Promise<void> {
-    const live = seqs.filter((s) => {
-      if (s.aborted) s.finish('abort');
-      return !s.aborted;
-    });
-    if (live.length <= 1) {
-      if (live.length === 1) await this.admit(live[0]);
-      return;
-    }
-    const T = Math.max(...live.map((s) => s.context.length));
-    const pad = live.map((s) => T - s.context.length);
-    const own = new KVCache(pad);
-    try {
-      // Padding positions are masked out; any valid id will do for them.
-      const ids = live.map((s, b) => [...new Array<number>(pad[b]).fill(s.context[0]), ...s.context]);
-      const logits = await this.model.step(ids, own, { lastOnly: true });
-      const V = this.model.config.vocabSize;
-      const keep: number[] = [];
-      live.forEach((s, b) => {
-        s.accept(logits.subarray(b * V, (b + 1) * V));
-        if (!s.done) keep.push(b);
-      });
-      if (!keep.length) return;
-      own.keepRows(keep);
-      this.cache.append(own);
-      this.rows.push(...keep.map((b) => live[b]));
-    } finally {
-      own.dispose();
-    }
-  }
-
-  /** One decode step for every row; finished and aborted rows leave the batch. */
-  async step(): Promise<void> {
+  async step(opts: { prefillBudget?: number } = {}): Promise<StepComposition> {
     for (const r of this.rows) if (r.aborted) r.finish('abort');
     this.compact();
-    if (this.rows.length === 0) return;
+    for (const j of this.joining.filter((j) => j.seq.aborted)) this.dropJoining(j, 'abort');
+    const parts: StepPart[] = [];
+    if (this.rows.length) parts.push({ ids: this.rows.map((r) => [r.context[r.context.length - 1]]), cache: this.cache });
+    let budget = opts.prefillBudget ?? Infinity;
+    const fed: { j: Joining; n: number }[] = [];
+    // Shortest remaining prompt first: a short request is not held behind a long prompt's whole
+    // prefill (each step still advances the longest by whatever budget the shorter ones leave).
+    const order = [...this.joining].sort((a, b) => a.seq.context.length - a.fed - (b.seq.context.length - b.fed));
+    for (const j of order) {
+      if (budget < 1) break;
+      const n = Math.min(budget, j.seq.context.length - j.fed);
+      parts.push({ ids: [j.seq.context.slice(j.fed, j.fed + n)], cache: j.cache });
+      fed.push({ j, n });
+      budget -= n;
+    }
+    const composition = { decodeRows: this.rows.length, prefillTokens: fed.reduce((t, f) => t + f.n, 0) };
+    if (!parts.length) return composition;
+    const logits = await this.model.stepParts(parts, { lastOnly: true });
     const V = this.model.config.vocabSize;
-    const logits = await this.model.step(this.rows.map((r) => [r.context[r.context.length - 1]]), this.cache, { lastOnly: true });
+    const rowLogits = this.rows.length ? (logits.shift() as Float32Array) : null;
     this.rows.forEach((r, b) => {
       if (r.aborted) r.finish('abort');
-      else r.accept(logits.subarray(b * V, (b + 1) * V));
+      else r.accept((rowLogits as Float32Array).subarray(b * V, (b + 1) * V));
     });
     this.compact();
+    fed.forEach(({ j, n }, i) => {
+      j.fed += n;
+      if (j.fed < j.seq.context.length) return;
+      this.joining.splice(this.joining.indexOf(j), 1);
+      if (j.seq.aborted) j.seq.finish('abort');
+      else j.seq.accept(logits[i]);
+      if (j.seq.done) j.cache.dispose();
+      else {
+        this.cache.append(j.cache); // its rows move into the batch's cache; j.cache ends empty
+        this.rows.push(j.seq);
+      }
+    });
+    return composition;
+  }
+
+  private dropJoining(j: Joining, reason: FinishReason): void {
+    this.joining.splice(this.joining.indexOf(j), 1);
+    j.seq.finish(reason);
+    j.cache.dispose();
   }
 
   private compact(): void {
@@ -263,8 +298,9 @@ export class Batch {
     this.rows.splice(0, this.rows.length, ...live);
   }
 
-  /** Releases the cache; rows still running end as aborted. */
+  /** Releases the caches; rows still running or joining end as aborted. */
   dispose(): void {
+    for (const j of this.joining.slice()) this.dropJoining(j, 'abort');
     for (const r of this.rows) r.finish('abort');
     this.rows.length = 0;
     this.cache.dispose();

@@ -1,27 +1,43 @@
 /**
  * Continuous batching: many independent requests share one running `Batch` (one forward per
  * decode step for all of them). One async loop owns the model, so there is never more than one
- * forward pass at a time: between steps it admits waiting sequences (each prefilled alone, then
- * joining the batch), runs `batch.step()`, hands every row its new chunks and settles finished rows.
+ * forward pass at a time: between steps it gives waiting sequences free rows (their prompts are fed
+ * in chunks inside the following steps, beside the running rows' decode tokens: no stall), runs
+ * `batch.step()`, hands every row its new chunks and settles finished rows.
  */
 import { GPT2Error } from '../errors';
+import { SERVER_DEFAULTS } from '../options';
 import { GPT2Model } from '../model/gpt2';
-import { Batch, GenerateResult, Sequence, StreamChunk } from './generate';
+import { Batch, GenerateResult, Sequence, StepComposition, StreamChunk } from './generate';
 
 export interface SchedulerOptions {
   /** Rows decoded together at most (default 8). */
   maxBatch?: number;
   /** Sequences waiting beyond the free rows at most; one more is refused with QUEUE_FULL (default 64). */
   maxQueue?: number;
+  /** Prompt tokens of joining sequences fed per step beside running rows, at most (default DEFAULT_PREFILL_CHUNK). */
+  prefillChunk?: number;
+  /**
+   * A step that carries prompt tokens beside running rows may take at most about this many times a
+   * plain decode step (default 2): the per-step prompt budget is sized from measured step times, so the
+   * running streams' inter-token latency stays within this factor on any machine, and prompts are
+   * admitted as fast as that allows.
+   */
+  prefillStretch?: number;
 }
 
 export interface SchedulerStats {
   /** Completion tokens produced (an end-of-text token included). */
   tokensGenerated: number;
-  /** Batched decode steps run. */
+  /** Batched steps run (decode rows and/or prompt chunks). */
   steps: number;
   /** Sequences prefilled (admitted). */
   prefills: number;
+  /** Prompt tokens prefilled, and steps that carried both decode rows and prompt tokens. */
+  prefillTokens: number;
+  mixedSteps: number;
+  /** The last step's composition: running rows decoded, prompt tokens fed. */
+  lastStep: StepComposition;
   /** Tokens per second over the last few seconds (0 when idle). */
   tokensPerSecond: number;
 }
@@ -38,8 +54,18 @@ interface Entry {
 const RATE_WINDOW_MS = 10_000;
 const yieldToIo = (): Promise<void> => new Promise((r) => setImmediate(r));
 
-/** Cap on the (padded) prompt positions prefilled in one forward pass. */
-const MAX_PREFILL_ROWS = 1024;
+/**
+ * Prompt tokens prefilled in one forward pass when no row is running: no stream waits on such a step,
+ * but a request arriving during it does (256 tokens ≈ 0.7 s for the 124M model on 2 cores), while
+ * fewer would re-read the weights more often for one long prompt.
+ */
+const MAX_PREFILL_TOKENS = 256;
+
+/**
+ * Prompt tokens that ride in one step beside running rows (chunked prefill); chosen by measurement on
+ * the 124M model (docs/server.md).
+ */
+export const DEFAULT_PREFILL_CHUNK = SERVER_DEFAULTS.prefillChunk;
 
 export class Scheduler {
   readonly maxBatch: number;
@@ -52,11 +78,21 @@ export class Scheduler {
   private loop: Promise<void> | null = null;
   private closed = false;
   private readonly jobs: { run: () => Promise<void>; cancel: (e: unknown) => void }[] = [];
-  private readonly counters = { tokensGenerated: 0, steps: 0, prefills: 0 };
+  private readonly counters = { tokensGenerated: 0, steps: 0, prefills: 0, prefillTokens: 0, mixedSteps: 0 };
+  private last: StepComposition = { decodeRows: 0, prefillTokens: 0 };
+  readonly prefillChunk: number;
+  readonly prefillStretch: number;
+  /** Measured: a plain decode step's duration, and the extra ms each prompt token adds to a step (moving averages). */
+  private decodeMs = NaN;
+  private tokenMs = NaN;
   private readonly recent: { t: number; n: number }[] = [];
 
   constructor(private readonly model: GPT2Model, opts: SchedulerOptions = {}) {
-    const { maxBatch = 8, maxQueue = 64 } = opts;
+    const { maxBatch = 8, maxQueue = 64, prefillChunk = DEFAULT_PREFILL_CHUNK, prefillStretch = SERVER_DEFAULTS.prefillStretch } = opts;
+    if (!Number.isInteger(prefillChunk) || prefillChunk < 1) throw new GPT2Error('BAD_OPTION', `prefillChunk must be an integer ≥ 1, got ${JSON.stringify(prefillChunk)}`);
+    if (typeof prefillStretch !== 'number' || !(prefillStretch > 1)) throw new GPT2Error('BAD_OPTION', `prefillStretch must be a number > 1, got ${JSON.stringify(prefillStretch)}`);
+    this.prefillChunk = prefillChunk;
+    this.prefillStretch = prefillStretch;
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new GPT2Error('BAD_OPTION', `maxBatch must be an integer ≥ 1, got ${JSON.stringify(maxBatch)}`);
     if (!Number.isInteger(maxQueue) || maxQueue < 0) throw new GPT2Error('BAD_OPTION', `maxQueue must be an integer ≥ 0, got ${JSON.stringify(maxQueue)}`);
     this.maxBatch = maxBatch;
@@ -89,7 +125,7 @@ export class Scheduler {
     this.prune(now);
     const n = this.recent.reduce((s, r) => s + r.n, 0);
     const span = this.recent.length ? Math.max(1000, now - this.recent[0].t) : 1;
-    return { ...this.counters, tokensPerSecond: this.recent.length ? (n * 1000) / span : 0 };
+    return { ...this.counters, lastStep: { ...this.last }, tokensPerSecond: this.recent.length ? (n * 1000) / span : 0 };
   }
 
   /**
@@ -146,11 +182,12 @@ export class Scheduler {
     for (const j of this.jobs.splice(0)) j.cancel(closed);
     // The loop stops at the next step boundary; rows still running then end as aborted.
     await this.loop;
-    for (const e of this.rows) {
+    for (const e of [...this.rows, ...this.admitting]) {
       e.seq.finish('abort');
       this.settle(e);
     }
     this.rows = [];
+    this.admitting = [];
     this.batch.dispose();
   }
 
@@ -165,71 +202,75 @@ export class Scheduler {
   }
 
   private async run(): Promise<void> {
-    while (!this.closed && (this.waiting.length || this.rows.length || this.jobs.length)) {
+    while (!this.closed && (this.waiting.length || this.rows.length || this.admitting.length || this.jobs.length)) {
       // Let HTTP handlers run (new requests, disconnects) between forward passes.
       await yieldToIo();
       for (const j of this.jobs.splice(0)) await j.run();
-      while (this.waiting.length && this.rows.length < this.maxBatch && !this.closed) {
-        const group = this.takeAdmissionGroup(this.maxBatch - this.rows.length);
-        this.admitting = group;
-        try {
-          await this.batch.admitMany(group.map((e) => e.seq));
-          this.counters.prefills += group.length;
-        } catch (err) {
-          for (const e of group) {
-            e.seq.finish('abort');
-            this.fail(e, err);
-          }
-          continue;
-        } finally {
-          this.admitting = [];
-        }
-        for (const e of group) {
-          this.deliver(e);
-          if (e.seq.done) this.settle(e);
-          else this.rows.push(e);
-        }
+      // Waiting sequences take free rows at once: their prompts ride in the coming steps (chunked prefill).
+      while (this.waiting.length && this.rows.length + this.admitting.length < this.maxBatch && !this.closed) {
+        const e = this.waiting.shift() as Entry;
+        this.admitting.push(e);
+        this.batch.join(e.seq);
       }
-      if (!this.rows.length || this.closed) continue;
+      if ((!this.rows.length && !this.admitting.length) || this.closed) continue;
+      let step: StepComposition;
       try {
-        await this.batch.step();
-        this.counters.steps++;
+        // With rows running, at most `prefillChunk` prompt tokens ride in a step, so their next token is
+        // never held up by more than that; with none running, prompts go in as fast as they can.
+        const t0 = performance.now();
+        step = await this.batch.step({ prefillBudget: this.rows.length ? this.prefillBudget() : MAX_PREFILL_TOKENS });
+        this.timeStep(step, performance.now() - t0);
       } catch (err) {
-        // A failed step leaves the cache unusable: fail its rows and start a fresh batch.
-        const rows = this.rows;
+        // A failed step leaves the caches unusable: fail its rows (running and joining), start a fresh batch.
+        const failed = [...this.rows, ...this.admitting];
         this.rows = [];
+        this.admitting = [];
         this.batch.dispose();
         this.batch = new Batch(this.model);
-        for (const e of rows) this.fail(e, err);
+        for (const e of failed) this.fail(e, err);
         continue;
       }
+      this.counters.steps++;
+      this.counters.prefillTokens += step.prefillTokens;
+      if (step.prefillTokens && step.decodeRows) this.counters.mixedSteps++;
+      this.last = step;
       const still: Entry[] = [];
       for (const e of this.rows) {
         this.deliver(e);
         if (e.seq.done) this.settle(e);
         else still.push(e);
       }
+      const admitting: Entry[] = [];
+      for (const e of this.admitting) {
+        const joined = !e.seq.done && this.batch.rows.includes(e.seq);
+        if (e.seq.done || joined) this.counters.prefills++;
+        if (e.seq.done) this.settle(e);
+        else if (joined) {
+          this.deliver(e);
+          still.push(e);
+        } else admitting.push(e);
+      }
       this.rows = still;
+      this.admitting = admitting;
     }
   }
 
   /**
-   * The waiting entries prefilled together next (FIFO, at most `free`): while the left padding to the
-   * longest prompt stays small next to the real tokens, one forward pass serves them all.
+   * Prompt tokens that may ride in the next step beside running rows: as many as keep the step within
+   * `prefillStretch` × a plain decode step, by the measured costs; `prefillChunk` at most, 1 at least
+   * (so a prompt always advances). Until both costs are measured, `prefillChunk`.
    */
-  private takeAdmissionGroup(free: number): Entry[] {
-    const group: Entry[] = [this.waiting.shift() as Entry];
-    let longest = group[0].seq.context.length;
-    let tokens = longest;
-    while (this.waiting.length && group.length < free) {
-      const n = this.waiting[0].seq.context.length;
-      const padded = (group.length + 1) * Math.max(longest, n);
-      if (padded > MAX_PREFILL_ROWS || padded > 2 * (tokens + n) + 64) break;
-      group.push(this.waiting.shift() as Entry);
-      longest = Math.max(longest, n);
-      tokens += n;
-    }
-    return group;
+  private prefillBudget(): number {
+    if (Number.isNaN(this.decodeMs) || Number.isNaN(this.tokenMs)) return this.prefillChunk;
+    const fit = Math.floor(((this.prefillStretch - 1) * this.decodeMs) / this.tokenMs);
+    return Math.max(1, Math.min(this.prefillChunk, fit));
+  }
+
+  private timeStep(step: StepComposition, ms: number): void {
+    const avg = (old: number, x: number): number => (Number.isNaN(old) ? x : 0.8 * old + 0.2 * x);
+    if (!step.decodeRows) return;
+    if (!step.prefillTokens) this.decodeMs = avg(this.decodeMs, ms);
+    else if (!Number.isNaN(this.decodeMs)) this.tokenMs = avg(this.tokenMs, Math.max(0.01, (ms - this.decodeMs) / step.prefillTokens));
   }
 
   /** Hands over the row's new chunks and counts its new tokens. */
@@ -268,8 +309,9 @@ export class Scheduler {
 
   /** An unexpected throw in the loop: fail the running rows and the pending jobs, start a fresh batch. */
   private crash(err: unknown): void {
-    const rows = this.rows;
+    const rows = [...this.rows, ...this.admitting];
     this.rows = [];
+    this.admitting = [];
     this.batch.dispose();
     this.batch = new Batch(this.model);
     for (const e of rows) {

@@ -14,6 +14,12 @@ import { ensureKernelThread } from './wasm/instance';
 
 export { KVCache } from './kvcache';
 
+/** Rows sharing one KV cache in a multi-part step (see GPT2Model.stepParts). */
+export interface StepPart {
+  ids: number[][]; // B rows × T new tokens
+  cache: KVCache | null;
+}
+
 export interface StepOptions {
   /** Only the last position of each row needs logits (generation); skips the head for the rest. */
   lastOnly?: boolean;
@@ -44,18 +50,21 @@ export class GPT2Model {
     }
   }
 
-  /** Embeddings and the blocks (call inside a tidy): token + position embedding, then every layer. */
-  private hidden(e: Engine, ids: Int32Array, pos: Int32Array, ctx: AttnContext, cache: KVCache | null): { x: tf.Tensor2D; kvs: LayerKV[] } {
+  /**
+   * Embeddings and the blocks (call inside a tidy): token + position embedding, then every layer.
+   * `parts` split the rows of `ids` by cache (see AttnPart); returns each part's keys/values per layer.
+   */
+  private hidden(e: Engine, ids: Int32Array, pos: Int32Array, parts: { ctx: AttnContext; cache: KVCache | null }[]): { x: tf.Tensor2D; kvs: LayerKV[][] } {
     const c = this.config;
     const p = this.params;
     const idx = tf.tensor1d(ids, 'int32');
     const tokEmb = p.wte ? tf.gather(p.wte, idx) : tf.transpose(tf.gather(p.headT, idx, 1)); // [N] -> [N, d]
     let x = tf.add(tokEmb, tf.gather(p.wpe, tf.tensor1d(pos, 'int32'))) as tf.Tensor2D; // [N, d]
-    const kvs: LayerKV[] = [];
+    const kvs: LayerKV[][] = parts.map(() => []);
     for (let l = 0; l < c.nLayer; l++) {
-      const r = block(e, x, p.h[l], cache?.layers?.[l] ?? null, ctx, c.layerNormEpsilon, c.activation); // [N, d]
+      const r = block(e, x, p.h[l], parts.map(({ ctx, cache }) => ({ ctx, past: cache?.layers?.[l] ?? null })), c.layerNormEpsilon, c.activation); // [N, d]
       x = r.x;
-      kvs.push(r.kv);
+      r.kvs.forEach((kv, i) => kvs[i].push(kv));
     }
     return { x, kvs };
   }
@@ -65,47 +74,77 @@ export class GPT2Model {
    * logits row-major: [B, V] when `lastOnly`, else [B, T, V]. With `cache` null nothing is kept.
    */
   async step(ids: number[][], cache: KVCache | null, opts: StepOptions = {}): Promise<Float32Array> {
-    this.check(ids, cache);
+    return (await this.stepParts([{ ids, cache }], opts))[0];
+  }
+
+  /**
+   * One forward pass over several parts, each with its own cache: e.g. a running batch's decode tokens
+   * and a chunk of a joining prompt (chunked prefill). The weights are read once for all of them; each
+   * part attends only to its own cache, so its logits are what `step` gives it alone. Returns each
+   * part's logits as `step` would.
+   */
+  async stepParts(parts: StepPart[], opts: StepOptions = {}): Promise<Float32Array[]> {
+    if (!Array.isArray(parts) || parts.length === 0) throw new GPT2Error('BAD_INPUT', 'a step needs at least one part');
+    for (const { ids, cache } of parts) this.check(ids, cache);
+    if (new Set(parts.map((pt) => pt.cache).filter((k) => k)).size !== parts.filter((pt) => pt.cache).length) {
+      throw new GPT2Error('BAD_INPUT', 'each part of a step needs its own KV cache');
+    }
     await ensureKernelThread();
     const c = this.config;
     const p = this.params;
-    const B = ids.length;
-    const T = ids[0].length;
-    const past = cache?.length ?? 0;
-    const pad = cache?.pad ?? [0];
-    const flat = new Int32Array(B * T);
-    const pos = new Int32Array(B * T);
-    for (let b = 0; b < B; b++) {
-      for (let i = 0; i < T; i++) {
-        flat[b * T + i] = ids[b][i];
-        pos[b * T + i] = Math.max(0, past + i - pad[b]);
+    const N = parts.reduce((n, { ids }) => n + ids.length * ids[0].length, 0);
+    const flat = new Int32Array(N);
+    const pos = new Int32Array(N);
+    const lastRows: number[] = [];
+    let row = 0;
+    const shapes = parts.map(({ ids, cache }) => {
+      const B = ids.length;
+      const T = ids[0].length;
+      const past = cache?.length ?? 0;
+      const pad = cache?.pad ?? [0];
+      for (let b = 0; b < B; b++) {
+        for (let i = 0; i < T; i++) {
+          flat[row] = ids[b][i];
+          pos[row] = Math.max(0, past + i - pad[b]);
+          row++;
+        }
+        lastRows.push(row - 1);
       }
-    }
+      return { B, T, past, pad };
+    });
+    const rowsOut = opts.lastOnly ? lastRows.length : N;
     const kept = tf.tidy(() => {
       const e = currentEngine(); // chosen once per step: the wasm kernels where they run, else tf ops
-      const ctx: AttnContext = { batch: B, steps: T, past, nHead: c.nHead, mask: new AttnMask(B, T, past, pad) };
-      const h = this.hidden(e, flat, pos, ctx, cache);
-      const kvs = h.kvs;
+      const ctxs = shapes.map(({ B, T, past, pad }): AttnContext => ({ batch: B, steps: T, past, nHead: c.nHead, mask: new AttnMask(B, T, past, pad) }));
+      const h = this.hidden(e, flat, pos, parts.map((pt, i) => ({ ctx: ctxs[i], cache: pt.cache })));
       let x = h.x; // [N, d]
-      if (opts.lastOnly && T > 1) {
-        const last = Int32Array.from({ length: B }, (_, b) => b * T + T - 1);
-        x = tf.gather(x, tf.tensor1d(last, 'int32')); // [N, d] -> [B, d]
-      }
+      if (opts.lastOnly && rowsOut < N) x = tf.gather(x, tf.tensor1d(Int32Array.from(lastRows), 'int32')); // [N, d] -> [rows, d]
       const out = e.linear(layerNorm(e, x, p.ln_f, c.layerNormEpsilon), p.headT, null); // [rows, d] -> [rows, V]
-      // tidy keeps what it returns: the logits and, when caching, every layer's keys/values.
-      return [out, ...(cache ? kvs.flatMap((l) => [l.k, l.v]) : [])];
+      // tidy keeps what it returns: the logits and, for each part with a cache, every layer's keys/values.
+      return [out, ...parts.flatMap((pt, i) => (pt.cache ? h.kvs[i].flatMap((l) => [l.k, l.v]) : []))];
     });
     const logits = kept[0];
-    if (cache) {
+    let at = 1;
+    parts.forEach(({ cache }, i) => {
+      if (!cache) return;
       const kv: LayerKV[] = [];
-      for (let l = 0; l < c.nLayer; l++) kv.push({ k: kept[1 + 2 * l] as tf.Tensor3D, v: kept[2 + 2 * l] as tf.Tensor3D });
-      cache.update(kv, past + T);
-    }
+      for (let l = 0; l < c.nLayer; l++, at += 2) kv.push({ k: kept[at] as tf.Tensor3D, v: kept[at + 1] as tf.Tensor3D });
+      cache.update(kv, shapes[i].past + shapes[i].T);
+    });
+    let all: Float32Array;
     try {
-      return (await logits.data()) as Float32Array;
+      all = (await logits.data()) as Float32Array;
     } finally {
       logits.dispose();
     }
+    const V = c.vocabSize;
+    let from = 0;
+    return shapes.map(({ B, T }) => {
+      const n = (opts.lastOnly ? B : B * T) * V;
+      const part = parts.length === 1 ? all : all.subarray(from, from + n);
+      from += n;
+      return part;
+    });
   }
 
   /**
@@ -122,7 +161,7 @@ export class GPT2Model {
       const e = currentEngine();
       const ctx: AttnContext = { batch: 1, steps: T - 1, past: 0, nHead: c.nHead, mask: new AttnMask(1, T - 1, 0, [0]) };
       const positions = Int32Array.from({ length: T - 1 }, (_, t) => t);
-      const { x } = this.hidden(e, Int32Array.from(ids.slice(0, T - 1)), positions, ctx, null); // [T-1, d]
+      const { x } = this.hidden(e, Int32Array.from(ids.slice(0, T - 1)), positions, [{ ctx, cache: null }]); // [T-1, d]
       const logp = tf.logSoftmax(e.linear(layerNorm(e, x, p.ln_f, c.layerNormEpsilon), p.headT, null)); // [T-1, V]
       const flat = Int32Array.from({ length: T - 1 }, (_, t) => t * c.vocabSize + ids[t + 1]);
       return tf.neg(tf.gather(tf.reshape(logp, [-1]), tf.tensor1d(flat, 'int32'))); // [T-1]

@@ -30,22 +30,38 @@ export function mlp(e: Engine, x: tf.Tensor2D, p: BlockParams, act: Activation):
   return e.linear(h, p.mlp.c_proj.w, p.mlp.c_proj.b); // [N, n_inner] -> [N, d]
 }
 
+/** One part of a step: rows that share a KV cache (a running batch, or one prompt being prefilled). */
+export interface AttnPart {
+  ctx: AttnContext;
+  past: LayerKV | null; // this part's cache for this layer
+}
+
 /**
- * Causal multi-head self-attention on the fused c_attn. Returns the block output and the layer's
- * keys/values including the new positions (the caller keeps them as the cache).
+ * Causal multi-head self-attention on the fused c_attn. x holds the rows of every part in order
+ * (part i: B_i*T_i rows); the projections run once over all of them, and each part attends to its own
+ * cache. Returns the block output and each part's keys/values including the new positions.
  */
-export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, past: LayerKV | null, ctx: AttnContext): { out: tf.Tensor2D; kv: LayerKV } {
-  const { batch: B, steps: T } = ctx;
+export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[]): { out: tf.Tensor2D; kvs: LayerKV[] } {
   const d = x.shape[1];
   const [q, k, v] = tf.split(e.linear(x, p.attn.c_attn.w, p.attn.c_attn.b), 3, 1) as tf.Tensor2D[]; // [N, d] -> [N, 3d] -> 3 × [N, d]
-  const kv = e.kv.write(past, tf.reshape(k, [B, T, d]), tf.reshape(v, [B, T, d]), ctx.past); // cache + new: [B, >= past + T, d]
-  const a = e.attend(q, kv, ctx); // softmax(q k^T / sqrt(hd) + mask) v per head: [N, d]
-  return { out: e.linear(a, p.attn.c_proj.w, p.attn.c_proj.b), kv }; // [N, d]
+  const outs: tf.Tensor2D[] = [];
+  const kvs: LayerKV[] = [];
+  let row = 0;
+  for (const { ctx, past } of parts) {
+    const { batch: B, steps: T } = ctx;
+    const mine = (t: tf.Tensor2D) => (parts.length === 1 ? t : tf.slice(t, [row, 0], [B * T, d])); // this part's rows: [B*T, d]
+    const kv = e.kv.write(past, tf.reshape(mine(k), [B, T, d]), tf.reshape(mine(v), [B, T, d]), ctx.past); // cache + new: [B, >= past + T, d]
+    outs.push(e.attend(mine(q), kv, ctx)); // softmax(q k^T / sqrt(hd) + mask) v per head: [B*T, d]
+    kvs.push(kv);
+    row += B * T;
+  }
+  const a = outs.length === 1 ? outs[0] : (tf.concat(outs, 0) as tf.Tensor2D); // [N, d]
+  return { out: e.linear(a, p.attn.c_proj.w, p.attn.c_proj.b), kvs }; // [N, d]
 }
 
 /** Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). */
-export function block(e: Engine, x: tf.Tensor2D, p: BlockParams, past: LayerKV | null, ctx: AttnContext, eps: number, act: Activation): { x: tf.Tensor2D; kv: LayerKV } {
-  const { out, kv } = attention(e, layerNorm(e, x, p.ln_1, eps), p, past, ctx); // [N, d]
+export function block(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[], eps: number, act: Activation): { x: tf.Tensor2D; kvs: LayerKV[] } {
+  const { out, kvs } = attention(e, layerNorm(e, x, p.ln_1, eps), p, parts); // [N, d]
   const x1 = tf.add(x, out) as tf.Tensor2D; // [N, d]
-  return { x: tf.add(x1, mlp(e, layerNorm(e, x1, p.ln_2, eps), p, act)) as tf.Tensor2D, kv }; // [N, d]
+  return { x: tf.add(x1, mlp(e, layerNorm(e, x1, p.ln_2, eps), p, act)) as tf.Tensor2D, kvs }; // [N, d]
 }

@@ -35,6 +35,13 @@ export interface ServerOptions {
   maxBatch?: number;
   /** Sequences waiting for a row before requests get 429 (default 64). */
   maxQueue?: number;
+  /**
+   * Prompt tokens of joining requests fed per step beside the running rows, at most (chunked prefill;
+   * default 64); fewer when more would stretch the step past `prefillStretch`.
+   */
+  prefillChunk?: number;
+  /** A step carrying prompt tokens takes at most about this many times a plain decode step (default 2; sizes the chunk from measured step times). */
+  prefillStretch?: number;
   /** Largest `max_tokens` a request may ask for (default 256). */
   maxTokens?: number;
   /** Longest prompt in tokens (default: the model's context). */
@@ -93,6 +100,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     port = d.port,
     maxBatch = d.maxBatch,
     maxQueue = d.maxQueue,
+    prefillChunk = d.prefillChunk,
+    prefillStretch = d.prefillStretch,
     maxTokens = d.maxTokens,
     maxPromptTokens = gpt.config.nPositions,
     maxChoices = d.maxChoices,
@@ -118,7 +127,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   positiveInt('maxConnections', maxConnections);
   if (typeof modelName !== 'string' || !modelName) throw new GPT2Error('BAD_OPTION', 'modelName must be a non-empty string');
 
-  const scheduler = new Scheduler(gpt.model, { maxBatch, maxQueue });
+  const scheduler = new Scheduler(gpt.model, { maxBatch, maxQueue, prefillChunk, prefillStretch });
   const metrics = createMetrics(scheduler);
   const created = Math.floor(Date.now() / 1000);
   let closing: Promise<void> | null = null;

@@ -56,13 +56,17 @@ export function createMetrics(scheduler: SchedulerView): ServerMetrics {
     });
   };
   total('gpt2_tokens_generated_total', 'Completion tokens generated', () => scheduler.stats.tokensGenerated);
-  total('gpt2_decode_steps_total', 'Batched decode steps run', () => scheduler.stats.steps);
+  total('gpt2_decode_steps_total', 'Batched steps run (decode rows and/or prompt chunks)', () => scheduler.stats.steps);
+  total('gpt2_prefill_tokens_total', 'Prompt tokens prefilled', () => scheduler.stats.prefillTokens);
+  total('gpt2_mixed_steps_total', 'Steps that carried running rows and prompt tokens together (chunked prefill)', () => scheduler.stats.mixedSteps);
   const gauge = (name: string, help: string, read: () => number): void => {
     new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
   };
   gauge('gpt2_queue_depth', 'Sequences waiting for a batch row', () => scheduler.queueDepth);
   gauge('gpt2_running_rows', 'Sequences in the running batch', () => scheduler.running);
   gauge('gpt2_tokens_per_second', 'Generation throughput over the last 10 s', () => scheduler.stats.tokensPerSecond);
+  gauge('gpt2_step_decode_rows', 'Running rows decoded in the last step', () => scheduler.stats.lastStep.decodeRows);
+  gauge('gpt2_step_prefill_tokens', 'Prompt tokens fed in the last step', () => scheduler.stats.lastStep.prefillTokens);
 
   return {
     registry,
