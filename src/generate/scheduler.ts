@@ -82,8 +82,8 @@ export class Scheduler {
   private last: StepComposition = { decodeRows: 0, prefillTokens: 0 };
   readonly prefillChunk: number;
   readonly prefillStretch: number;
-  /** Measured: a plain decode step's duration, and the extra ms each prompt token adds to a step (moving averages). */
-  private decodeMs = NaN;
+  /** Measured (moving averages): a plain decode step's duration by running rows, and the extra ms each prompt token adds to a step. */
+  private readonly decodeMs = new Map<number, number>();
   private tokenMs = NaN;
   private readonly recent: { t: number; n: number }[] = [];
 
@@ -261,16 +261,18 @@ export class Scheduler {
    * (so a prompt always advances). Until both costs are measured, `prefillChunk`.
    */
   private prefillBudget(): number {
-    if (Number.isNaN(this.decodeMs) || Number.isNaN(this.tokenMs)) return this.prefillChunk;
-    const fit = Math.floor(((this.prefillStretch - 1) * this.decodeMs) / this.tokenMs);
+    const decode = this.decodeMs.get(this.rows.length);
+    if (decode === undefined || Number.isNaN(this.tokenMs)) return this.prefillChunk;
+    const fit = Math.floor(((this.prefillStretch - 1) * decode) / this.tokenMs);
     return Math.max(1, Math.min(this.prefillChunk, fit));
   }
 
   private timeStep(step: StepComposition, ms: number): void {
-    const avg = (old: number, x: number): number => (Number.isNaN(old) ? x : 0.8 * old + 0.2 * x);
+    const avg = (old: number | undefined, x: number): number => (old === undefined || Number.isNaN(old) ? x : 0.8 * old + 0.2 * x);
     if (!step.decodeRows) return;
-    if (!step.prefillTokens) this.decodeMs = avg(this.decodeMs, ms);
-    else if (!Number.isNaN(this.decodeMs)) this.tokenMs = avg(this.tokenMs, Math.max(0.01, (ms - this.decodeMs) / step.prefillTokens));
+    const decode = this.decodeMs.get(step.decodeRows);
+    if (!step.prefillTokens) this.decodeMs.set(step.decodeRows, avg(decode, ms));
+    else if (decode !== undefined) this.tokenMs = avg(this.tokenMs, Math.max(0.01, (ms - decode) / step.prefillTokens));
   }
 
   /** Hands over the row's new chunks and counts its new tokens. */
