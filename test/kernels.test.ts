@@ -317,6 +317,11 @@ describe('fallbacks that speak', () => {
     warns: string[];
     tokens?: number[];
   }
+  test('engineInfo as the first call of an app: no backend yet, and it says so', async () => {
+    const r = await runScript<Report>(["const { engineInfo } = require('./src');", 'console.log(JSON.stringify({ info: engineInfo(), warns: [] }));']);
+    expect(r.info).toMatchObject({ backend: null, engine: 'tf-ops', kernels: { active: false, reason: expect.stringMatching(/no backend has started yet/) } });
+  }, 60_000);
+
   test('a second thread wanted on a backend already started unshared: one thread, the reason in engineInfo, one warning', async () => {
     const r = await runScript<Report>([
       "const { setBackend, engineInfo } = require('./src');",

@@ -258,6 +258,7 @@ export function kernelStatus(): KernelStatus {
   if (!active) {
     if (disabled) reason = 'turned off (setWasmKernelsDisabled)';
     else if (offReason) reason = offReason;
+    else if (!tf.getBackend()) reason = 'no backend has started yet (loadModel or setBackend starts one; the default is "wasm")';
     else if (tf.getBackend() !== 'wasm') reason = `the active backend is "${tf.getBackend()}"; the kernels run only on "wasm"`;
     else reason = 'the wasm backend was not started through setBackend("wasm")';
   }
