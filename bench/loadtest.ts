@@ -171,6 +171,7 @@ async function main(): Promise<void> {
     .option('--prompt <text>', 'prompt text (default: a short prompt given as token ids)')
     .option('--max-batch <n>', 'in-process server: rows decoded together (default: the highest concurrency)')
     .option('--prefill-chunk <n>', 'in-process server: prompt tokens fed per step beside running rows (default: the server default)')
+    .option('--token-gaps', 'ask for logprobs (0 alternatives), so every token arrives in its own chunk: inter-token latency per token, not per released text')
     .option('--prefill-stretch <x>', 'in-process server: a step carrying prompt tokens takes at most ~x decode steps (default: the server default)')
     .option('--long-prompt-every <s>', 'one more client: a long prompt (max_tokens 1) every this many seconds')
     .option('--long-prompt-tokens <n>', 'length of that prompt in tokens', '900')
@@ -188,6 +189,7 @@ async function main(): Promise<void> {
     maxBatch?: string;
     prefillChunk?: string;
     prefillStretch?: string;
+    tokenGaps?: boolean;
     longPromptEvery?: string;
     longPromptTokens: string;
   }>();
@@ -221,7 +223,7 @@ async function main(): Promise<void> {
     url = server.url;
   }
   const prompt: string | number[] = o.prompt ?? [464, 2068, 7586, 21831, 18045, 625, 262]; // "The quick brown fox jumps over the"
-  const body = (i: number): object => ({ prompt, max_tokens: maxTokens, temperature, seed: i });
+  const body = (i: number): object => ({ prompt, max_tokens: maxTokens, temperature, seed: i, ...(o.tokenGaps ? { logprobs: 0 } : {}) });
   const timeoutMs = Math.max(5000, seconds * 1000);
   let long: LongPrompts | undefined;
   if (o.longPromptEvery !== undefined) {
