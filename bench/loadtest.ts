@@ -86,9 +86,10 @@ async function oneRequest(url: string, body: object, timeoutMs: number): Promise
           done = true;
           continue;
         }
-        const msg = JSON.parse(data) as { choices?: { text: string }[]; usage?: { completion_tokens: number }; error?: unknown };
+        const msg = JSON.parse(data) as { choices?: { text: string; finish_reason?: string | null }[]; usage?: { completion_tokens: number }; error?: unknown };
         if (msg.error) return { ok: false, latencyMs: performance.now() - t0, ttftMs: ttft, tokens, gaps };
-        if (msg.choices?.length) {
+        // a chunk carrying text (the closing chunk with finish_reason and no text is no token gap)
+        if (msg.choices?.length && (msg.choices[0].text || !msg.choices[0].finish_reason)) {
           const now = performance.now();
           if (Number.isNaN(ttft)) ttft = now - t0;
           else gaps.push(now - last);
@@ -112,7 +113,6 @@ async function runLevel(url: string, concurrency: number, opts: { requests: numb
   const samples: Sample[] = [];
   const deadline = performance.now() + opts.seconds * 1000;
   let next = 0;
-  let running = true;
   const t0 = performance.now();
   const worker = async (): Promise<void> => {
     while (next < opts.requests && performance.now() < deadline) {
@@ -122,9 +122,8 @@ async function runLevel(url: string, concurrency: number, opts: { requests: numb
   };
   // the disturbing client: a long prompt every `everyMs`, each sent whether or not the last one finished
   const longs: Promise<Sample>[] = [];
-  const timer = opts.long ? setInterval(() => running && longs.push(oneRequest(url, opts.long!.body, opts.timeoutMs)), opts.long.everyMs) : null;
+  const timer = opts.long ? setInterval(() => longs.push(oneRequest(url, opts.long!.body, opts.timeoutMs)), opts.long.everyMs) : null;
   await Promise.all(Array.from({ length: concurrency }, worker));
-  running = false;
   if (timer) clearInterval(timer);
   const longDone = await Promise.all(longs);
   const seconds = (performance.now() - t0) / 1000;

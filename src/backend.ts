@@ -101,7 +101,8 @@ export async function setBackend(name: BackendName = defaultBackend(), options: 
     throw new GPT2Error('BAD_OPTION', `unknown backend "${name}" (choose one of: ${BACKENDS.join(', ')})`);
   }
   if (tf.getBackend() === name && tf.engine().backendName === name) {
-    if (name === 'wasm') await enableWasmKernels({ threads: wasmThreads(options) });
+    // already running: the thread count changes only when asked for (a later loadModel keeps it)
+    if (name === 'wasm') await enableWasmKernels(options.threads !== undefined ? { threads: wasmThreads(options) } : {});
     return name;
   }
   await importBackend(name, options);

@@ -85,9 +85,21 @@ export function logitBias(bias: Record<number, number>): Processor {
  * where c[j] counts token j among the generated tokens (`context` from `generatedFrom` on).
  */
 export function presenceFrequencyPenalty(presence: number, frequency: number): Processor {
+  // Counts kept across calls and extended by the tokens added since (a sequence's context only grows),
+  // so a generation costs O(n), not O(n²); a context that is not the continuation recounts.
+  const counts = new Map<number, number>();
+  let seen: readonly number[] | null = null;
+  let upto = 0;
+  let from = 0;
   return (z, context, generatedFrom = 0) => {
-    const counts = new Map<number, number>();
-    for (let i = Math.max(0, generatedFrom); i < context.length; i++) counts.set(context[i], (counts.get(context[i]) ?? 0) + 1);
+    const start = Math.max(0, generatedFrom);
+    if (seen !== context || start !== from || context.length < upto) {
+      counts.clear();
+      seen = context;
+      from = start;
+      upto = start;
+    }
+    for (; upto < context.length; upto++) counts.set(context[upto], (counts.get(context[upto]) ?? 0) + 1);
     for (const [id, c] of counts) if (id >= 0 && id < z.length) z[id] -= frequency * c + presence;
   };
 }

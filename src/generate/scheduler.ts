@@ -243,7 +243,7 @@ export class Scheduler {
       const admitting: Entry[] = [];
       for (const e of this.admitting) {
         const joined = !e.seq.done && this.batch.rows.includes(e.seq);
-        if (e.seq.done || joined) this.counters.prefills++;
+        if (joined || (e.seq.done && e.seq.finishReason !== 'abort')) this.counters.prefills++; // an abort while joining prefilled nothing whole
         if (e.seq.done) this.settle(e);
         else if (joined) {
           this.deliver(e);

@@ -30,8 +30,9 @@ export interface LayerKV {
 export const KV_GROW = 128;
 
 /** The first `n` positions of a cache buffer [B, cap, d] -> [B, n, d]. */
-export function cachePrefix(t: tf.Tensor3D, n: number): tf.Tensor3D {
-  return t.shape[1] === n ? t : tf.slice(t, [0, 0, 0], [t.shape[0], n, t.shape[2]]);
+export function cachePrefix(t: tf.Tensor3D, n: number, rows = t.shape[0]): tf.Tensor3D {
+  // rows: a buffer built by the kernel engine may hold spare rows beyond those in use
+  return t.shape[1] === n && t.shape[0] === rows ? t : tf.slice(t, [0, 0, 0], [rows, n, t.shape[2]]);
 }
 
 /**
@@ -125,11 +126,12 @@ export interface Engine {
 const tfKV: KVOps = {
   write(prev, k, v, past) {
     if (!prev) return { k, v };
-    return { k: tf.concat([cachePrefix(prev.k, past), k], 1), v: tf.concat([cachePrefix(prev.v, past), v], 1) }; // [B, past + T, d]
+    const B = k.shape[0];
+    return { k: tf.concat([cachePrefix(prev.k, past, B), k], 1), v: tf.concat([cachePrefix(prev.v, past, B), v], 1) }; // [B, past + T, d]
   },
   join(a, b, j) {
     const side = (t: tf.Tensor3D, rows: number, len: number, pad: number): tf.Tensor3D => {
-      const used = rows === t.shape[0] ? cachePrefix(t, len) : tf.slice(t, [0, 0, 0], [rows, len, t.shape[2]]); // [rows, len, d]
+      const used = cachePrefix(t, len, rows); // [rows, len, d]
       return pad ? tf.pad(used, [[0, 0], [pad, 0], [0, 0]]) : used; // -> [rows, length, d]
     };
     return {
@@ -164,8 +166,8 @@ export const tfEngine: Engine = {
     const d = q.shape[1];
     const hd = d / H;
     const Tk = past + T;
-    const kAll = cachePrefix(kv.k, Tk); // [B, Tk, d]
-    const vAll = cachePrefix(kv.v, Tk); // [B, Tk, d]
+    const kAll = cachePrefix(kv.k, Tk, B); // [B, Tk, d]
+    const vAll = cachePrefix(kv.v, Tk, B); // [B, Tk, d]
     const qs = tf.mul(q, 1 / Math.sqrt(hd)) as tf.Tensor2D; // [N, d], scaled once here instead of per score
     const mask = ctx.mask.additive();
     if (T === 1) {

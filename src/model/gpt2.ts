@@ -154,6 +154,7 @@ export class GPT2Model {
   async tokenNll(ids: number[]): Promise<Float32Array> {
     if (!Array.isArray(ids) || ids.length < 2) throw new GPT2Error('BAD_INPUT', 'scoring needs at least 2 tokens');
     this.check([ids], null);
+    await ensureKernelThread(); // as step(): a worker that exited after an idle spell is restarted
     const c = this.config;
     const p = this.params;
     const T = ids.length;

@@ -79,16 +79,6 @@ export interface RunningServer {
   scheduler: Scheduler;
 }
 
-export interface RunningServer {
-  /** Base URL, e.g. http://127.0.0.1:8080 */
-  url: string;
-  /** Stops accepting, lets in-flight requests finish (up to shutdownGraceMs), cancels the rest, frees the KV cache. */
-  close(): Promise<void>;
-  server: Server;
-  /** The scheduler behind the server (queue depth, running rows, stats). */
-  scheduler: Scheduler;
-}
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {

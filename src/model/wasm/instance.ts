@@ -38,6 +38,8 @@ let offReason: string | null = null;
 /** Why a second thread was wanted and is not running (null when it runs or was not wanted). */
 let threadOffReason: string | null = null;
 let threadsWanted = 1;
+/** Why the backend's memory is not shared, when backend.ts knows (kept for later calls). */
+let unsharedReason: string | undefined;
 let backendVersion: string | null = null;
 const warned = new Set<string>();
 
@@ -113,7 +115,8 @@ function warnOnce(message: string): void {
  */
 export async function startKernels(opts: { threads?: number; unshared?: string } = {}): Promise<boolean> {
   if (disabled) return false;
-  threadsWanted = opts.threads ?? 1;
+  if (opts.threads !== undefined) threadsWanted = opts.threads;
+  if (opts.unshared !== undefined) unsharedReason = opts.unshared;
   if (backendVersion === null) {
     try {
       backendVersion = (await import('@tensorflow/tfjs-backend-wasm')).version_wasm;
@@ -142,7 +145,7 @@ export async function startKernels(opts: { threads?: number; unshared?: string }
     } else {
       await ensureKernelThread(); // restarts a worker that exited after an idle spell
     }
-    noteThread(shared, opts.unshared);
+    noteThread(shared, unsharedReason);
     return true;
   }
   // A shared memory needs the import declared shared: the same module with its import flag rewritten.
@@ -152,7 +155,7 @@ export async function startKernels(opts: { threads?: number; unshared?: string }
   const thread = threadsWanted > 1 && shared ? await startThread(module, memory) : null;
   state = { memory, module, exports: instance.exports as unknown as KernelExports, thread };
   offReason = null;
-  noteThread(shared, opts.unshared);
+  noteThread(shared, unsharedReason);
   return true;
 }
 

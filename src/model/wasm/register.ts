@@ -81,11 +81,12 @@ function linearKernel(be: WasmBackendLike, inputs: Partial<Record<LinearInputs, 
       call(k, 'reduce_act', { y: py, parts, nparts: count, M, N, b: pb, act });
     } else if (thread && thread.claim()) {
       const n0 = (N >> 1) & ~15;
-      thread.post('linear', { x: px, w: pw + 4 * n0, b: pb && pb + 4 * n0, y: py + 4 * n0, M, K, n: N - n0, ld: N, ldx: K, act, pack: pp && pp + 4 * PACK_FLOATS });
+      const theirs = { x: px, w: pw + 4 * n0, b: pb && pb + 4 * n0, y: py + 4 * n0, M, K, n: N - n0, ld: N, ldx: K, act, pack: pp && pp + 4 * PACK_FLOATS };
+      thread.post('linear', theirs);
       try {
         call(k, 'linear', { x: px, w: pw, b: pb, y: py, M, K, n: n0, ld: N, ldx: K, act, pack: pp });
       } finally {
-        thread.wait();
+        thread.waitOr(() => call(k, 'linear', theirs)); // a failed worker's half, redone here
       }
     } else {
       call(k, 'linear', { x: px, w: pw, b: pb, y: py, M, K, n: N, ld: N, ldx: K, act, pack: pp });
@@ -153,6 +154,7 @@ function attendKernel(be: WasmBackendLike, inputs: Partial<Record<AttendInputs, 
     out: offset(be, out), scratch: offset(be, scratch), B, T, past, H, hd: D / H, ldkv, scale, h0: 0, h1: H,
   };
   try {
+    let theirs: typeof args | null = null;
     const split = thread !== null && thread.claim();
     const rowSplit = split && B >= 2;
     const b0 = rowSplit ? B >> 1 : B; // rows the caller takes
@@ -160,15 +162,17 @@ function attendKernel(be: WasmBackendLike, inputs: Partial<Record<AttendInputs, 
     if (split) {
       const qRow = 4 * T * D; // bytes of q/out per batch row
       const kvRow = 4 * ldkv * D; // bytes of k/v per batch row
-      const theirs = rowSplit
+      const share = rowSplit
         ? { ...args, q: args.q + b0 * qRow, k: args.k + b0 * kvRow, v: args.v + b0 * kvRow, mask: args.mask && args.mask + 4 * b0 * Tk, out: args.out + b0 * qRow, B: B - b0 }
         : { ...args, h0 };
-      thread.post('attend', { ...theirs, scratch: args.scratch + 4 * room });
+      theirs = { ...share, scratch: args.scratch + 4 * room };
+      thread.post('attend', theirs);
     }
     try {
       call(kernels(), 'attend', { ...args, B: b0, h1: h0 });
     } finally {
-      if (split) thread.wait();
+      const workers = theirs;
+      if (split && workers) thread.waitOr(() => call(kernels(), 'attend', workers)); // a failed worker's share, redone here
     }
   } finally {
     be.disposeData(scratch.dataId);

@@ -198,6 +198,19 @@ export class KernelThread {
     return Atomics.add(this.ctrl, Slot.Chunk, 1);
   }
 
+  /**
+   * `wait()`, and when the worker failed or stopped answering (it is then marked unusable, and later
+   * calls run on one thread), `redo` computes the worker's share on this thread instead: the call
+   * still returns the right result.
+   */
+  waitOr(redo: () => void): void {
+    try {
+      this.wait();
+    } catch {
+      redo();
+    }
+  }
+
   /** Blocks until the worker finished the posted job (normally within microseconds of the caller), then releases it. */
   wait(): void {
     const c = this.ctrl;
@@ -247,6 +260,7 @@ export function runChunks<K extends KernelName>(k: KernelExports, name: K, args:
     let next = 0;
     for (let ch = shared ? thread.takeChunk() : next++; ch < spec.count; ch = shared ? thread.takeChunk() : next++) invoke(f, chunkArgs(a, base, steps, ch, extentIndex, size, total));
   } finally {
-    if (shared) thread.wait();
+    // if the worker failed, its chunks are redone here (each chunk writes only its own slot)
+    if (shared) thread.waitOr(() => { for (let ch = 0; ch < spec.count; ch++) invoke(f, chunkArgs(a, base, steps, ch, extentIndex, size, total)); });
   }
 }
