@@ -254,6 +254,21 @@ describe('KV cache joins and leaves on wasm', () => {
       expect(batch.layers![0].k.shape[0]).toBeGreaterThan(3);
       const all = await model.model.step([[11], [11], [11]], batch, { lastOnly: true });
       for (let b = 0; b < 3; b++) expect(maxAbsDiff(all.subarray(b * V, (b + 1) * V), alone[b])).toBeLessThanOrEqual(1e-4);
+      // the plain tf-op engine reads kernel-built buffers too (spare rows, room to grow): a second batch, kernels off for its step
+      const other = new KVCache([]);
+      for (const p of prompts) {
+        const c = new KVCache([0]);
+        await model.model.step([p], c, { lastOnly: true });
+        other.append(c);
+      }
+      expect(other.layers![0].k.shape[0]).toBeGreaterThan(3);
+      setWasmKernelsDisabled(true);
+      try {
+        expect(maxAbsDiff(await model.model.step([[11], [11], [11]], other, { lastOnly: true }), all)).toBeLessThanOrEqual(1e-4);
+      } finally {
+        setWasmKernelsDisabled(false);
+        other.dispose();
+      }
       batch.keepRows([1, 2]); // the longest row leaves: rows move down and the common padding is trimmed
       expect(batch.pad).toEqual([1, 0]);
       const again = await model.model.step([[12], [12]], batch, { lastOnly: true });
