@@ -400,3 +400,161 @@ void zero_f32(f32* dst, int n) {
   for (; j + 4 <= n; j += 4) wasm_v128_store(dst + j, z);
   for (; j < n; j++) dst[j] = 0.0f;
 }
+
+/* ---------- int8 (q8) linear: dynamic activation quantization, int8 x int8 -> int32 ----------
+ *
+ * Weights: int8, symmetric, one float scale per output column (ws). They are held packed for these
+ * kernels in *panels* of 16 columns: panel p is (K4/4) groups of 16 int32 words, word (g, c) holding
+ * the 4 bytes W[4g..4g+3, 16p + c]. So a panel is contiguous (one sequential stream per panel), a
+ * k-group of a panel is one 64-byte line, and i32x4.dot_i16x8_s pairs the 4 bytes of a word with
+ * 4 activations. K4 = K rounded up to 4 (zero rows), N rounded up to 16 (zero columns).
+ *
+ * Activations: each row of x is quantized on the fly (quantize_rows): xs = max|x| / 127,
+ * xq = round_half_even(x * (127 / max|x|)) as int16 in [-127, 127]. The products are exact in int32,
+ * and y = act(f32(acc) * (xs * ws) + b) in float32 with a separate multiply and add (no fused
+ * multiply-add), so both builds give the same bits and NumPy can simulate them exactly
+ * (reference/quantize_ref.py). */
+
+typedef signed char i8;
+typedef short i16;
+typedef int i32;
+
+EXPORT(quantize_rows)
+void quantize_rows(const f32* x, i16* xq, f32* xs, int M, int K, int ldx, int K4) {
+  for (int m = 0; m < M; m++) {
+    const f32* xm = x + (long)m * ldx;
+    i16* qm = xq + (long)m * K4;
+    v128_t vmx = wasm_f32x4_splat(0.0f);
+    int k = 0;
+    for (; k + 4 <= K; k += 4) vmx = wasm_f32x4_pmax(vmx, wasm_f32x4_abs(wasm_v128_load(xm + k)));
+    f32 mx = wasm_f32x4_extract_lane(vmx, 0);
+    for (int l = 1; l < 4; l++) { f32 v = l == 1 ? wasm_f32x4_extract_lane(vmx, 1) : l == 2 ? wasm_f32x4_extract_lane(vmx, 2) : wasm_f32x4_extract_lane(vmx, 3); mx = v > mx ? v : mx; }
+    for (; k < K; k++) { f32 a = xm[k] < 0 ? -xm[k] : xm[k]; mx = a > mx ? a : mx; }
+    if (!(mx > 0.0f)) { /* all zero (NaN/Inf are refused earlier, by the sampler) */
+      xs[m] = 0.0f;
+      for (k = 0; k < K4; k++) qm[k] = 0;
+      continue;
+    }
+    f32 inv = 127.0f / mx;
+    xs[m] = mx / 127.0f;
+    const v128_t vinv = wasm_f32x4_splat(inv), lim = wasm_i32x4_splat(127), nlim = wasm_i32x4_splat(-127);
+    k = 0;
+    for (; k + 8 <= K; k += 8) {
+      v128_t a = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(xm + k), vinv)));
+      v128_t c = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(xm + k + 4), vinv)));
+      a = wasm_i32x4_max(wasm_i32x4_min(a, lim), nlim);
+      c = wasm_i32x4_max(wasm_i32x4_min(c, lim), nlim);
+      wasm_v128_store(qm + k, wasm_i16x8_narrow_i32x4(a, c));
+    }
+    for (; k < K; k++) {
+      f32 r = wasm_f32x4_extract_lane(wasm_f32x4_nearest(wasm_f32x4_splat(xm[k] * inv)), 0);
+      qm[k] = (i16)(r > 127.0f ? 127 : r < -127.0f ? -127 : (int)r);
+    }
+    for (; k < K4; k++) qm[k] = 0;
+  }
+}
+
+/* [a0 a1 | a2 a3]: the two lanes of each column summed -> 4 columns */
+static inline v128_t pair_sum(v128_t lo, v128_t hi) {
+  return wasm_i32x4_add(wasm_i32x4_shuffle(lo, hi, 0, 2, 4, 6), wasm_i32x4_shuffle(lo, hi, 1, 3, 5, 7));
+}
+
+/* y[0:nc] = act(f32(acc) * (xs * ws) + b) for 4 columns (nc of them valid) */
+static inline void q8_store4(f32* y, v128_t acc, f32 xs, const f32* ws, const f32* b, int nc, int act) {
+  v128_t r = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(acc), wasm_f32x4_mul(wasm_f32x4_splat(xs), wasm_v128_load(ws)));
+  if (nc >= 4) {
+    if (b) r = wasm_f32x4_add(r, wasm_v128_load(b));
+    wasm_v128_store(y, v_act(r, act));
+    return;
+  }
+  /* a short last panel: lane by lane (ws is padded to the panel, b and y are not) */
+  f32 v0 = wasm_f32x4_extract_lane(r, 0), v1 = wasm_f32x4_extract_lane(r, 1), v2 = wasm_f32x4_extract_lane(r, 2);
+  if (nc > 0) y[0] = s_act(b ? v0 + b[0] : v0, act);
+  if (nc > 1) y[1] = s_act(b ? v1 + b[1] : v1, act);
+  if (nc > 2) y[2] = s_act(b ? v2 + b[2] : v2, act);
+}
+
+#define DOT(w16, xp) wasm_i32x4_dot_i16x8(w16, xp)
+
+/* One row against a whole panel (16 columns): decode. */
+static void q8_panel_row(const i16* xq, f32 xs, const i32* wp, int G, const f32* ws, const f32* b, f32* y, int nc, int act) {
+  v128_t a0 = wasm_i32x4_splat(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  for (int g = 0; g < G; g++, wp += 16) {
+    v128_t xp = wasm_v128_load64_splat(xq + 4 * g);
+    v128_t w0 = wasm_v128_load(wp), w1 = wasm_v128_load(wp + 4), w2 = wasm_v128_load(wp + 8), w3 = wasm_v128_load(wp + 12);
+    a0 = wasm_i32x4_add(a0, DOT(wasm_i16x8_extend_low_i8x16(w0), xp));
+    a1 = wasm_i32x4_add(a1, DOT(wasm_i16x8_extend_high_i8x16(w0), xp));
+    a2 = wasm_i32x4_add(a2, DOT(wasm_i16x8_extend_low_i8x16(w1), xp));
+    a3 = wasm_i32x4_add(a3, DOT(wasm_i16x8_extend_high_i8x16(w1), xp));
+    a4 = wasm_i32x4_add(a4, DOT(wasm_i16x8_extend_low_i8x16(w2), xp));
+    a5 = wasm_i32x4_add(a5, DOT(wasm_i16x8_extend_high_i8x16(w2), xp));
+    a6 = wasm_i32x4_add(a6, DOT(wasm_i16x8_extend_low_i8x16(w3), xp));
+    a7 = wasm_i32x4_add(a7, DOT(wasm_i16x8_extend_high_i8x16(w3), xp));
+  }
+  q8_store4(y, pair_sum(a0, a1), xs, ws, b, nc, act);
+  if (nc > 4) q8_store4(y + 4, pair_sum(a2, a3), xs, ws + 4, b ? b + 4 : 0, nc - 4, act);
+  if (nc > 8) q8_store4(y + 8, pair_sum(a4, a5), xs, ws + 8, b ? b + 8 : 0, nc - 8, act);
+  if (nc > 12) q8_store4(y + 12, pair_sum(a6, a7), xs, ws + 12, b ? b + 12 : 0, nc - 12, act);
+}
+
+/* Two rows against half a panel (8 columns, h = 0 or 1): each weight vector serves both rows. */
+static void q8_half_rows2(const i16* xa, const i16* xb, f32 sa, f32 sb, const i32* wp, int G, int h,
+                          const f32* ws, const f32* b, f32* ya, f32* yb, int nc, int act) {
+  v128_t a0 = wasm_i32x4_splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  wp += 8 * h;
+  for (int g = 0; g < G; g++, wp += 16) {
+    v128_t w0 = wasm_v128_load(wp), w1 = wasm_v128_load(wp + 4);
+    v128_t l0 = wasm_i16x8_extend_low_i8x16(w0), h0 = wasm_i16x8_extend_high_i8x16(w0);
+    v128_t l1 = wasm_i16x8_extend_low_i8x16(w1), h1 = wasm_i16x8_extend_high_i8x16(w1);
+    v128_t pa = wasm_v128_load64_splat(xa + 4 * g), pb = wasm_v128_load64_splat(xb + 4 * g);
+    a0 = wasm_i32x4_add(a0, DOT(l0, pa)); a1 = wasm_i32x4_add(a1, DOT(h0, pa));
+    a2 = wasm_i32x4_add(a2, DOT(l1, pa)); a3 = wasm_i32x4_add(a3, DOT(h1, pa));
+    b0 = wasm_i32x4_add(b0, DOT(l0, pb)); b1 = wasm_i32x4_add(b1, DOT(h0, pb));
+    b2 = wasm_i32x4_add(b2, DOT(l1, pb)); b3 = wasm_i32x4_add(b3, DOT(h1, pb));
+  }
+  q8_store4(ya, pair_sum(a0, a1), sa, ws, b, nc, act);
+  if (nc > 4) q8_store4(ya + 4, pair_sum(a2, a3), sa, ws + 4, b ? b + 4 : 0, nc - 4, act);
+  if (yb) {
+    q8_store4(yb, pair_sum(b0, b1), sb, ws, b, nc, act);
+    if (nc > 4) q8_store4(yb + 4, pair_sum(b2, b3), sb, ws + 4, b ? b + 4 : 0, nc - 4, act);
+  }
+}
+
+/* y[:, 0:n] = act(dequant(xq) @ dequant(W[:, 0:n]) + b[0:n]); W points at the first panel of the n
+ * columns (n's first column is a multiple of 16: callers split work by panels), ws and b likewise
+ * offset; y has row stride ld. */
+EXPORT(linear_q8)
+void linear_q8(const i16* xq, const f32* xs, const i32* W, const f32* ws, const f32* b, f32* y, int M, int K4, int n, int ld, int act) {
+  int G = K4 >> 2;
+  int panels = (n + 15) >> 4;
+  for (int p = 0; p < panels; p++) {
+    const i32* wp = W + (long)p * G * 16;
+    int j = p * 16;
+    int nc = n - j < 16 ? n - j : 16;
+    const f32* bj = b ? b + j : 0;
+    if (M == 1) { q8_panel_row(xq, xs[0], wp, G, ws + j, bj, y + j, nc, act); continue; }
+    for (int h = 0; h < 2; h++) {
+      int nh = nc - 8 * h;
+      if (nh <= 0) break;
+      if (nh > 8) nh = 8;
+      for (int m = 0; m < M; m += 2) {
+        int two = m + 1 < M;
+        q8_half_rows2(xq + (long)m * K4, xq + (long)(two ? m + 1 : m) * K4, xs[m], xs[two ? m + 1 : m], wp, G, h,
+                      ws + j + 8 * h, bj ? bj + 8 * h : 0, y + (long)m * ld + j + 8 * h, two ? y + (long)(m + 1) * ld + j + 8 * h : 0, nh, act);
+      }
+    }
+  }
+}
+
+/* out[i, 0:K] = ws[v] * W[0:K, v] for v = ids[i]: rows of the tied q8 embedding, read from the head's panels. */
+EXPORT(gather_q8)
+void gather_q8(const i32* W, const f32* ws, const i32* ids, f32* out, int n, int K, int K4) {
+  int G = K4 >> 2;
+  for (int i = 0; i < n; i++) {
+    int v = ids[i];
+    const i8* col = (const i8*)(W + (long)(v >> 4) * G * 16 + (v & 15));
+    f32 s = ws[v];
+    f32* o = out + (long)i * K;
+    for (int k = 0; k < K; k++) o[k] = (f32)col[(k >> 2) * 64 + (k & 3)] * s;
+  }
+}

@@ -20,6 +20,9 @@ FILES = [
     "test/fixtures/exercise.json",
     "test/fixtures/sampling.json",
     "test/fixtures/processors.json",
+    "weights/tiny-random-q8/model.safetensors",
+    "weights/tiny-random-q8/config.json",
+    "test/fixtures/tiny_q8.json",
 ]
 
 

@@ -7,6 +7,8 @@ Outputs (under --root, default the repository root):
   test/fixtures/tiny.json, tiny_logits.f32               HF-GPT-2 parity fixtures
   test/fixtures/exercise.json                            the exercise's gpt2_generate fixtures
   test/fixtures/sampling.json, processors.json           sampling_ref.py: generation and processor fixtures
+  weights/tiny-random-q8/{config.json,model.safetensors}  quantize_ref.py: the tiny model in the q8 format
+  test/fixtures/tiny_q8.json                              q8 logits: dequantized weights, and the kernels' w8a8
 Fixtures are generated, never hand-edited; reference/check_fixtures.py regenerates and diffs them.
 """
 import argparse
@@ -18,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gpt2_ref as ref  # noqa: E402
+import quantize_ref as qref  # noqa: E402
 import sampling_ref  # noqa: E402
 
 TINY = {
@@ -127,6 +130,39 @@ def make_tiny(root):
     return w, cfg
 
 
+def make_tiny_q8(root, w16, cfg):
+    """The tiny model quantized from its stored (F16) weights, and q8 logits both ways."""
+    mdir = os.path.join(root, "weights", "tiny-random-q8")
+    os.makedirs(mdir, exist_ok=True)
+    t = qref.quantize_model({k: v.astype(np.float32) for k, v in w16.items()}, cfg["n_layer"])
+    qref.write_safetensors(os.path.join(mdir, "model.safetensors"), t)
+    with open(os.path.join(mdir, "config.json"), "w") as f:
+        json.dump({**cfg, "quantization_config": qref.QUANTIZATION_CONFIG}, f, indent=2)
+        f.write("\n")
+    rng = np.random.default_rng(8)
+    prompts = [[464, 3290], [15496, 2159, 11, 314, 716, 257, 3303, 13], rng.integers(0, 50257, 40).tolist()]
+    cols = sorted(set(rng.integers(0, 50257, 256).tolist()))
+    cases = []
+    for ids in prompts:
+        case = {"ids": [int(i) for i in ids], "columns": cols}
+        for key, aq in (("dequant", False), ("w8a8", True)):
+            lg = qref.q8_forward(t, cfg, ids, aq)
+            top2 = np.sort(lg, -1)[:, -2:]
+            case[key] = {"logits": [[r(v) for v in row[cols]] for row in lg], "argmax": [int(i) for i in lg.argmax(-1)],
+                         "top2Margin": [r(x[1] - x[0]) for x in top2]}
+        cases.append(case)
+    greedy = []
+    for ids in prompts[:2]:
+        g = {"prompt": [int(i) for i in ids], "newTokens": 24}
+        for key, aq in (("dequant", False), ("w8a8", True)):
+            out = list(ids)
+            for _ in range(24):
+                out.append(int(np.argmax(qref.q8_forward(t, cfg, out, aq)[-1])))
+            g[key] = out
+        greedy.append(g)
+    write_json(os.path.join(root, "test", "fixtures", "tiny_q8.json"), {"model": "weights/tiny-random-q8", "cases": cases, "greedy": greedy})
+
+
 def make_exercise(root):
     rng = np.random.default_rng(99)
     V, d, f, P, L = 50, 16, 64, 32, 2
@@ -165,6 +201,7 @@ def main():
     args = ap.parse_args()
     os.makedirs(os.path.join(args.root, "test", "fixtures"), exist_ok=True)
     w, cfg = make_tiny(args.root)
+    make_tiny_q8(args.root, tiny_weights(TINY), cfg)
     make_exercise(args.root)
     sampling_ref.make_fixtures(args.root, w, cfg)
     print("fixtures written under", os.path.abspath(args.root))

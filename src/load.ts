@@ -9,7 +9,9 @@ import { FileSource, isUrl, openSource } from './io/source';
 import { checkFinite, streamWeights } from './io/weights';
 import { GPT2Config, parseConfig } from './model/config';
 import { GPT2Model } from './model/gpt2';
+import { engineInfo } from './model/engines';
 import { buildParams } from './model/params';
+import { warnOnce, wasmKernelsActive } from './model/wasm/instance';
 
 export interface LoadOptions {
   /** tfjs backend to run on (default 'wasm'). */
@@ -51,7 +53,11 @@ export async function loadTransformer(source: FileSource, opts: LoadOptions = {}
   await setBackend(opts.backend, { threads: opts.threads });
   const config: GPT2Config = parseConfig(await readConfigJson(source), source.describe('config.json'));
   const weights = streamWeights(source, opts.onProgress);
-  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights);
+  const int8Kernels = wasmKernelsActive();
+  if (config.quantization && !int8Kernels) {
+    warnOnce(`${source.describe('')} is a q8 model: ${engineInfo().q8.reason ?? ''} (4x the memory, float speed)`);
+  }
+  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights, { int8Kernels });
   return new GPT2Model(config, params);
 }
 

@@ -78,7 +78,7 @@ function writeBf16(tensors: Record<string, WriteTensor>): Uint8Array {
   const parts: Uint8Array[] = [];
   let off = 0;
   for (const [k, t] of Object.entries(tensors)) {
-    const b = new Uint8Array(bf16Bits(t.data).buffer);
+    const b = new Uint8Array(bf16Bits(t.data as Float32Array).buffer);
     header[k] = { dtype: 'BF16', shape: t.shape, data_offsets: [off, off + b.byteLength] };
     parts.push(b);
     off += b.byteLength;

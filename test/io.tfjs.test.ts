@@ -89,7 +89,7 @@ describe('convert to a tfjs manifest', () => {
     m.weightsManifest[0].weights = m.weightsManifest[0].weights.map(({ name, shape }) => ({ name, shape, dtype: 'float16' as const }));
     fs.writeFileSync(path.join(dir, 'model.json'), JSON.stringify(m));
     const a = new Map<string, Float32Array>();
-    for await (const t of streamWeights(openSource(TINY_DIR))) a.set(t.name, t.data);
+    for await (const t of streamWeights(openSource(TINY_DIR))) a.set(t.name, t.data as Float32Array);
     let n = 0;
     for await (const t of streamWeights(openSource(dir))) {
       expectSameFloats(t.data, a.get(t.name)!);

@@ -6,7 +6,7 @@
 import { GPT2Error } from '../errors';
 import { isSafeRelativePath } from './paths';
 import { FileSource } from './source';
-import { HostTensor, SafetensorsHeader, decodeToFloat32, parseHeader, readHeaderLength } from './safetensors';
+import { HostTensor, SafetensorsHeader, decodeTensor, parseHeader, readHeaderLength } from './safetensors';
 
 export interface LoadProgress {
   loadedBytes: number;
@@ -120,7 +120,7 @@ export async function* streamTensors(
       const name = canonicalName(entry.name);
       if (name !== null) {
         const bytes = await source.readRange(file, entry.begin, entry.end);
-        yield { name, file, shape: entry.shape.slice(), data: decodeToFloat32(bytes, entry.dtype) };
+        yield { name, file, shape: entry.shape.slice(), data: decodeTensor(bytes, entry.dtype) };
       }
       loadedBytes += entry.end - entry.begin;
       onProgress?.({ loadedBytes, totalBytes, file });

@@ -8,9 +8,9 @@
  */
 import { GPT2Error } from '../errors';
 
-export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'F64';
+export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I8';
 
-const DTYPE_BYTES: Record<SafetensorsDtype, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
+const DTYPE_BYTES: Record<SafetensorsDtype, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I8: 1 };
 
 export interface TensorEntry {
   name: string;
@@ -28,9 +28,12 @@ export interface SafetensorsHeader {
   metadata: Record<string, string>;
 }
 
-/** A host-side tensor: float32 data plus its shape. What io/ hands to model/. */
+/**
+ * A host-side tensor: its data plus its shape. What io/ hands to model/. Floats of every stored
+ * dtype arrive as float32; int8 (I8, the q8 format's weights) stays int8.
+ */
 export interface HostTensor {
-  data: Float32Array;
+  data: Float32Array | Int8Array;
   shape: number[];
 }
 
@@ -148,19 +151,27 @@ export function decodeToFloat32(bytes: Uint8Array, dtype: SafetensorsDtype): Flo
       for (let i = 0; i < src.length; i++) out[i] = src[i] << 16;
       return new Float32Array(out.buffer);
     }
+    case 'I8':
+      return Float32Array.from(new Int8Array(aligned.buffer, aligned.byteOffset, aligned.byteLength));
   }
+}
+
+/** Decodes one tensor's bytes: I8 as an Int8Array (a copy), every float dtype as float32. */
+export function decodeTensor(bytes: Uint8Array, dtype: SafetensorsDtype): Float32Array | Int8Array {
+  return dtype === 'I8' ? new Int8Array(bytes.slice()) : decodeToFloat32(bytes, dtype);
 }
 
 /** Decodes one entry out of a whole file held in memory. */
 export function readTensor(bytes: Uint8Array, entry: TensorEntry): HostTensor {
-  return { data: decodeToFloat32(bytes.subarray(entry.begin, entry.end), entry.dtype), shape: entry.shape.slice() };
+  return { data: decodeTensor(bytes.subarray(entry.begin, entry.end), entry.dtype), shape: entry.shape.slice() };
 }
 
 // ---- writer (used by tools, tests and `convert`) ----------------------------------------------
 
 export interface WriteTensor {
-  data: Float32Array;
+  data: Float32Array | Int8Array;
   shape: number[];
+  /** F32 (default) or F16 for float data; int8 data is always written as I8. */
   dtype?: 'F32' | 'F16';
 }
 
@@ -196,9 +207,9 @@ export function writeSafetensors(tensors: Record<string, WriteTensor>, metadata:
   let offset = 0;
   const parts: Uint8Array[] = [];
   for (const [name, t] of Object.entries(tensors)) {
-    const dtype = t.dtype ?? 'F32';
+    const dtype = t.data instanceof Int8Array ? 'I8' : t.dtype ?? 'F32';
     let bytes: Uint8Array;
-    if (dtype === 'F32') bytes = new Uint8Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
+    if (dtype === 'I8' || dtype === 'F32') bytes = new Uint8Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
     else {
       const h = new Uint16Array(t.data.length);
       for (let i = 0; i < h.length; i++) h[i] = toHalf(t.data[i]);

@@ -57,11 +57,21 @@ export function firstNonFinite(a: Float32Array): number {
 /** The same stream, failing with NON_FINITE at the first tensor holding a NaN or ±Infinity. */
 export async function* checkFinite(tensors: AsyncIterable<NamedHostTensor>): AsyncGenerator<NamedHostTensor> {
   for await (const t of tensors) {
-    const i = firstNonFinite(t.data);
+    const i = t.data instanceof Float32Array ? firstNonFinite(t.data) : -1; // int8 is always finite
     if (i >= 0) {
       throw new GPT2Error('NON_FINITE', `${t.name} (in ${t.file}) holds ${t.data[i]} at flat index ${i} (shape [${t.shape.join(', ')}]): the checkpoint is corrupt or was saved after training diverged`);
     }
     yield t;
+  }
+}
+
+/** The stream, refusing int8 tensors: the tfjs layout holds floats, so a q8 model has no tfjs form. */
+async function* floatsOnly(tensors: AsyncIterable<NamedHostTensor>): AsyncGenerator<NamedHostTensor & { data: Float32Array }> {
+  for await (const t of tensors) {
+    if (!(t.data instanceof Float32Array)) {
+      throw new GPT2Error('BAD_OPTION', `${t.name} (in ${t.file}) is int8: a q8 model cannot be written as a tfjs manifest; convert the float model instead`);
+    }
+    yield t as NamedHostTensor & { data: Float32Array };
   }
 }
 
@@ -83,7 +93,7 @@ export async function convertToTfjs(source: FileSource, outDir: string, options:
     }
   }
   await readConfigJson(source); // fail early, before writing anything, when the config is unreadable
-  const result = await writeTfjsManifest(streamWeights(source), outDir, options);
+  const result = await writeTfjsManifest(floatsOnly(streamWeights(source)), outDir, options);
   const copied: string[] = [];
   for (const f of ['config.json', ...SIDE_FILES]) {
     if (f !== 'config.json' && !(await source.exists(f))) continue;

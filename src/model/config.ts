@@ -18,6 +18,30 @@ export interface GPT2Config {
   activation: Activation;
   bosTokenId: number;
   eosTokenId: number;
+  /** 'q8': int8 weights with float scales (docs/q8.md, `quantization_config` in config.json); null: float weights. */
+  quantization: 'q8' | null;
+}
+
+/** The `quantization_config` a q8 checkpoint's config.json carries (docs/q8.md). */
+export const Q8_QUANTIZATION_CONFIG = {
+  quant_method: 'gpt2-tfjs-q8',
+  version: 1,
+  bits: 8,
+  weights: 'int8 symmetric, one float32 scale per output channel: <name>_scale [out]',
+  embeddings: 'int8 symmetric, one float32 scale per row: wte.weight_scale [vocab], wpe.weight_scale [n_positions]',
+} as const;
+
+function parseQuantization(raw: unknown, where: string): 'q8' | null {
+  if (raw === undefined || raw === null) return null;
+  const bad = (what: string): never => {
+    throw new GPT2Error('BAD_CONFIG', `${where}: quantization_config ${what} (supported: {"quant_method": "${Q8_QUANTIZATION_CONFIG.quant_method}", "version": 1, "bits": 8}, as \`gpt2-tfjs convert --quantize q8\` writes it)`);
+  };
+  if (typeof raw !== 'object' || Array.isArray(raw)) return bad('must be an object');
+  const q = raw as Record<string, unknown>;
+  if (q.quant_method !== Q8_QUANTIZATION_CONFIG.quant_method) return bad(`has quant_method ${JSON.stringify(q.quant_method)}`);
+  if (q.version !== 1) return bad(`has version ${JSON.stringify(q.version)}`);
+  if (q.bits !== 8) return bad(`has bits ${JSON.stringify(q.bits)}`);
+  return 'q8';
 }
 
 const DEFAULTS = {
@@ -98,6 +122,7 @@ export function parseConfig(raw: Record<string, unknown>, where = 'config.json')
     activation,
     bosTokenId: bos,
     eosTokenId: eos,
+    quantization: parseQuantization(raw.quantization_config, where),
   };
 }
 
@@ -125,5 +150,18 @@ export function expectedShapes(c: GPT2Config): Map<string, number[]> {
     m.set(h + 'mlp.c_proj.weight', [c.nInner, d]);
     m.set(h + 'mlp.c_proj.bias', [d]);
   }
+  if (c.quantization === 'q8') {
+    // one scale per output channel of each Conv1D weight [in, out], per row of wte and wpe
+    for (const [name, shape] of [...m]) {
+      if (/^h\.\d+\.(attn|mlp)\.c_\w+\.weight$/.test(name)) m.set(name + '_scale', [shape[1]]);
+    }
+    m.set('wte.weight_scale', [c.vocabSize]);
+    m.set('wpe.weight_scale', [c.nPositions]);
+  }
   return m;
+}
+
+/** Names a q8 checkpoint stores as int8: the Conv1D weights, wte and wpe (and lm_head when untied). */
+export function isInt8Weight(c: GPT2Config, name: string): boolean {
+  return c.quantization === 'q8' && (/^h\.\d+\.(attn|mlp)\.c_\w+\.weight$/.test(name) || name === 'wte.weight' || name === 'wpe.weight' || name === 'lm_head.weight');
 }

@@ -12,6 +12,7 @@
 import * as tf from '../tf';
 import { Activation } from './config';
 import { activate } from './layers';
+import { Q8Weight, Weight } from './params';
 
 /**
  * Additive attention mask value. Finite even where WebGL textures are float16 (max 65504), so
@@ -112,8 +113,10 @@ export interface KVOps {
 
 export interface Engine {
   readonly name: 'wasm-kernels' | 'tf-ops';
-  /** act(x @ w + b): [N, in] @ [in, out] -> [N, out]; b null = no bias. */
-  linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act?: Activation | 'none'): tf.Tensor2D;
+  /** act(x @ w + b): [N, in] @ [in, out] -> [N, out]; b null = no bias. w float32 or int8 (q8). */
+  linear(x: tf.Tensor2D, w: Weight, b: tf.Tensor1D | null, act?: Activation | 'none'): tf.Tensor2D;
+  /** Rows `ids` of the tied embedding, read from the head [d, vocab]: -> [N, d]. */
+  embed(headT: Weight, ids: tf.Tensor1D): tf.Tensor2D;
   /** (x - mean) / sqrt(var + eps) * g + b over the last axis (biased variance, as torch). */
   layerNorm(x: tf.Tensor2D, g: tf.Tensor1D, b: tf.Tensor1D, eps: number): tf.Tensor2D;
   /** Causal multi-head attention of q [N, d] against the first past + T positions of kv -> [N, d]. */
@@ -150,11 +153,20 @@ const tfKV: KVOps = {
   },
 };
 
+/** A weight as float32: an int8 one is dequantized once, on first use, and kept (see q8Fallback). */
+export function floatWeight(w: Weight): tf.Tensor2D {
+  return w instanceof Q8Weight ? w.float() : w;
+}
+
 export const tfEngine: Engine = {
   name: 'tf-ops',
   linear(x, w, b, act = 'none') {
-    const y = b ? (tf.fused.matMul({ a: x, b: w, bias: b }) as tf.Tensor2D) : (tf.matMul(x, w) as tf.Tensor2D); // [N, in] -> [N, out]
+    const wf = floatWeight(w);
+    const y = b ? (tf.fused.matMul({ a: x, b: wf, bias: b }) as tf.Tensor2D) : (tf.matMul(x, wf) as tf.Tensor2D); // [N, in] -> [N, out]
     return act === 'none' ? y : activate(y, act);
+  },
+  embed(headT, ids) {
+    return tf.transpose(tf.gather(floatWeight(headT), ids, 1)); // [d, V] -> [d, N] -> [N, d]
   },
   layerNorm(x, g, b, eps) {
     const xc = tf.sub(x, tf.mean(x, -1, true)); // [N, d], centred

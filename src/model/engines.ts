@@ -20,6 +20,8 @@ export interface EngineInfo {
   engine: Engine['name'];
   /** The wasm kernels: on/off and why, threads (used, wanted, why fewer), FMA build, versions. */
   kernels: KernelStatus;
+  /** How a q8 (int8) model loaded now runs: on the int8 kernels, or dequantized to float32 at load, and why. */
+  q8: { int8Kernels: boolean; reason?: string };
 }
 
 export function engineInfo(): EngineInfo {
@@ -29,5 +31,7 @@ export function engineInfo(): EngineInfo {
   } catch {
     backend = null;
   }
-  return { backend, engine: currentEngine().name, kernels: kernelStatus() };
+  const kernels = kernelStatus();
+  const q8 = kernels.active ? { int8Kernels: true } : { int8Kernels: false, reason: `q8 weights are dequantized to float32 at load: ${kernels.reason}` };
+  return { backend, engine: currentEngine().name, kernels, q8 };
 }

@@ -29,6 +29,11 @@ export class GPT2Model {
   private disposed = false;
   constructor(readonly config: GPT2Config, private readonly params: Params) {}
 
+  /** The checkpoint's weight format and how this model holds it (a q8 model without int8 kernels is dequantized at load). */
+  get weights(): { format: 'float32' | 'q8'; held: 'float32' | 'int8' } {
+    return { format: this.config.quantization ?? 'float32', held: this.params.held };
+  }
+
   private check(ids: number[][], cache: KVCache | null): void {
     if (this.disposed) throw new GPT2Error('DISPOSED', 'this model has been disposed; load it again');
     const B = cache ? cache.batch : 1;
@@ -58,7 +63,7 @@ export class GPT2Model {
     const c = this.config;
     const p = this.params;
     const idx = tf.tensor1d(ids, 'int32');
-    const tokEmb = p.wte ? tf.gather(p.wte, idx) : tf.transpose(tf.gather(p.headT, idx, 1)); // [N] -> [N, d]
+    const tokEmb = p.wte ? tf.gather(p.wte, idx) : e.embed(p.headT, idx); // [N] -> [N, d]
     let x = tf.add(tokEmb, tf.gather(p.wpe, tf.tensor1d(pos, 'int32'))) as tf.Tensor2D; // [N, d]
     const kvs: LayerKV[][] = parts.map(() => []);
     for (let l = 0; l < c.nLayer; l++) {

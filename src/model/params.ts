@@ -4,10 +4,50 @@
  */
 import * as tf from '../tf';
 import { GPT2Error } from '../errors';
-import { GPT2Config, expectedShapes } from './config';
+import { GPT2Config, expectedShapes, isInt8Weight } from './config';
+import { dequantize, packPanels, panelDims, unpackPanels } from './quantize';
+import { warnOnce } from './wasm/instance';
+
+/**
+ * An int8 weight W [inDim, outDim] held for the wasm int8 kernels: panels of 16 columns (packPanels)
+ * and one float32 scale per column. An engine without int8 kernels computes with `float()`.
+ */
+export class Q8Weight {
+  private f: tf.Tensor2D | null = null;
+  constructor(
+    readonly packed: tf.Tensor1D, // int32 words, panelDims(inDim, outDim).words
+    readonly scale: tf.Tensor1D, // [outDim rounded up to 16], float32, zero padded
+    readonly inDim: number,
+    readonly outDim: number,
+  ) {}
+
+  get K4(): number {
+    return panelDims(this.inDim, this.outDim).K4;
+  }
+
+  /** The dequantized float32 W [inDim, outDim]: made on first use (kernels switched off), kept until dispose. */
+  float(): tf.Tensor2D {
+    if (!this.f) {
+      warnOnce('q8 weights are being dequantized to float32 because the int8 kernels are off (setWasmKernelsDisabled or another backend): each weight now also takes 4x its int8 bytes');
+      const w = unpackPanels(this.packed.dataSync() as Int32Array, this.scale.dataSync() as Float32Array, this.inDim, this.outDim);
+      this.f = tf.keep(tf.tensor2d(w, [this.inDim, this.outDim]));
+    }
+    return this.f;
+  }
+
+  dispose(): void {
+    this.packed.dispose();
+    this.scale.dispose();
+    this.f?.dispose();
+    this.f = null;
+  }
+}
+
+/** A linear layer's weight: float32 [in, out], or int8 for the wasm kernels. */
+export type Weight = tf.Tensor2D | Q8Weight;
 
 export interface Linear {
-  w: tf.Tensor2D; // Conv1D layout [in, out]: y = x @ w + b
+  w: Weight; // Conv1D layout [in, out]: y = x @ w + b
   b: tf.Tensor1D;
 }
 export interface Norm {
@@ -33,76 +73,125 @@ export interface Params {
    * head as a plain matMul (the transposed-B matMul is ~6x slower on wasm) and the embedding lookup
    * as a gather along axis 1.
    */
-  headT: tf.Tensor2D;
+  headT: Weight;
   /** [vocab, d], only when the checkpoint has an untied lm_head (else the embedding reads headT). */
   wte: tf.Tensor2D | null;
   wpe: tf.Tensor2D; // [n_positions, d]
   h: BlockParams[];
   ln_f: Norm;
+  /** How the weights are held: float32, or (q8 checkpoints) int8 for the wasm kernels. */
+  held: 'float32' | 'int8';
 }
 
 export interface HostArray {
-  data: Float32Array;
+  data: Float32Array | Int8Array;
   shape: number[];
+}
+
+export interface BuildOptions {
+  /** q8 checkpoints: keep int8 weights packed for the wasm int8 kernels (else dequantize to float32 at load). */
+  int8Kernels?: boolean;
 }
 
 function sameShape(a: number[], b: number[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
+/** int8 data with its scales, or float data. */
+type Host = { data: Float32Array; q?: undefined; scale?: undefined } | { data?: undefined; q: Int8Array; scale: Float32Array };
+
 /**
  * Builds Params from a stream of (name, host array). Names are canonical gpt2 keys
- * (`wte.weight`, `h.0.attn.c_attn.weight`, ..., optional `lm_head.weight`).
+ * (`wte.weight`, `h.0.attn.c_attn.weight`, ..., optional `lm_head.weight`; q8 checkpoints add a
+ * `<name>_scale` beside each int8 weight).
  */
-export async function buildParams(config: GPT2Config, tensors: AsyncIterable<HostArray & { name: string; file?: string }>): Promise<Params> {
+export async function buildParams(config: GPT2Config, tensors: AsyncIterable<HostArray & { name: string; file?: string }>, opts: BuildOptions = {}): Promise<Params> {
   const want = expectedShapes(config);
-  const made = new Map<string, tf.Tensor>();
-  let lmHead: HostArray | null = null;
-  let wte: HostArray | null = null;
+  const d = config.nEmbd;
+  const V = config.vocabSize;
+  const wantHead = [V, d];
+  const made = new Map<string, tf.Tensor | Q8Weight>();
+  const seen = new Set<string>();
+  const pending = new Map<string, HostArray & { where: string }>(); // halves of an int8 weight + scale pair, and wte/lm_head
+  /** int8 [K, N] + per-column scales -> packed for the kernels, or dequantized. */
+  const linearQ8 = (q: Int8Array, scale: Float32Array, K: number, N: number, transposed: boolean): tf.Tensor2D | Q8Weight => {
+    if (opts.int8Kernels) {
+      const s = new Float32Array(panelDims(K, N).N16);
+      s.set(scale);
+      return new Q8Weight(tf.tensor1d(packPanels(q, K, N, transposed), 'int32'), tf.tensor1d(s), K, N);
+    }
+    const w = dequantize(q, scale, transposed ? N : K, transposed ? K : N, transposed);
+    return transposed ? transposeHost({ data: w, shape: [N, K] }) : tf.tensor2d(w, [K, N]);
+  };
+  /** The int8 weight `name` and its scales, both arrived (null until then); scales checked. */
+  const pair = (name: string): { q: Int8Array; scale: Float32Array } | null => {
+    const w = pending.get(name);
+    const s = pending.get(name + '_scale');
+    if (!w || !s) return null;
+    const scale = s.data as Float32Array;
+    const bad = scale.findIndex((v) => !(v >= 0 && v < Infinity));
+    if (bad >= 0) throw new GPT2Error('BAD_WEIGHTS', `${name}_scale${s.where} holds ${scale[bad]} at index ${bad}: q8 scales must be finite and >= 0`);
+    pending.delete(name);
+    pending.delete(name + '_scale');
+    return { q: w.data as Int8Array, scale };
+  };
   try {
     for await (const t of tensors) {
       const where = t.file ? ` (in ${t.file})` : '';
-      if (t.name === 'lm_head.weight') {
-        if (!sameShape(t.shape, [config.vocabSize, config.nEmbd])) {
-          throw new GPT2Error('BAD_WEIGHTS', `lm_head.weight${where} has shape [${t.shape}], config needs [${config.vocabSize}, ${config.nEmbd}]`);
-        }
-        lmHead = { data: t.data, shape: t.shape };
-        continue;
-      }
-      const shape = want.get(t.name);
+      const shape = t.name.startsWith('lm_head.') ? (t.name === 'lm_head.weight' ? wantHead : t.name === 'lm_head.weight_scale' && config.quantization ? [V] : undefined) : want.get(t.name);
       if (!shape) continue; // unknown extras (e.g. optimizer state) are not ours to judge
       if (!sameShape(t.shape, shape)) {
         throw new GPT2Error('BAD_WEIGHTS', `${t.name}${where} has shape [${t.shape}], config needs [${shape}]`);
       }
-      if (t.name === 'wte.weight') {
-        wte = { data: t.data, shape: t.shape }; // layout decided once lm_head is known
+      const int8 = isInt8Weight(config, t.name);
+      if (int8 !== t.data instanceof Int8Array) {
+        throw new GPT2Error('BAD_WEIGHTS', int8
+          ? `${t.name}${where} is float, but config.json's quantization_config (q8) needs it int8 (I8) with ${t.name}_scale: convert with \`gpt2-tfjs convert --quantize q8\``
+          : `${t.name}${where} is int8, but ${config.quantization ? 'q8 stores it as float' : 'config.json has no quantization_config (a q8 checkpoint names its format there)'}`);
+      }
+      seen.add(t.name);
+      const m = /^(.*\.weight)(_scale)?$/.exec(t.name);
+      const base = m?.[1] ?? t.name;
+      if (config.quantization && (int8 || m?.[2]) || base === 'wte.weight' || base === 'lm_head.weight' || base === 'wpe.weight') {
+        pending.set(t.name, { data: t.data, shape: t.shape, where });
+        if (/^h\./.test(base)) {
+          const p = pair(base);
+          if (p) {
+            const [K, N] = want.get(base) as number[];
+            made.set(base, linearQ8(p.q, p.scale, K, N, false));
+          }
+        }
         continue;
       }
-      made.set(t.name, tf.tensor(t.data, shape, 'float32'));
+      made.set(t.name, tf.tensor(t.data as Float32Array, shape, 'float32'));
     }
-    const missing = [...want.keys()].filter((k) => k !== 'wte.weight' && !made.has(k));
-    if (!wte) missing.unshift('wte.weight');
+    const missing = [...want.keys()].filter((k) => !seen.has(k));
+    if (config.quantization && seen.has('lm_head.weight') !== seen.has('lm_head.weight_scale')) missing.push(seen.has('lm_head.weight') ? 'lm_head.weight_scale' : 'lm_head.weight');
     if (missing.length) {
       throw new GPT2Error('BAD_WEIGHTS', `checkpoint is missing ${missing.length} tensor(s): ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
     }
-    const wteHost = wte as HostArray;
-    // A checkpoint whose lm_head equals wte is tied in all but name: keep one copy.
-    const untied = lmHead !== null && !lmHead.data.every((v, i) => v === wteHost.data[i]);
-    // Transposed on the host: a device-side transpose would leave a dead 154 MB copy in the wasm heap (which never shrinks).
-    const transposeHost = (a: HostArray): tf.Tensor2D => {
-      const [rows, cols] = a.shape;
-      const t = new Float32Array(rows * cols);
-      for (let r = 0; r < rows; r++) {
-        const src = r * cols;
-        for (let c = 0; c < cols; c++) t[c * rows + r] = a.data[src + c];
+    const table = (name: string): Host | null => {
+      if (!seen.has(name)) return null;
+      if (!config.quantization) {
+        const h = pending.get(name) as HostArray;
+        pending.delete(name);
+        return { data: h.data as Float32Array };
       }
-      return tf.tensor2d(t, [cols, rows]);
+      return pair(name);
     };
-    const headT = transposeHost(untied ? (lmHead as HostArray) : wteHost);
+    const wpe = table('wpe.weight') as Host;
+    made.set('wpe.weight', tf.tensor2d(wpe.data ?? dequantize(wpe.q as Int8Array, wpe.scale as Float32Array, config.nPositions, d, true), [config.nPositions, d]));
+    const wte = table('wte.weight') as Host;
+    const lmHead = table('lm_head.weight');
+    // A checkpoint whose lm_head equals wte is tied in all but name: keep one copy.
+    const same = (a: Host, b: Host) => (a.data ? a.data.every((v, i) => v === b.data?.[i]) : a.q.every((v, i) => v === b.q?.[i]) && a.scale.every((v, i) => v === b.scale?.[i]));
+    const untied = lmHead !== null && !same(lmHead, wte);
+    const head = untied ? (lmHead as Host) : wte;
+    const headT = head.data ? transposeHost({ data: head.data, shape: [V, d] }) : linearQ8(head.q, head.scale, d, V, true);
     made.set('__headT', headT);
-    const wteT = untied ? tf.tensor2d(wteHost.data, [config.vocabSize, config.nEmbd]) : null;
+    const wteT = untied ? tf.tensor2d(wte.data ?? dequantize(wte.q as Int8Array, wte.scale as Float32Array, V, d, true), [V, d]) : null;
     if (wteT) made.set('__wte', wteT);
-    const get = <T extends tf.Tensor>(k: string): T => made.get(k) as T;
+    const get = <T extends tf.Tensor | Q8Weight>(k: string): T => made.get(k) as T;
     const lin = (k: string): Linear => ({ w: get(k + '.weight'), b: get(k + '.bias') });
     const norm = (k: string): Norm => ({ g: get(k + '.weight'), b: get(k + '.bias') });
     const h: BlockParams[] = [];
@@ -114,11 +203,22 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
         mlp: { c_fc: lin(`h.${i}.mlp.c_fc`), c_proj: lin(`h.${i}.mlp.c_proj`) },
       });
     }
-    return { headT, wte: wteT, wpe: get('wpe.weight'), h, ln_f: norm('ln_f') };
+    return { headT, wte: wteT, wpe: get('wpe.weight'), h, ln_f: norm('ln_f'), held: config.quantization && opts.int8Kernels ? 'int8' : 'float32' };
   } catch (e) {
     for (const t of made.values()) t.dispose();
     throw e;
   }
+}
+
+/** [rows, cols] -> tensor [cols, rows], transposed on the host: a device-side transpose would leave a dead copy in the wasm heap (which never shrinks). */
+function transposeHost(a: { data: Float32Array; shape: number[] }): tf.Tensor2D {
+  const [rows, cols] = a.shape;
+  const t = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const src = r * cols;
+    for (let c = 0; c < cols; c++) t[c * rows + r] = a.data[src + c];
+  }
+  return tf.tensor2d(t, [cols, rows]);
 }
 
 export function disposeParams(p: Params): void {

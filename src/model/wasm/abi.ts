@@ -22,6 +22,12 @@ export const KERNEL_ABI = {
     ['q', 'ptr'], ['k', 'ptr'], ['v', 'ptr'], ['mask', 'ptr'], ['out', 'ptr'], ['scratch', 'ptr'],
     ['B', 'i32'], ['T', 'i32'], ['past', 'i32'], ['H', 'i32'], ['hd', 'i32'], ['ldkv', 'i32'], ['scale', 'f32'], ['h0', 'i32'], ['h1', 'i32'],
   ],
+  /** Per-row dynamic int8 quantization of x [M, K] (row stride ldx) -> xq int16 [M, K4] (zero padded), row scales xs [M]. */
+  quantize_rows: [['x', 'ptr'], ['xq', 'ptr'], ['xs', 'ptr'], ['M', 'i32'], ['K', 'i32'], ['ldx', 'i32'], ['K4', 'i32']],
+  /** y[:, 0:n] = act(xq·xs @ W·ws + b) with W int8 in 16-column panels (kernels.c), starting at a panel; y row stride ld. */
+  linear_q8: [['xq', 'ptr'], ['xs', 'ptr'], ['w', 'ptr'], ['ws', 'ptr'], ['b', 'ptr'], ['y', 'ptr'], ['M', 'i32'], ['K4', 'i32'], ['n', 'i32'], ['ld', 'i32'], ['act', 'i32']],
+  /** out[i, 0:K] = ws[ids[i]] · W[0:K, ids[i]]: embedding rows from the q8 head's panels. */
+  gather_q8: [['w', 'ptr'], ['ws', 'ptr'], ['ids', 'ptr'], ['out', 'ptr'], ['n', 'i32'], ['K', 'i32'], ['K4', 'i32']],
   copy_f32: [['dst', 'ptr'], ['src', 'ptr'], ['n', 'i32']],
   zero_f32: [['dst', 'ptr'], ['n', 'i32']],
 } as const satisfies Record<string, readonly (readonly [string, ArgType])[]>;

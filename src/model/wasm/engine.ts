@@ -12,7 +12,8 @@ import type { Engine, JoinPlan, KVOps, LayerKV } from '../engine';
 import { KV_GROW, cachePrefix, tfEngine } from '../engine';
 import { activate } from '../layers';
 import { startKernels } from './instance';
-import { moveRows, registerKernels, runAttend, runCacheRows, runLayerNorm, runLinear } from './register';
+import { Q8Weight } from '../params';
+import { KernelActivation, moveRows, registerKernels, runAttend, runCacheRows, runGatherQ8, runLayerNorm, runLinear, runLinearQ8 } from './register';
 
 /** Extra rows a merged cache buffer keeps, so the next joining rows are copied in place. */
 const SPARE_ROWS = 3;
@@ -82,8 +83,11 @@ const wasmKV: KVOps = {
 export const wasmEngine: Engine = {
   name: 'wasm-kernels',
   linear(x, w, b, act = 'none') {
-    if (act === 'gelu') return activate(runLinear(x, w, b, 'none'), act); // exact erf gelu: not fused
-    return runLinear(x, w, b, act); // [N, in] -> [N, out]
+    const run = (a: KernelActivation) => (w instanceof Q8Weight ? runLinearQ8(x, w, b, a) : runLinear(x, w, b, a)); // [N, in] -> [N, out]
+    return act === 'gelu' ? activate(run('none'), act) : run(act); // exact erf gelu: not fused
+  },
+  embed(headT, ids) {
+    return headT instanceof Q8Weight ? runGatherQ8(headT, ids) : tfEngine.embed(headT, ids); // [N] -> [N, d]
   },
   layerNorm: runLayerNorm,
   attend(q, kv, ctx) {

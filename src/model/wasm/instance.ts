@@ -101,7 +101,8 @@ export function memoryOf(b: unknown): WebAssembly.Memory | null {
 }
 
 /** Logs `message` once per process (the library's only console output: a fast path that could not engage). */
-function warnOnce(message: string): void {
+/** console.warn, once per message per process: a fast path that switches itself off says so. */
+export function warnOnce(message: string): void {
   if (warned.has(message)) return;
   warned.add(message);
   console.warn(`gpt2-tfjs: ${message}`);

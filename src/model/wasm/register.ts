@@ -8,9 +8,12 @@
  *                                                 instead of keeping an XNNPACK-packed second copy
  *   GPT2LayerNorm  (x - mean) / sqrt(var + eps) · g + b, one pass per row (10 ops → 1)
  *   GPT2Attend     causal attention against the KV cache buffers (prefill and decode)
+ *   GPT2LinearQ8   y = act(x @ W + b) with W int8 (q8): x's rows quantized to int8 on the fly, int32 sums
+ *   GPT2GatherQ8   rows of a q8 tied embedding, dequantized from the head's int8 panels
  *   GPT2CacheRows  a new cache buffer assembled from rows of one or two others
  */
 import * as tf from '../../tf';
+import type { Q8Weight } from '../params';
 import { KernelExports, call } from './abi';
 import { WasmBackendLike, activeKernels, threadFor } from './instance';
 import { runChunks } from './threads';
@@ -102,6 +105,74 @@ export function runLinear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null,
   const inputs: tf.NamedTensorMap = b ? { x, w, b } : { x, w };
   const attrs: LinearAttrs = { act: ACT_CODES[act] };
   return tf.engine().runKernel('GPT2Linear', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+// ----------------------------------------------------------------------------- GPT2LinearQ8
+
+type LinearQ8Inputs = 'x' | 'w' | 's' | 'b';
+interface LinearQ8Attrs {
+  act: number;
+  n: number; // output columns (w and s are padded to whole panels of 16)
+  K4: number; // inner dimension rounded up to 4 (w's k-groups)
+}
+
+/** Column chunks of a q8 product: a whole number of 16-column panels each, taken in turn by both threads. */
+const Q8_CHUNKS = 16;
+
+/**
+ * y = act(quant(x) @ W·s + b) with W int8 in panels (native/kernels.c linear_q8). x's rows are
+ * quantized once (quantize_rows), then both threads take chunks of whole panels: each output column
+ * is computed by one call, so the result does not depend on the thread count.
+ */
+function linearQ8Kernel(be: WasmBackendLike, inputs: Partial<Record<LinearQ8Inputs, tf.TensorInfo>>, { act, n: N, K4 }: LinearQ8Attrs): tf.TensorInfo {
+  const x = inputs.x as tf.TensorInfo;
+  const [M, K] = x.shape;
+  const out = be.makeOutput([M, N], 'float32');
+  if (M * N === 0) return out;
+  const k = kernels();
+  const xq = be.makeOutput([(M * K4) / 2], 'float32'); // scratch bytes for int16 [M, K4]
+  const xs = be.makeOutput([M], 'float32');
+  try {
+    const [pq, ps] = [offset(be, xq), offset(be, xs)];
+    call(k, 'quantize_rows', { x: offset(be, x), xq: pq, xs: ps, M, K, ldx: K, K4 });
+    const panels = Math.ceil(N / 16);
+    const size = Math.ceil(panels / Math.min(panels, Q8_CHUNKS)) * 16; // columns per chunk
+    const pb = inputs.b ? offset(be, inputs.b) : 0;
+    runChunks(k, 'linear_q8', { xq: pq, xs: ps, w: offset(be, inputs.w as tf.TensorInfo), ws: offset(be, inputs.s as tf.TensorInfo), b: pb, y: offset(be, out), M, K4, n: N, ld: N, act },
+      { count: Math.ceil(N / size), step: { w: size * K4, ws: 4 * size, b: pb ? 4 * size : 0, y: 4 * size }, extent: { arg: 'n', size, total: N } }, threadFor((M * K4 * N) / 2));
+  } finally {
+    be.disposeData(xq.dataId);
+    be.disposeData(xs.dataId);
+  }
+  return out;
+}
+
+export function runLinearQ8(x: tf.Tensor2D, w: Q8Weight, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D {
+  const inputs: tf.NamedTensorMap = b ? { x, w: w.packed, s: w.scale, b } : { x, w: w.packed, s: w.scale };
+  const attrs: LinearQ8Attrs = { act: ACT_CODES[act], n: w.outDim, K4: w.K4 };
+  return tf.engine().runKernel('GPT2LinearQ8', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+// ----------------------------------------------------------------------------- GPT2GatherQ8
+
+type GatherQ8Inputs = 'w' | 's' | 'ids';
+interface GatherQ8Attrs {
+  K: number;
+  K4: number;
+}
+
+/** Rows of the tied q8 embedding, dequantized from the head's panels: [n] ids -> [n, K]. */
+function gatherQ8Kernel(be: WasmBackendLike, inputs: Partial<Record<GatherQ8Inputs, tf.TensorInfo>>, { K, K4 }: GatherQ8Attrs): tf.TensorInfo {
+  const ids = inputs.ids as tf.TensorInfo;
+  const n = ids.shape[0];
+  const out = be.makeOutput([n, K], 'float32');
+  if (n * K > 0) call(kernels(), 'gather_q8', { w: offset(be, inputs.w as tf.TensorInfo), ws: offset(be, inputs.s as tf.TensorInfo), ids: offset(be, ids), out: offset(be, out), n, K, K4 });
+  return out;
+}
+
+export function runGatherQ8(w: Q8Weight, ids: tf.Tensor1D): tf.Tensor2D {
+  const attrs: GatherQ8Attrs = { K: w.inDim, K4: w.K4 };
+  return tf.engine().runKernel('GPT2GatherQ8', { w: w.packed, s: w.scale, ids }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
 // ----------------------------------------------------------------------------- GPT2LayerNorm
@@ -264,6 +335,8 @@ export function moveRows(buf: tf.Tensor3D, src: tf.Tensor3D, from: number[], to:
 export function registerKernels(): void {
   register<CacheRowsInputs, CacheRowsAttrs>('GPT2CacheRows', cacheRowsKernel);
   register<LinearInputs, LinearAttrs>('GPT2Linear', linearKernel);
+  register<LinearQ8Inputs, LinearQ8Attrs>('GPT2LinearQ8', linearQ8Kernel);
+  register<GatherQ8Inputs, GatherQ8Attrs>('GPT2GatherQ8', gatherQ8Kernel);
   register<NormInputs, NormAttrs>('GPT2LayerNorm', layerNormKernel);
   register<AttendInputs, AttendAttrs>('GPT2Attend', attendKernel);
 }
