@@ -419,6 +419,14 @@ typedef signed char i8;
 typedef short i16;
 typedef int i32;
 
+/* The q8 kernels are exact to the letter of their float32 formulas (the build's -ffast-math would turn
+ * mx / 127 into mx * (1/127) and regroup f32(acc) * (xs * ws)): tests compare them bit for bit. The
+ * pragma covers code below it; wasm_simd128.h's intrinsics are defined above it, so the epilogue's
+ * float products use these two instead. */
+#pragma clang fp reassociate(off) reciprocal(off)
+static inline v128_t mul_exact(v128_t a, v128_t b) { return (v128_t)((__f32x4)a * (__f32x4)b); }
+static inline v128_t add_exact(v128_t a, v128_t b) { return (v128_t)((__f32x4)a + (__f32x4)b); }
+
 EXPORT(quantize_rows)
 void quantize_rows(const f32* x, i16* xq, f32* xs, int M, int K, int ldx, int K4) {
   for (int m = 0; m < M; m++) {
@@ -440,8 +448,8 @@ void quantize_rows(const f32* x, i16* xq, f32* xs, int M, int K, int ldx, int K4
     const v128_t vinv = wasm_f32x4_splat(inv), lim = wasm_i32x4_splat(127), nlim = wasm_i32x4_splat(-127);
     k = 0;
     for (; k + 8 <= K; k += 8) {
-      v128_t a = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(xm + k), vinv)));
-      v128_t c = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(wasm_f32x4_mul(wasm_v128_load(xm + k + 4), vinv)));
+      v128_t a = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(mul_exact(wasm_v128_load(xm + k), vinv)));
+      v128_t c = wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(mul_exact(wasm_v128_load(xm + k + 4), vinv)));
       a = wasm_i32x4_max(wasm_i32x4_min(a, lim), nlim);
       c = wasm_i32x4_max(wasm_i32x4_min(c, lim), nlim);
       wasm_v128_store(qm + k, wasm_i16x8_narrow_i32x4(a, c));
@@ -461,9 +469,9 @@ static inline v128_t pair_sum(v128_t lo, v128_t hi) {
 
 /* y[0:nc] = act(f32(acc) * (xs * ws) + b) for 4 columns (nc of them valid) */
 static inline void q8_store4(f32* y, v128_t acc, f32 xs, const f32* ws, const f32* b, int nc, int act) {
-  v128_t r = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(acc), wasm_f32x4_mul(wasm_f32x4_splat(xs), wasm_v128_load(ws)));
+  v128_t r = mul_exact(wasm_f32x4_convert_i32x4(acc), mul_exact(wasm_f32x4_splat(xs), wasm_v128_load(ws)));
   if (nc >= 4) {
-    if (b) r = wasm_f32x4_add(r, wasm_v128_load(b));
+    if (b) r = add_exact(r, wasm_v128_load(b));
     wasm_v128_store(y, v_act(r, act));
     return;
   }
@@ -557,4 +565,11 @@ void gather_q8(const i32* W, const f32* ws, const i32* ids, f32* out, int n, int
     f32* o = out + (long)i * K;
     for (int k = 0; k < K; k++) o[k] = (f32)col[(k >> 2) * 64 + (k & 3)] * s;
   }
+}
+
+/* dst[m, 0:n] = src[m, 0:n] for m < M, rows of stride ldd / lds: a column block of a matrix (the q|k|v split
+ * of c_attn's output; tfjs's own slice copies through JS typed arrays, slow on a shared heap). */
+EXPORT(copy_cols)
+void copy_cols(f32* dst, const f32* src, int M, int n, int ldd, int lds) {
+  for (int m = 0; m < M; m++) copy_f32(dst + (long)m * ldd, src + (long)m * lds, n);
 }

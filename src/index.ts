@@ -16,6 +16,8 @@ export { MT19937 } from './generate/rng';
 export { readSafetensorsHeader, writeSafetensors } from './io/safetensors';
 export { downloadModel } from './io/download';
 export { convertToTfjs } from './io/weights';
+export { quantizeModel } from './convert';
+export type { QuantizeOptions, QuantizeResult } from './convert';
 
 export { loadTokenizer, hasTokenizerFiles, tokenizerFromFiles } from './tokenizer';
 export type { Tokenizer, StreamDecoder, EncodeOptions } from './tokenizer';

@@ -1,8 +1,10 @@
 /**
  * CLI commands that move model files: `download` (from the Hugging Face hub, resumable) and
- * `convert` (to a tfjs manifest for browsers). Thin: parse, call io/, report.
+ * `convert` (to a tfjs manifest for browsers, or to int8 q8 weights). Thin: parse, call io/, report.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { quantizeModel } from '../convert';
+import { GPT2Error } from '../errors';
 import { downloadModel } from '../io/download';
 import { LoadProgress } from '../io/hf';
 import { openSource } from '../io/source';
@@ -66,14 +68,23 @@ export function registerFileCommands(program: Command, io: CliIO, helpers: FileC
 
   program
     .command('convert')
-    .description('convert a model folder to another weights layout (tfjs: model.json + binary shards, for browsers)')
-    .argument('<dir>', 'model folder (or http(s) base URL) in Hugging Face layout')
+    .description('convert a model folder to another weights layout: a tfjs manifest (for browsers), or int8 weights (--quantize q8, ~4x smaller)')
+    .argument('<dir>', 'model folder (or http(s) base URL) in Hugging Face layout (F32/F16/BF16 safetensors, sharded or not, or a tfjs manifest)')
     .argument('<out>', 'output folder')
-    .addOption(new Option('--to <format>', 'target layout').choices(['tfjs']).makeOptionMandatory())
-    .option('--shard-mb <n>', 'largest shard in MiB', positive('--shard-mb'), 4)
-    .addOption(new Option('--dtype <dtype>', 'stored precision').choices(['float32', 'float16']).default('float32'))
-    .addHelpText('after', '\nExamples:\n  $ gpt2-tfjs convert --to tfjs models/gpt2 web/models/gpt2\n  $ gpt2-tfjs convert --to tfjs models/gpt2 out --shard-mb 8 --dtype float16')
-    .action(async (dir: string, out: string, o: { to: 'tfjs'; shardMb: number; dtype: TfjsStoredDtype }) => {
+    .addOption(new Option('--to <format>', 'target layout (tfjs: model.json + binary shards)').choices(['tfjs']))
+    .addOption(new Option('--quantize <scheme>', 'write int8 weights in Hugging Face layout (model.safetensors + quantization_config, docs/q8.md)').choices(['q8']).conflicts('to'))
+    .option('--shard-mb <n>', 'largest shard in MiB (tfjs)', positive('--shard-mb'), 4)
+    .addOption(new Option('--dtype <dtype>', 'stored precision (tfjs)').choices(['float32', 'float16']).default('float32'))
+    .option('-q, --quiet', 'no progress bar')
+    .addHelpText('after', '\nExamples:\n  $ gpt2-tfjs convert --quantize q8 models/gpt2 models/gpt2-q8\n  $ gpt2-tfjs convert --to tfjs models/gpt2 web/models/gpt2\n  $ gpt2-tfjs convert --to tfjs models/gpt2 out --shard-mb 8 --dtype float16')
+    .action(async (dir: string, out: string, o: { to?: 'tfjs'; quantize?: 'q8'; shardMb: number; dtype: TfjsStoredDtype; quiet?: boolean }) => {
+      if (o.quantize) {
+        const progress = await fileProgress(io, 'quantizing', !!o.quiet);
+        const r = await quantizeModel(openSource(dir), out, { onProgress: progress.onProgress }).finally(() => progress.stop());
+        io.stdout.write(`wrote ${r.path}: ${r.tensors} tensors, ${mb(r.bytes)} MB (${(r.bytes / r.floatBytes).toFixed(3)}x the ${mb(r.floatBytes)} MB of float32 weights); copied ${r.copied.join(', ')}\n`);
+        return;
+      }
+      if (!o.to) throw new GPT2Error('BAD_OPTION', 'say what to convert to: --to tfjs, or --quantize q8');
       const shardBytes = Math.max(1, Math.round(o.shardMb * 2 ** 20));
       const r = await convertToTfjs(openSource(dir), out, { shardBytes, dtype: o.dtype });
       io.stdout.write(`wrote ${r.modelJson}: ${r.weights} weights in ${r.paths.length} shard(s), ${mb(r.bytes)} MB ${o.dtype}; copied ${r.copied.join(', ')}\n`);

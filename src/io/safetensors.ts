@@ -201,15 +201,18 @@ export function toHalf(x: number): number {
   return sign | half;
 }
 
-/** Serialises tensors to safetensors bytes (header padded to 8 bytes, as the reference writer does). */
-export function writeSafetensors(tensors: Record<string, WriteTensor>, metadata: Record<string, string> = { format: 'pt' }): Uint8Array {
+/**
+ * The pieces of a safetensors file, in order: the 8-byte length, the header (padded to 8 bytes, as the
+ * reference writer does), then each tensor's bytes. Written one after another they are the file.
+ */
+export function safetensorsParts(tensors: Record<string, WriteTensor>, metadata: Record<string, string> = { format: 'pt' }): Uint8Array[] {
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   const parts: Uint8Array[] = [];
   for (const [name, t] of Object.entries(tensors)) {
     const dtype = t.data instanceof Int8Array ? 'I8' : t.dtype ?? 'F32';
     let bytes: Uint8Array;
-    if (dtype === 'I8' || dtype === 'F32') bytes = new Uint8Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength));
+    if (dtype === 'I8' || dtype === 'F32') bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
     else {
       const h = new Uint16Array(t.data.length);
       for (let i = 0; i < h.length; i++) h[i] = toHalf(t.data[i]);
@@ -222,10 +225,16 @@ export function writeSafetensors(tensors: Record<string, WriteTensor>, metadata:
   let headerBytes = new TextEncoder().encode(JSON.stringify(header));
   const pad = (8 - (headerBytes.byteLength % 8)) % 8;
   if (pad) headerBytes = new TextEncoder().encode(JSON.stringify(header) + ' '.repeat(pad));
-  const out = new Uint8Array(8 + headerBytes.byteLength + offset);
-  new DataView(out.buffer).setUint32(0, headerBytes.byteLength, true);
-  out.set(headerBytes, 8);
-  let p = 8 + headerBytes.byteLength;
+  const len = new Uint8Array(8);
+  new DataView(len.buffer).setUint32(0, headerBytes.byteLength, true);
+  return [len, headerBytes, ...parts];
+}
+
+/** Serialises tensors to safetensors bytes (header padded to 8 bytes, as the reference writer does). */
+export function writeSafetensors(tensors: Record<string, WriteTensor>, metadata: Record<string, string> = { format: 'pt' }): Uint8Array {
+  const parts = safetensorsParts(tensors, metadata);
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+  let p = 0;
   for (const part of parts) {
     out.set(part, p);
     p += part.byteLength;

@@ -115,6 +115,8 @@ export interface Engine {
   readonly name: 'wasm-kernels' | 'tf-ops';
   /** act(x @ w + b): [N, in] @ [in, out] -> [N, out]; b null = no bias. w float32 or int8 (q8). */
   linear(x: tf.Tensor2D, w: Weight, b: tf.Tensor1D | null, act?: Activation | 'none'): tf.Tensor2D;
+  /** x [N, parts·c] -> parts × [N, c], column blocks (q|k|v of c_attn). */
+  split(x: tf.Tensor2D, parts: number): tf.Tensor2D[];
   /** Rows `ids` of the tied embedding, read from the head [d, vocab]: -> [N, d]. */
   embed(headT: Weight, ids: tf.Tensor1D): tf.Tensor2D;
   /** (x - mean) / sqrt(var + eps) * g + b over the last axis (biased variance, as torch). */
@@ -164,6 +166,9 @@ export const tfEngine: Engine = {
     const wf = floatWeight(w);
     const y = b ? (tf.fused.matMul({ a: x, b: wf, bias: b }) as tf.Tensor2D) : (tf.matMul(x, wf) as tf.Tensor2D); // [N, in] -> [N, out]
     return act === 'none' ? y : activate(y, act);
+  },
+  split(x, parts) {
+    return tf.split(x, parts, 1) as tf.Tensor2D[];
   },
   embed(headT, ids) {
     return tf.transpose(tf.gather(floatWeight(headT), ids, 1)); // [d, V] -> [d, N] -> [N, d]

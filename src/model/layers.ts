@@ -43,7 +43,7 @@ export interface AttnPart {
  */
 export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[]): { out: tf.Tensor2D; kvs: LayerKV[] } {
   const d = x.shape[1];
-  const [q, k, v] = tf.split(e.linear(x, p.attn.c_attn.w, p.attn.c_attn.b), 3, 1) as tf.Tensor2D[]; // [N, d] -> [N, 3d] -> 3 × [N, d]
+  const [q, k, v] = e.split(e.linear(x, p.attn.c_attn.w, p.attn.c_attn.b), 3); // [N, d] -> [N, 3d] -> 3 × [N, d]
   const outs: tf.Tensor2D[] = [];
   const kvs: LayerKV[] = [];
   let row = 0;

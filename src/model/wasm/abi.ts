@@ -29,6 +29,8 @@ export const KERNEL_ABI = {
   /** out[i, 0:K] = ws[ids[i]] · W[0:K, ids[i]]: embedding rows from the q8 head's panels. */
   gather_q8: [['w', 'ptr'], ['ws', 'ptr'], ['ids', 'ptr'], ['out', 'ptr'], ['n', 'i32'], ['K', 'i32'], ['K4', 'i32']],
   copy_f32: [['dst', 'ptr'], ['src', 'ptr'], ['n', 'i32']],
+  /** dst[m, 0:n] = src[m, 0:n] for m < M; row strides ldd, lds. */
+  copy_cols: [['dst', 'ptr'], ['src', 'ptr'], ['M', 'i32'], ['n', 'i32'], ['ldd', 'i32'], ['lds', 'i32']],
   zero_f32: [['dst', 'ptr'], ['n', 'i32']],
 } as const satisfies Record<string, readonly (readonly [string, ArgType])[]>;
 
@@ -60,6 +62,7 @@ export function invoke(f: (...args: number[]) => void, a: readonly number[]): vo
   switch (a.length) {
     case 2: return f(a[0], a[1]);
     case 3: return f(a[0], a[1], a[2]);
+    case 6: return f(a[0], a[1], a[2], a[3], a[4], a[5]);
     case 7: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
     case 11: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10]);
     case 15: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14]);

@@ -13,7 +13,7 @@ import { KV_GROW, cachePrefix, tfEngine } from '../engine';
 import { activate } from '../layers';
 import { startKernels } from './instance';
 import { Q8Weight } from '../params';
-import { KernelActivation, moveRows, registerKernels, runAttend, runCacheRows, runGatherQ8, runLayerNorm, runLinear, runLinearQ8 } from './register';
+import { KernelActivation, moveRows, registerKernels, runAttend, runCacheRows, runGatherQ8, runLayerNorm, runLinear, runLinearQ8, runSplitCols } from './register';
 
 /** Extra rows a merged cache buffer keeps, so the next joining rows are copied in place. */
 const SPARE_ROWS = 3;
@@ -86,6 +86,7 @@ export const wasmEngine: Engine = {
     const run = (a: KernelActivation) => (w instanceof Q8Weight ? runLinearQ8(x, w, b, a) : runLinear(x, w, b, a)); // [N, in] -> [N, out]
     return act === 'gelu' ? activate(run('none'), act) : run(act); // exact erf gelu: not fused
   },
+  split: runSplitCols,
   embed(headT, ids) {
     return headT instanceof Q8Weight ? runGatherQ8(headT, ids) : tfEngine.embed(headT, ids); // [N] -> [N, d]
   },

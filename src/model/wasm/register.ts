@@ -10,6 +10,8 @@
  *   GPT2Attend     causal attention against the KV cache buffers (prefill and decode)
  *   GPT2LinearQ8   y = act(x @ W + b) with W int8 (q8): x's rows quantized to int8 on the fly, int32 sums
  *   GPT2GatherQ8   rows of a q8 tied embedding, dequantized from the head's int8 panels
+ *   GPT2SplitCols  column blocks of a matrix (q|k|v) as separate tensors: strided copies in wasm (tfjs's
+ *                  slice copies through JS typed arrays, several times slower on a shared heap)
  *   GPT2CacheRows  a new cache buffer assembled from rows of one or two others
  */
 import * as tf from '../../tf';
@@ -40,7 +42,7 @@ function kernels(): KernelExports {
 }
 
 /** Registers one kernel for the wasm backend. */
-function register<I extends string, A extends object>(kernelName: string, run: (be: WasmBackendLike, inputs: Partial<Record<I, tf.TensorInfo>>, attrs: A) => tf.TensorInfo): void {
+function register<I extends string, A extends object>(kernelName: string, run: (be: WasmBackendLike, inputs: Partial<Record<I, tf.TensorInfo>>, attrs: A) => tf.TensorInfo | tf.TensorInfo[]): void {
   if (tf.getKernel(kernelName, 'wasm')) return;
   const kernelFunc = ({ inputs, backend, attrs }: { inputs: Partial<Record<I, tf.TensorInfo>>; backend: unknown; attrs?: unknown }) => run(backend as WasmBackendLike, inputs, (attrs ?? {}) as A);
   tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc } as unknown as tf.KernelConfig);
@@ -139,7 +141,8 @@ function linearQ8Kernel(be: WasmBackendLike, inputs: Partial<Record<LinearQ8Inpu
     const size = Math.ceil(panels / Math.min(panels, Q8_CHUNKS)) * 16; // columns per chunk
     const pb = inputs.b ? offset(be, inputs.b) : 0;
     runChunks(k, 'linear_q8', { xq: pq, xs: ps, w: offset(be, inputs.w as tf.TensorInfo), ws: offset(be, inputs.s as tf.TensorInfo), b: pb, y: offset(be, out), M, K4, n: N, ld: N, act },
-      { count: Math.ceil(N / size), step: { w: size * K4, ws: 4 * size, b: pb ? 4 * size : 0, y: 4 * size }, extent: { arg: 'n', size, total: N } }, threadFor((M * K4 * N) / 2));
+      { count: Math.ceil(N / size), step: { w: size * K4, ws: 4 * size, b: pb ? 4 * size : 0, y: 4 * size }, extent: { arg: 'n', size, total: N } },
+      threadFor((M * K4 * N) / 2));
   } finally {
     be.disposeData(xq.dataId);
     be.disposeData(xs.dataId);
@@ -173,6 +176,33 @@ function gatherQ8Kernel(be: WasmBackendLike, inputs: Partial<Record<GatherQ8Inpu
 export function runGatherQ8(w: Q8Weight, ids: tf.Tensor1D): tf.Tensor2D {
   const attrs: GatherQ8Attrs = { K: w.inDim, K4: w.K4 };
   return tf.engine().runKernel('GPT2GatherQ8', { w: w.packed, s: w.scale, ids }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+// ----------------------------------------------------------------------------- GPT2SplitCols
+
+type SplitInputs = 'x';
+interface SplitAttrs {
+  parts: number;
+}
+
+/** x [M, parts·c] -> parts × [M, c] (column blocks): one strided copy each. */
+function splitColsKernel(be: WasmBackendLike, inputs: Partial<Record<SplitInputs, tf.TensorInfo>>, { parts }: SplitAttrs): tf.TensorInfo[] {
+  const x = inputs.x as tf.TensorInfo;
+  const [M, N] = x.shape;
+  const c = N / parts;
+  const px = offset(be, x);
+  const k = kernels();
+  return Array.from({ length: parts }, (_, i) => {
+    const out = be.makeOutput([M, c], 'float32');
+    if (M * c > 0) call(k, 'copy_cols', { dst: offset(be, out), src: px + 4 * i * c, M, n: c, ldd: c, lds: N });
+    return out;
+  });
+}
+
+export function runSplitCols(x: tf.Tensor2D, parts: number): tf.Tensor2D[] {
+  if (x.shape[1] % parts !== 0) throw new Error(`gpt2-tfjs split: ${x.shape[1]} columns do not split into ${parts}`);
+  const attrs: SplitAttrs = { parts };
+  return tf.engine().runKernel('GPT2SplitCols', { x }, attrs as unknown as tf.NamedAttrMap) as unknown as tf.Tensor2D[];
 }
 
 // ----------------------------------------------------------------------------- GPT2LayerNorm
@@ -337,6 +367,7 @@ export function registerKernels(): void {
   register<LinearInputs, LinearAttrs>('GPT2Linear', linearKernel);
   register<LinearQ8Inputs, LinearQ8Attrs>('GPT2LinearQ8', linearQ8Kernel);
   register<GatherQ8Inputs, GatherQ8Attrs>('GPT2GatherQ8', gatherQ8Kernel);
+  register<SplitInputs, SplitAttrs>('GPT2SplitCols', splitColsKernel);
   register<NormInputs, NormAttrs>('GPT2LayerNorm', layerNormKernel);
   register<AttendInputs, AttendAttrs>('GPT2Attend', attendKernel);
 }

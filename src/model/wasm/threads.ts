@@ -11,18 +11,25 @@
  */
 import { ChunkSpec, KERNEL_ABI, KERNEL_NAMES, KernelArgs, KernelExports, KernelName, MAX_KERNEL_ARGS, argList, chunkArgs, chunkLayout, invoke } from './abi';
 
+/**
+ * The control block's int32 slots. The three words both threads touch while a job runs sit on cache
+ * lines of their own (64 bytes apart): the chunk counter (both take chunks), Done (the caller polls it
+ * while the worker works) and the rest (written once per job). Sharing one line made every chunk the
+ * worker took wait for the line to come back from the polling caller: a small job on two threads ran
+ * slower than on one.
+ */
 const enum Slot {
   Seq = 0, // bumped by the caller for each job
   Kernel = 1, // 1 + index in KERNEL_NAMES; 0 = quit
-  Done = 2, // the worker writes the job's Seq here when finished
   Error = 3, // 1 when the worker's kernel threw
   State = 4, // Idle, Claimed (the caller holds the worker for one job) or Exited
-  Chunk = 5, // next unclaimed chunk of a chunked job (both threads take chunks with Atomics.add)
   Chunks = 6, // chunk count (0: one call, the worker's whole share)
   ExtentArg = 7, // argument index set to min(size, total - c * size) per chunk; -1 none
   ExtentSize = 8,
   ExtentTotal = 9,
   Args = 10, // MAX_KERNEL_ARGS slots, f32 arguments stored as float bits (read through a Float32Array view)
+  Chunk = 64, // next unclaimed chunk of a chunked job (both threads take chunks with Atomics.add): its own line
+  Done = 80, // the worker writes the job's Seq here when finished: its own line
 }
 const enum State {
   Idle = 0,
@@ -32,7 +39,8 @@ const enum State {
 /** A worker with no job for this long exits (it pins the backend's memory); the next step starts another. */
 const IDLE_EXIT_MS = 30_000;
 const STEPS = Slot.Args + MAX_KERNEL_ARGS; // per-argument chunk steps
-const CTRL_INTS = STEPS + MAX_KERNEL_ARGS;
+const CTRL_INTS = 96;
+if (STEPS + MAX_KERNEL_ARGS > Slot.Chunk) throw new Error('gpt2-tfjs: kernel arguments overflow the control block');
 
 /**
  * The worker: plain JS (Node: evaluated with `eval: true`; browser: a Blob URL), so it needs no build
@@ -45,8 +53,8 @@ function start({ module, memory, ctrl, names, types }, reply) {
   try { k = new WebAssembly.Instance(module, { env: { memory } }).exports; }
   catch (e) { reply({ error: String(e) }); return; }
   const fns = names.map((n) => k[n]);
-  const arrays = [], arrays2 = []; // argument arrays by length, reused for every job
-  for (let m = 0; m <= ${MAX_KERNEL_ARGS}; m++) { arrays.push(new Array(m).fill(0)); arrays2.push(new Array(m).fill(0)); }
+  const arrays = [], arrays2 = [], steps = []; // argument arrays by length, reused for every job
+  for (let m = 0; m <= ${MAX_KERNEL_ARGS}; m++) { arrays.push(new Array(m).fill(0)); arrays2.push(new Array(m).fill(0)); steps.push(new Array(m).fill(0)); }
   const invoke = ${invoke.toString()}; // abi.ts: fixed-arity calls (a spread call to a wasm export is slow)
 
   // Jobs are counted from 0 on a fresh control block. Reading the counter here instead would race:
@@ -70,9 +78,10 @@ function start({ module, memory, ctrl, names, types }, reply) {
       const n = c[${Slot.Chunks}];
       if (n === 0) invoke(fn, args);
       else {
-        const e = c[${Slot.ExtentArg}], size = c[${Slot.ExtentSize}], total = c[${Slot.ExtentTotal}];
+        const e = c[${Slot.ExtentArg}], size = c[${Slot.ExtentSize}], total = c[${Slot.ExtentTotal}], st = steps[m];
+        for (let i = 0; i < m; i++) st[i] = c[${STEPS} + i];
         for (let ch = Atomics.add(c, ${Slot.Chunk}, 1); ch < n; ch = Atomics.add(c, ${Slot.Chunk}, 1)) {
-          for (let i = 0; i < m; i++) a[i] = args[i] + ch * c[${STEPS} + i];
+          for (let i = 0; i < m; i++) a[i] = args[i] + ch * st[i];
           if (e >= 0) a[e] = Math.min(size, total - ch * size);
           invoke(fn, a);
         }
