@@ -76,7 +76,7 @@ describe('malformed safetensors', () => {
   test.each(['5', 'null', '"F32"'])('tensor entry %s is not an object', (v) => bad(build(`{"w": ${v}}`), /tensor "w": entry must be an object/));
 
   test.each(['I64', 'Q4', 'U8', 'f32', 'toString', 'constructor', '__proto__'])('unknown dtype %s', (dtype) =>
-    bad(build({ w: { dtype, shape: [1], data_offsets: [0, 8] } }, new Uint8Array(8)), new RegExp(`tensor "w": unsupported dtype "${dtype}" \\(supported: F32, F16, BF16, F64\\)`)),
+    bad(build({ w: { dtype, shape: [1], data_offsets: [0, 8] } }, new Uint8Array(8)), new RegExp(`tensor "w": unsupported dtype "${dtype}" \\(supported: F32, F16, BF16, F64, I8\\)`)),
   );
 
   test('missing or non-string dtype', () => {

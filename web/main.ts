@@ -109,15 +109,21 @@ async function ensureModel(): Promise<GPT2> {
   // The wasm binaries are copied into web/dist/ by the build; tell tfjs where (before it initialises).
   if (backend === 'wasm') await setBackend('wasm', { wasmPaths: new URL('./dist/', location.href).href });
   const t0 = performance.now();
+  let downloadBytes = 0;
   const m = await loadModel(url, {
     backend,
-    onProgress: (p) => setState('loading', `loading weights… ${(p.loadedBytes / 1e6).toFixed(1)} / ${(p.totalBytes / 1e6).toFixed(1)} MB`),
+    onProgress: (p) => {
+      downloadBytes = p.totalBytes;
+      setState('loading', `loading weights… ${(p.loadedBytes / 1e6).toFixed(1)} / ${(p.totalBytes / 1e6).toFixed(1)} MB`);
+    },
   });
+  const w = m.model.weights;
+  const weights = w.format === 'q8' ? (w.held === 'int8' ? 'int8 (q8) weights on int8 kernels' : 'int8 (q8) weights, dequantized to float32 on this backend') : 'float32 weights';
   const c = m.config;
   const params = c.vocabSize * c.nEmbd + c.nPositions * c.nEmbd + c.nLayer * (12 * c.nEmbd * c.nEmbd + 13 * c.nEmbd);
   ui.modelinfo.textContent =
     `${new URL(url).pathname} · ${c.nLayer} layers, d=${c.nEmbd}, ${c.nHead} heads, context ${c.nPositions}, ≈${(params / 1e6).toFixed(1)}M params · ` +
-    `loaded on ${currentBackend()} in ${((performance.now() - t0) / 1000).toFixed(2)} s · ` +
+    `${(downloadBytes / 1e6).toFixed(1)} MB, ${weights} · loaded on ${currentBackend()} in ${((performance.now() - t0) / 1000).toFixed(2)} s · ` +
     (m.tokenizer ? 'tokenizer: GPT-2 BPE' : 'no tokenizer files: the prompt is token ids, separated by spaces');
   document.body.dataset.tokenizer = m.tokenizer ? 'bpe' : 'none';
   // Keep the example prompt in the form the model can read.

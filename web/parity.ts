@@ -273,8 +273,66 @@ async function bench(backend: BackendName, modelUrl: string, promptTokens = 32, 
   }
 }
 
+export interface Q8Report extends EnvReport {
+  /** How the model holds its weights here, the reference it is compared with, and the download size. */
+  weights: { format: string; held: string };
+  reference: 'w8a8' | 'dequant';
+  downloadBytes: number;
+  columnMaxDiff: number;
+  argmaxMismatches: { case: number; t: number; want: number; got: number; margin: number }[];
+  greedy: { want: number[]; got: number[] }[];
+  tensorsBefore: number;
+  tensorsAfter: number;
+}
+
+interface Q8Logits {
+  logits: number[][];
+  argmax: number[];
+  top2Margin: number[];
+}
+interface Q8Fixture {
+  cases: { ids: number[]; columns: number[]; dequant: Q8Logits; w8a8: Q8Logits }[];
+  greedy: { prompt: number[]; newTokens: number; dequant: number[]; w8a8: number[] }[];
+}
+
+/**
+ * weights/tiny-random-q8 (int8) loaded from its URL, against test/fixtures/tiny_q8.json: the int8 kernels'
+ * arithmetic where they run (wasm), the dequantized weights elsewhere.
+ */
+async function q8parity(backend: BackendName): Promise<Q8Report> {
+  const fx = (await (await fetch(base('/test/fixtures/tiny_q8.json'))).json()) as Q8Fixture;
+  if (backend === 'wasm') await setBackend('wasm', { wasmPaths: base('/web/dist/') });
+  let downloadBytes = 0;
+  const model = await loadModel(base('/weights/tiny-random-q8/'), { backend, onProgress: (p) => (downloadBytes = p.totalBytes) });
+  const tensorsBefore = tf.memory().numTensors;
+  try {
+    const reference = model.model.weights.held === 'int8' ? 'w8a8' : 'dequant';
+    const V = model.config.vocabSize;
+    let columnMaxDiff = 0;
+    const argmaxMismatches: Q8Report['argmaxMismatches'] = [];
+    for (const [ci, c] of fx.cases.entries()) {
+      const z = await model.forward(c.ids);
+      const want = c[reference];
+      want.logits.forEach((row, t) => {
+        c.columns.forEach((col, j) => (columnMaxDiff = Math.max(columnMaxDiff, Math.abs(z[t * V + col] - row[j]))));
+        const a = argmax(z, t * V, (t + 1) * V);
+        if (a !== want.argmax[t]) argmaxMismatches.push({ case: ci, t, want: want.argmax[t], got: a, margin: want.top2Margin[t] });
+      });
+    }
+    const greedy: Q8Report['greedy'] = [];
+    for (const g of fx.greedy) {
+      const r = await model.generate(g.prompt, { maxNewTokens: g.newTokens, temperature: 0, eosTokenId: null });
+      greedy.push({ want: g[reference], got: [...g.prompt, ...r.tokens] });
+    }
+    return { ...env(), weights: model.model.weights, reference, downloadBytes, columnMaxDiff, argmaxMismatches, greedy, tensorsBefore, tensorsAfter: tf.memory().numTensors };
+  } finally {
+    model.dispose();
+  }
+}
+
 export interface Harness {
   parity: typeof parity;
+  q8parity: typeof q8parity;
   memory: typeof memory;
   bench: typeof bench;
   /** tf.memory(), for ad-hoc checks. */
@@ -287,5 +345,5 @@ declare global {
   }
 }
 
-window.__gpt2test = { parity, memory, bench, memoryInfo: mem };
+window.__gpt2test = { parity, q8parity, memory, bench, memoryInfo: mem };
 document.body.dataset.ready = '1';

@@ -141,7 +141,7 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
       const shape = t.name.startsWith('lm_head.') ? (t.name === 'lm_head.weight' ? wantHead : t.name === 'lm_head.weight_scale' && config.quantization ? [V] : undefined) : want.get(t.name);
       if (!shape) continue; // unknown extras (e.g. optimizer state) are not ours to judge
       if (!sameShape(t.shape, shape)) {
-        throw new GPT2Error('BAD_WEIGHTS', `${t.name}${where} has shape [${t.shape}], config needs [${shape}]`);
+        throw new GPT2Error('BAD_WEIGHTS', `${t.name}${where} has shape [${t.shape}], config needs [${t.name.startsWith('lm_head.') ? shape.join(', ') : shape}]`);
       }
       const int8 = isInt8Weight(config, t.name);
       if (int8 !== t.data instanceof Int8Array) {

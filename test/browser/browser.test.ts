@@ -12,7 +12,7 @@ import * as path from 'path';
 import type { Browser, Page } from 'playwright-core';
 import { buildWeb } from '../../web/build';
 import { chromiumMissing, launchChromium } from '../../web/chromium';
-import type { MemoryReport, MemorySample, ParityReport } from '../../web/parity';
+import type { MemoryReport, MemorySample, ParityReport, Q8Report } from '../../web/parity';
 import { StaticServer, serve } from '../../web/serve';
 
 type BrowserBackend = 'wasm' | 'webgl' | 'webgpu';
@@ -134,6 +134,20 @@ suite('in headless Chromium', () => {
         expect((await page.evaluate(() => window.__gpt2test!.parity('wasm'))).engine.engine).toBe('wasm-kernels');
       });
     }
+
+    test('a q8 (int8) model loads from its URL: int8 kernels on wasm, dequantized elsewhere; logits and greedy ids as the NumPy reference', async () => {
+      const r: Q8Report = await page.evaluate((b) => window.__gpt2test!.q8parity(b), backend);
+      // eslint-disable-next-line no-console
+      console.log(`${backend} q8: held ${r.weights.held}, reference ${r.reference}, max|Δ| ${r.columnMaxDiff.toExponential(2)}, ${(r.downloadBytes / 1e6).toFixed(2)} MB downloaded`);
+      expect(r.weights).toEqual({ format: 'q8', held: backend === 'wasm' ? 'int8' : 'float32' });
+      expect(r.engine.q8.int8Kernels).toBe(backend === 'wasm');
+      expect(r.downloadBytes).toBeGreaterThan(1e6);
+      expect(r.downloadBytes).toBeLessThan(2e6); // the int8 file, not a float one (6.5 MB)
+      expect(r.columnMaxDiff).toBeLessThanOrEqual(TOLERANCE[backend]);
+      expect(r.argmaxMismatches.filter((m) => m.margin > 2 * TOLERANCE[backend])).toEqual([]);
+      for (const g of r.greedy) expect(g.got).toEqual(g.want);
+      expect(r.tensorsAfter).toBe(r.tensorsBefore);
+    });
 
     test('20 generate calls and an aborted stream leave tensors and GPU memory where they were', async () => {
       const r: MemoryReport = await page.evaluate((b) => window.__gpt2test!.memory(b, 20), backend);
