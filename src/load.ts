@@ -9,7 +9,7 @@ import { FileSource, isUrl, openSource } from './io/source';
 import { checkFinite, streamWeights } from './io/weights';
 import { GPT2Config, parseConfig } from './model/config';
 import { GPT2Model } from './model/gpt2';
-import { engineInfo } from './model/engines';
+import { currentEngine, engineInfo } from './model/engines';
 import { buildParams } from './model/params';
 import { warnOnce, wasmKernelsActive } from './model/wasm/instance';
 
@@ -57,7 +57,7 @@ export async function loadTransformer(source: FileSource, opts: LoadOptions = {}
   if (config.quantization && !int8Kernels) {
     warnOnce(`${source.describe('')} is a q8 model: ${engineInfo().q8.reason ?? ''} (4x the memory, float speed)`);
   }
-  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights, { int8Kernels });
+  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights, { int8Kernels, upload: currentEngine().upload });
   return new GPT2Model(config, params);
 }
 

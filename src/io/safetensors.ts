@@ -158,7 +158,9 @@ export function decodeToFloat32(bytes: Uint8Array, dtype: SafetensorsDtype): Flo
 
 /** Decodes one tensor's bytes: I8 as an Int8Array (a copy), every float dtype as float32. */
 export function decodeTensor(bytes: Uint8Array, dtype: SafetensorsDtype): Float32Array | Int8Array {
-  return dtype === 'I8' ? new Int8Array(bytes.slice()) : decodeToFloat32(bytes, dtype);
+  if (dtype !== 'I8') return decodeToFloat32(bytes, dtype);
+  // a view when the bytes own their buffer (streamed reads), a copy when they are a window on a bigger file
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? new Int8Array(bytes.buffer, 0, bytes.byteLength) : new Int8Array(bytes.slice());
 }
 
 /** Decodes one entry out of a whole file held in memory. */

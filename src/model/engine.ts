@@ -50,6 +50,13 @@ export class AttnMask {
     return this.pad.some((p) => p > 0);
   }
 
+  /** Frees the derived tensors (kept out of the per-block tidies that first asked for them). */
+  dispose(): void {
+    this.full?.dispose();
+    this.padOnly?.dispose();
+    this.full = this.padOnly = undefined;
+  }
+
   /** Additive causal + padding mask: [B, T, Tk] when T > 1; [B, Tk, 1] (padding only) when T == 1, null if nothing is padded. */
   additive(): tf.Tensor3D | null {
     if (this.full !== undefined) return this.full;
@@ -57,7 +64,7 @@ export class AttnMask {
     const Tk = past + T;
     if (T === 1) {
       const p = this.padding();
-      return (this.full = p && (tf.reshape(p, [B, Tk, 1]) as tf.Tensor3D));
+      return (this.full = p && tf.keep(tf.reshape(p, [B, Tk, 1]) as tf.Tensor3D));
     }
     const m = new Float32Array(B * T * Tk);
     for (let b = 0; b < B; b++) {
@@ -66,7 +73,7 @@ export class AttnMask {
         for (let j = 0; j < Tk; j++) if (j > past + i || j < pad[b]) m[row + j] = MASK_NEG;
       }
     }
-    return (this.full = tf.tensor3d(m, [B, T, Tk]));
+    return (this.full = tf.keep(tf.tensor3d(m, [B, T, Tk])));
   }
 
   /** Additive padding-only mask [B, Tk] (causality left to the consumer), null if nothing is padded. */
@@ -77,7 +84,7 @@ export class AttnMask {
     const Tk = this.past + this.steps;
     const m = new Float32Array(B * Tk);
     for (let b = 0; b < B; b++) for (let j = 0; j < pad[b]; j++) m[b * Tk + j] = MASK_NEG;
-    return (this.padOnly = tf.tensor2d(m, [B, Tk]));
+    return (this.padOnly = tf.keep(tf.tensor2d(m, [B, Tk])));
   }
 }
 
@@ -117,6 +124,11 @@ export interface Engine {
   linear(x: tf.Tensor2D, w: Weight, b: tf.Tensor1D | null, act?: Activation | 'none'): tf.Tensor2D;
   /** x [N, parts·c] -> parts × [N, c], column blocks (q|k|v of c_attn). */
   split(x: tf.Tensor2D, parts: number): tf.Tensor2D[];
+  /**
+   * A new tensor of `shape` whose data `fill` writes (at load: transposed or packed weights). Where the
+   * backend's memory is reachable the data is written there directly, with no host-side staging copy.
+   */
+  upload<D extends 'float32' | 'int32'>(shape: number[], dtype: D, fill: (dst: D extends 'int32' ? Int32Array : Float32Array) => void): tf.Tensor;
   /** Rows `ids` of the tied embedding, read from the head [d, vocab]: -> [N, d]. */
   embed(headT: Weight, ids: tf.Tensor1D): tf.Tensor2D;
   /** (x - mean) / sqrt(var + eps) * g + b over the last axis (biased variance, as torch). */
@@ -169,6 +181,12 @@ export const tfEngine: Engine = {
   },
   split(x, parts) {
     return tf.split(x, parts, 1) as tf.Tensor2D[];
+  },
+  upload(shape, dtype, fill) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const host = dtype === 'int32' ? new Int32Array(n) : new Float32Array(n);
+    fill(host as never);
+    return tf.tensor(host, shape, dtype);
   },
   embed(headT, ids) {
     return tf.transpose(tf.gather(floatWeight(headT), ids, 1)); // [d, V] -> [d, N] -> [N, d]

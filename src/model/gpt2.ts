@@ -67,9 +67,16 @@ export class GPT2Model {
     let x = tf.add(tokEmb, tf.gather(p.wpe, tf.tensor1d(pos, 'int32'))) as tf.Tensor2D; // [N, d]
     const kvs: LayerKV[][] = parts.map(() => []);
     for (let l = 0; l < c.nLayer; l++) {
-      const r = block(e, x, p.h[l], parts.map(({ ctx, cache }) => ({ ctx, past: cache?.layers?.[l] ?? null })), c.layerNormEpsilon, c.activation); // [N, d]
-      x = r.x;
-      r.kvs.forEach((kv, i) => kvs[i].push(kv));
+      // A tidy per block: its intermediates are freed before the next block runs, so a long prefill
+      // holds one block's activations at a time, not every layer's (the wasm heap never shrinks).
+      const prev = x;
+      const out = tf.tidy(() => {
+        const r = block(e, prev, p.h[l], parts.map(({ ctx, cache }) => ({ ctx, past: cache?.layers?.[l] ?? null })), c.layerNormEpsilon, c.activation); // [N, d]
+        return [r.x, ...r.kvs.flatMap((kv) => [kv.k, kv.v])];
+      });
+      if (l > 0) prev.dispose(); // the embedding sum stays for the step's tidy to free
+      x = out[0] as tf.Tensor2D;
+      parts.forEach((_, i) => kvs[i].push({ k: out[1 + 2 * i] as tf.Tensor3D, v: out[2 + 2 * i] as tf.Tensor3D }));
     }
     return { x, kvs };
   }
@@ -121,7 +128,12 @@ export class GPT2Model {
     const kept = tf.tidy(() => {
       const e = currentEngine(); // chosen once per step: the wasm kernels where they run, else tf ops
       const ctxs = shapes.map(({ B, T, past, pad }): AttnContext => ({ batch: B, steps: T, past, nHead: c.nHead, mask: new AttnMask(B, T, past, pad) }));
-      const h = this.hidden(e, flat, pos, parts.map((pt, i) => ({ ctx: ctxs[i], cache: pt.cache })));
+      let h: ReturnType<GPT2Model['hidden']>;
+      try {
+        h = this.hidden(e, flat, pos, parts.map((pt, i) => ({ ctx: ctxs[i], cache: pt.cache })));
+      } finally {
+        for (const ctx of ctxs) ctx.mask.dispose();
+      }
       let x = h.x; // [N, d]
       if (opts.lastOnly && rowsOut < N) x = tf.gather(x, tf.tensor1d(Int32Array.from(lastRows), 'int32')); // [N, d] -> [rows, d]
       const out = e.linear(layerNorm(e, x, p.ln_f, c.layerNormEpsilon), p.headT, null); // [rows, d] -> [rows, V]
@@ -167,7 +179,12 @@ export class GPT2Model {
       const e = currentEngine();
       const ctx: AttnContext = { batch: 1, steps: T - 1, past: 0, nHead: c.nHead, mask: new AttnMask(1, T - 1, 0, [0]) };
       const positions = Int32Array.from({ length: T - 1 }, (_, t) => t);
-      const { x } = this.hidden(e, Int32Array.from(ids.slice(0, T - 1)), positions, [{ ctx, cache: null }]); // [T-1, d]
+      let x: tf.Tensor2D;
+      try {
+        x = this.hidden(e, Int32Array.from(ids.slice(0, T - 1)), positions, [{ ctx, cache: null }]).x; // [T-1, d]
+      } finally {
+        ctx.mask.dispose();
+      }
       const logp = tf.logSoftmax(e.linear(layerNorm(e, x, p.ln_f, c.layerNormEpsilon), p.headT, null)); // [T-1, V]
       const flat = Int32Array.from({ length: T - 1 }, (_, t) => t * c.vocabSize + ids[t + 1]);
       return tf.neg(tf.gather(tf.reshape(logp, [-1]), tf.tensor1d(flat, 'int32'))); // [T-1]

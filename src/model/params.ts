@@ -91,7 +91,19 @@ export interface HostArray {
 export interface BuildOptions {
   /** q8 checkpoints: keep int8 weights packed for the wasm int8 kernels (else dequantize to float32 at load). */
   int8Kernels?: boolean;
+  /** How tensors whose data is rearranged at load (the transposed head, packed int8) are made: the engine's `upload` (no staging copy). */
+  upload?: Uploader;
 }
+
+/** Engine.upload's shape: a tensor whose data `fill` writes. */
+export type Uploader = <D extends 'float32' | 'int32'>(shape: number[], dtype: D, fill: (dst: D extends 'int32' ? Int32Array : Float32Array) => void) => tf.Tensor;
+
+const hostUpload: Uploader = (shape, dtype, fill) => {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const host = dtype === 'int32' ? new Int32Array(n) : new Float32Array(n);
+  fill(host as never);
+  return tf.tensor(host, shape, dtype);
+};
 
 function sameShape(a: number[], b: number[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
@@ -113,12 +125,24 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
   const made = new Map<string, tf.Tensor | Q8Weight>();
   const seen = new Set<string>();
   const pending = new Map<string, HostArray & { where: string }>(); // halves of an int8 weight + scale pair, and wte/lm_head
+  const upload = opts.upload ?? hostUpload;
+  /** [rows, cols] -> tensor [cols, rows], transposed straight into the tensor's memory (the wasm heap never shrinks: no staging copy there). */
+  const transposeHost = (a: { data: Float32Array; shape: number[] }): tf.Tensor2D => {
+    const [rows, cols] = a.shape;
+    return upload([cols, rows], 'float32', (t) => {
+      for (let r = 0; r < rows; r++) {
+        const src = r * cols;
+        for (let c = 0; c < cols; c++) t[c * rows + r] = a.data[src + c];
+      }
+    }) as tf.Tensor2D;
+  };
   /** int8 [K, N] + per-column scales -> packed for the kernels, or dequantized. */
   const linearQ8 = (q: Int8Array, scale: Float32Array, K: number, N: number, transposed: boolean): tf.Tensor2D | Q8Weight => {
     if (opts.int8Kernels) {
       const s = new Float32Array(panelDims(K, N).N16);
       s.set(scale);
-      return new Q8Weight(tf.tensor1d(packPanels(q, K, N, transposed), 'int32'), tf.tensor1d(s), K, N);
+      const packed = upload([panelDims(K, N).words], 'int32', (dst) => packPanels(q, K, N, transposed, dst)) as tf.Tensor1D;
+      return new Q8Weight(packed, tf.tensor1d(s), K, N);
     }
     const w = dequantize(q, scale, transposed ? N : K, transposed ? K : N, transposed);
     return transposed ? transposeHost({ data: w, shape: [N, K] }) : tf.tensor2d(w, [K, N]);
@@ -208,17 +232,6 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
     for (const t of made.values()) t.dispose();
     throw e;
   }
-}
-
-/** [rows, cols] -> tensor [cols, rows], transposed on the host: a device-side transpose would leave a dead copy in the wasm heap (which never shrinks). */
-function transposeHost(a: { data: Float32Array; shape: number[] }): tf.Tensor2D {
-  const [rows, cols] = a.shape;
-  const t = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    const src = r * cols;
-    for (let c = 0; c < cols; c++) t[c * rows + r] = a.data[src + c];
-  }
-  return tf.tensor2d(t, [cols, rows]);
 }
 
 export function disposeParams(p: Params): void {

@@ -68,11 +68,12 @@ export function panelDims(K: number, N: number): { K4: number; N16: number; word
  * columns, each (K4/4) int32 words per column holding W[4g..4g+3, j] (little-endian bytes), zero padded.
  * `transposed`: q holds W^T [N, K] row-major (an embedding table [vocab, d] used as the head [d, vocab]).
  */
-export function packPanels(q: Int8Array, K: number, N: number, transposed: boolean): Int32Array {
+export function packPanels(q: Int8Array, K: number, N: number, transposed: boolean, into?: Int32Array): Int32Array {
   const { K4, words } = panelDims(K, N);
   const G = K4 / 4;
-  const packed = new Int32Array(words);
-  const bytes = new Int8Array(packed.buffer);
+  const packed = into ?? new Int32Array(words);
+  if (packed.length !== words) throw new Error(`packPanels: ${packed.length} words given, ${words} needed`);
+  const bytes = new Int8Array(packed.buffer, packed.byteOffset, packed.byteLength);
   for (let j = 0; j < N; j++) {
     const base = ((j >> 4) * G * 16 + (j & 15)) * 4;
     for (let k = 0; k < K; k++) bytes[base + (k >> 2) * 64 + (k & 3)] = transposed ? q[j * K + k] : q[k * N + j];

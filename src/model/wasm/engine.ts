@@ -11,7 +11,7 @@ import * as tf from '../../tf';
 import type { Engine, JoinPlan, KVOps, LayerKV } from '../engine';
 import { KV_GROW, cachePrefix, tfEngine } from '../engine';
 import { activate } from '../layers';
-import { startKernels } from './instance';
+import { WasmBackendLike, memoryOf, startKernels } from './instance';
 import { Q8Weight } from '../params';
 import { KernelActivation, moveRows, registerKernels, runAttend, runCacheRows, runGatherQ8, runLayerNorm, runLinear, runLinearQ8, runSplitCols } from './register';
 
@@ -87,6 +87,18 @@ export const wasmEngine: Engine = {
     return act === 'gelu' ? activate(run('none'), act) : run(act); // exact erf gelu: not fused
   },
   split: runSplitCols,
+  upload(shape, dtype, fill) {
+    const t = tf.zeros(shape, dtype); // allocated in the backend's memory, then written there in place
+    const be = tf.engine().backend as unknown as WasmBackendLike;
+    const at = be.dataIdMap.get(t.dataId)?.memoryOffset;
+    const memory = memoryOf(be);
+    if (at === undefined || !memory) {
+      t.dispose();
+      return tfEngine.upload(shape, dtype, fill);
+    }
+    fill((dtype === 'int32' ? new Int32Array(memory.buffer, at, t.size) : new Float32Array(memory.buffer, at, t.size)) as never);
+    return t;
+  },
   embed(headT, ids) {
     return headT instanceof Q8Weight ? runGatherQ8(headT, ids) : tfEngine.embed(headT, ids); // [N] -> [N, d]
   },
