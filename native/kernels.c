@@ -554,6 +554,60 @@ void linear_q8(const i16* xq, const f32* xs, const i32* W, const f32* ws, const 
   }
 }
 
+/* Weight-only variant (measured against linear_q8, not used by the engine: see docs/q8.md): float
+ * activations times int8 weights widened to float in registers, y = act(ws * (x @ q) + b). Few rows. */
+EXPORT(linear_q8w)
+void linear_q8w(const f32* x, const i32* W, const f32* ws, const f32* b, f32* y, int M, int K4, int n, int ld, int act) {
+  int G = K4 >> 2;
+  int panels = (n + 15) >> 4;
+  for (int p = 0; p < panels; p++) {
+    for (int h = 0; h < 2; h++) {
+      int j = p * 16 + 8 * h;
+      if (j >= n) break;
+      int nh = n - j < 8 ? n - j : 8;
+      for (int m = 0; m < M; m++) {
+        const f32* xm = x + (long)m * K4;
+        const i32* wp = W + (long)p * G * 16 + 8 * h;
+        v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (int g = 0; g < G; g++, wp += 16) {
+          v128_t xv = wasm_v128_load(xm + 4 * g);
+          v128_t w0 = wasm_v128_load(wp), w1 = wasm_v128_load(wp + 4);
+          v128_t l0 = wasm_i16x8_extend_low_i8x16(w0), h0 = wasm_i16x8_extend_high_i8x16(w0);
+          v128_t l1 = wasm_i16x8_extend_low_i8x16(w1), h1 = wasm_i16x8_extend_high_i8x16(w1);
+          a0 = MADD(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(l0)), xv, a0);
+          a1 = MADD(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(l0)), xv, a1);
+          a2 = MADD(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(h0)), xv, a2);
+          a3 = MADD(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(h0)), xv, a3);
+          a4 = MADD(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(l1)), xv, a4);
+          a5 = MADD(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(l1)), xv, a5);
+          a6 = MADD(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(h1)), xv, a6);
+          a7 = MADD(wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(h1)), xv, a7);
+        }
+        f32* ym = y + (long)m * ld + j;
+        v128_t s0 = wasm_f32x4_add(wasm_i32x4_shuffle(a0, a1, 0, 4, 1, 5), wasm_i32x4_shuffle(a0, a1, 2, 6, 3, 7));
+        v128_t s1 = wasm_f32x4_add(wasm_i32x4_shuffle(a2, a3, 0, 4, 1, 5), wasm_i32x4_shuffle(a2, a3, 2, 6, 3, 7));
+        v128_t c0 = wasm_f32x4_add(wasm_i32x4_shuffle(s0, s1, 0, 1, 4, 5), wasm_i32x4_shuffle(s0, s1, 2, 3, 6, 7));
+        v128_t s2 = wasm_f32x4_add(wasm_i32x4_shuffle(a4, a5, 0, 4, 1, 5), wasm_i32x4_shuffle(a4, a5, 2, 6, 3, 7));
+        v128_t s3 = wasm_f32x4_add(wasm_i32x4_shuffle(a6, a7, 0, 4, 1, 5), wasm_i32x4_shuffle(a6, a7, 2, 6, 3, 7));
+        v128_t c1 = wasm_f32x4_add(wasm_i32x4_shuffle(s2, s3, 0, 1, 4, 5), wasm_i32x4_shuffle(s2, s3, 2, 3, 6, 7));
+        c0 = wasm_f32x4_mul(c0, wasm_v128_load(ws + j));
+        c1 = wasm_f32x4_mul(c1, wasm_v128_load(ws + j + 4));
+        if (nh == 8) {
+          if (b) { c0 = wasm_f32x4_add(c0, wasm_v128_load(b + j)); c1 = wasm_f32x4_add(c1, wasm_v128_load(b + j + 4)); }
+          wasm_v128_store(ym, v_act(c0, act));
+          wasm_v128_store(ym + 4, v_act(c1, act));
+        } else {
+          for (int c = 0; c < nh; c++) {
+            f32 v = c == 0 ? wasm_f32x4_extract_lane(c0, 0) : c == 1 ? wasm_f32x4_extract_lane(c0, 1) : c == 2 ? wasm_f32x4_extract_lane(c0, 2) : c == 3 ? wasm_f32x4_extract_lane(c0, 3)
+                  : c == 4 ? wasm_f32x4_extract_lane(c1, 0) : c == 5 ? wasm_f32x4_extract_lane(c1, 1) : c == 6 ? wasm_f32x4_extract_lane(c1, 2) : wasm_f32x4_extract_lane(c1, 3);
+            ym[c] = s_act(b ? v + b[j + c] : v, act);
+          }
+        }
+      }
+    }
+  }
+}
+
 /* out[i, 0:K] = ws[v] * W[0:K, v] for v = ids[i]: rows of the tied q8 embedding, read from the head's panels. */
 EXPORT(gather_q8)
 void gather_q8(const i32* W, const f32* ws, const i32* ids, f32* out, int n, int K, int K4) {

@@ -15,7 +15,7 @@ import { convertToTfjs } from '../src/io/weights';
 import { Q8Weight } from '../src/model/params';
 import { dequantize, packPanels, panelDims, quantize, unpackPanels } from '../src/model/quantize';
 import { setWasmKernelsDisabled, wasmKernelsActive } from '../src/model/wasm/instance';
-import { runGatherQ8, runLinearQ8 } from '../src/model/wasm/register';
+import { runGatherQ8, runLinearQ8, runLinearQ8WeightOnly } from '../src/model/wasm/register';
 import { ROOT, TINY_DIR, caught, fixture, nodeBackends, runCli, runScript } from './helpers';
 
 const Q8_DIR = path.join(ROOT, 'weights', 'tiny-random-q8');
@@ -215,6 +215,27 @@ describe('int8 kernels', () => {
     const got = tf.tidy(() => runLinearQ8(tf.tensor2d(x, [M, K]), qw, b && tf.tensor1d(b), relu ? 'relu' : 'none').dataSync());
     expect(tf.memory().numTensors).toBe(before);
     expect(Array.from(got)).toEqual(Array.from(simulate(x, M, K, q, scale, N, b, relu)));
+    qw.dispose();
+  });
+
+  test('the weight-only variant (measured, not used by the engine) computes x @ dequant(W) + b', () => {
+    const [M, K, N] = [3, 70, 40];
+    const w = Float32Array.from({ length: K * N }, (_, i) => Math.sin(i * 0.37 + 1) * 0.3);
+    const { q, scale } = quantize(w, K, N, false);
+    const deq = dequantize(q, scale, K, N, false);
+    const x = Float32Array.from({ length: M * K }, (_, i) => Math.cos(i * 0.91));
+    const b = Float32Array.from({ length: N }, (_, j) => j / N);
+    const qw = weight(q, scale, K, N);
+    const got = tf.tidy(() => runLinearQ8WeightOnly(tf.tensor2d(x, [M, K]), qw, tf.tensor1d(b), 'none').dataSync());
+    let worst = 0;
+    for (let m = 0; m < M; m++) {
+      for (let j = 0; j < N; j++) {
+        let s = b[j];
+        for (let k = 0; k < K; k++) s += x[m * K + k] * deq[k * N + j];
+        worst = Math.max(worst, Math.abs(got[m * N + j] - s));
+      }
+    }
+    expect(worst).toBeLessThan(1e-5);
     qw.dispose();
   });
 

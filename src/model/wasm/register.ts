@@ -156,6 +156,38 @@ export function runLinearQ8(x: tf.Tensor2D, w: Q8Weight, b: tf.Tensor1D | null, 
   return tf.engine().runKernel('GPT2LinearQ8', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
+/**
+ * The weight-only variant (float activations, int8 weights widened to float): kept to measure the
+ * choice of linear_q8 against it (bench/q8-kernels.ts); the engine does not use it.
+ */
+function linearQ8WKernel(be: WasmBackendLike, inputs: Partial<Record<LinearQ8Inputs, tf.TensorInfo>>, { act, n: N, K4 }: LinearQ8Attrs): tf.TensorInfo {
+  const x = inputs.x as tf.TensorInfo;
+  const [M, K] = x.shape;
+  const out = be.makeOutput([M, N], 'float32');
+  if (M * N === 0) return out;
+  const k = kernels();
+  const xp = be.makeOutput([M * K4], 'float32'); // x with rows padded to K4
+  try {
+    const px = offset(be, xp);
+    call(k, 'zero_f32', { dst: px, n: M * K4 });
+    call(k, 'copy_cols', { dst: px, src: offset(be, x), M, n: K, ldd: K4, lds: K });
+    const panels = Math.ceil(N / 16);
+    const size = Math.ceil(panels / Math.min(panels, Q8_CHUNKS)) * 16;
+    const pb = inputs.b ? offset(be, inputs.b) : 0;
+    runChunks(k, 'linear_q8w', { x: px, w: offset(be, inputs.w as tf.TensorInfo), ws: offset(be, inputs.s as tf.TensorInfo), b: pb, y: offset(be, out), M, K4, n: N, ld: N, act },
+      { count: Math.ceil(N / size), step: { w: size * K4, ws: 4 * size, b: pb ? 4 * size : 0, y: 4 * size }, extent: { arg: 'n', size, total: N } }, threadFor((M * K4 * N) / 2));
+  } finally {
+    be.disposeData(xp.dataId);
+  }
+  return out;
+}
+
+export function runLinearQ8WeightOnly(x: tf.Tensor2D, w: Q8Weight, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D {
+  const inputs: tf.NamedTensorMap = b ? { x, w: w.packed, s: w.scale, b } : { x, w: w.packed, s: w.scale };
+  const attrs: LinearQ8Attrs = { act: ACT_CODES[act], n: w.outDim, K4: w.K4 };
+  return tf.engine().runKernel('GPT2LinearQ8W', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
 // ----------------------------------------------------------------------------- GPT2GatherQ8
 
 type GatherQ8Inputs = 'w' | 's' | 'ids';
@@ -367,6 +399,7 @@ export function registerKernels(): void {
   register<LinearInputs, LinearAttrs>('GPT2Linear', linearKernel);
   register<LinearQ8Inputs, LinearQ8Attrs>('GPT2LinearQ8', linearQ8Kernel);
   register<GatherQ8Inputs, GatherQ8Attrs>('GPT2GatherQ8', gatherQ8Kernel);
+  register<LinearQ8Inputs, LinearQ8Attrs>('GPT2LinearQ8W', linearQ8WKernel);
   register<SplitInputs, SplitAttrs>('GPT2SplitCols', splitColsKernel);
   register<NormInputs, NormAttrs>('GPT2LayerNorm', layerNormKernel);
   register<AttendInputs, AttendAttrs>('GPT2Attend', attendKernel);
