@@ -7,7 +7,7 @@
 import { GPT2Error } from './errors';
 import { LoadProgress, readConfigJson } from './io/hf';
 import { WriteTensor, safetensorsParts } from './io/safetensors';
-import { FileSource } from './io/source';
+import { FileSource, openSource } from './io/source';
 import { SIDE_FILES, streamWeights } from './io/weights';
 import { Q8_QUANTIZATION_CONFIG, isInt8Weight, parseConfig } from './model/config';
 import { quantize } from './model/quantize';
@@ -15,6 +15,10 @@ import { quantize } from './model/quantize';
 export interface QuantizeOptions {
   /** Called as source weight bytes are read (for a URL: downloaded). */
   onProgress?: (p: LoadProgress) => void;
+  /** URL sources: fail with NETWORK when the server sends nothing for this long (ms; default 30 000). */
+  timeoutMs?: number;
+  /** Aborts the conversion (ABORTED); nothing is left in `outDir` but what was there. */
+  signal?: AbortSignal;
 }
 
 export interface QuantizeResult {
@@ -28,8 +32,13 @@ export interface QuantizeResult {
   copied: string[];
 }
 
-/** Quantizes the model of `source` into `outDir` (created; must not hold another model's weights). */
-export async function quantizeModel(source: FileSource, outDir: string, options: QuantizeOptions = {}): Promise<QuantizeResult> {
+/**
+ * Quantizes the model of `src` (a folder path, an http(s) base URL, or an opened source) into `outDir`
+ * (created; must not hold another model's weights).
+ */
+export async function quantizeModel(src: string | FileSource, outDir: string, options: QuantizeOptions = {}): Promise<QuantizeResult> {
+  if (typeof outDir !== 'string' || outDir === '') throw new GPT2Error('BAD_OPTION', 'quantizeModel(src, outDir): outDir must be a folder path');
+  const source = typeof src === 'string' ? openSource(src, { signal: options.signal, timeoutMs: options.timeoutMs }) : src;
   const fs = require('fs') as typeof import('fs');
   const path = require('path') as typeof import('path');
   const raw = await readConfigJson(source); // fails early, before anything is written

@@ -84,6 +84,18 @@ describe('q8 format and converter', () => {
     expect(r.bytes / r.floatBytes).toBeLessThan(0.3);
   });
 
+  test('quantizeModel takes a folder path; an aborted conversion is ABORTED and writes nothing', async () => {
+    const out = tmp();
+    const r = await quantizeModel(TINY_DIR, out);
+    expect(r.tensors).toBe(38);
+    const ac = new AbortController();
+    ac.abort();
+    const stopped = tmp();
+    expect((await caught(quantizeModel(TINY_DIR, stopped, { signal: ac.signal }))).code).toBe('ABORTED');
+    expect(fs.readdirSync(stopped)).toEqual([]);
+    expect((await caught(quantizeModel(TINY_DIR, ''))).code).toBe('BAD_OPTION');
+  });
+
   test('the CLI converts, and refuses what it cannot: no target, a q8 source, a q8 model to tfjs', async () => {
     const out = tmp();
     const ok = await runCli(['convert', '--quantize', 'q8', TINY_DIR, out, '-q']);

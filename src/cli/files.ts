@@ -80,7 +80,7 @@ export function registerFileCommands(program: Command, io: CliIO, helpers: FileC
     .action(async (dir: string, out: string, o: { to?: 'tfjs'; quantize?: 'q8'; shardMb: number; dtype: TfjsStoredDtype; quiet?: boolean }) => {
       if (o.quantize) {
         const progress = await fileProgress(io, 'quantizing', !!o.quiet);
-        const r = await quantizeModel(openSource(dir), out, { onProgress: progress.onProgress }).finally(() => progress.stop());
+        const r = await quantizeModel(dir, out, { onProgress: progress.onProgress }).finally(() => progress.stop());
         io.stdout.write(`wrote ${r.path}: ${r.tensors} tensors, ${mb(r.bytes)} MB (${(r.bytes / r.floatBytes).toFixed(3)}x the ${mb(r.floatBytes)} MB of float32 weights); copied ${r.copied.join(', ')}\n`);
         return;
       }
