@@ -57,7 +57,7 @@ export async function loadTransformer(source: FileSource, opts: LoadOptions = {}
   if (config.quantization && !int8Kernels) {
     warnOnce(`${source.describe('')} is a q8 model: ${engineInfo().q8.reason ?? ''} (4x the memory, float speed)`);
   }
-  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights, { int8Kernels, upload: currentEngine().upload });
+  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights, { int8Kernels, panels: int8Kernels, upload: currentEngine().upload });
   return new GPT2Model(config, params);
 }
 

@@ -8,6 +8,8 @@ import * as tf from '../src/tf';
 import { setBackend } from '../src/backend';
 import { KV_GROW, cachePrefix } from '../src/model/engine';
 import { wasmEngine } from '../src/model/wasm/engine';
+import { F32PanelWeight } from '../src/model/params';
+import { packPanelsF32 } from '../src/model/quantize';
 import { KERNELS_BUILT_FOR, ensureKernelThread, memoryOf, setWasmKernelsDisabled, stopKernelThread, wasmKernelThreads, wasmKernelsActive } from '../src/model/wasm/instance';
 import { moveRows, runAttend } from '../src/model/wasm/register';
 import { KERNELS_FMA_WASM_BASE64, KERNELS_WASM_BASE64 } from '../src/model/wasm/kernels.wasm';
@@ -17,7 +19,12 @@ import { KernelThread } from '../src/model/wasm/threads';
 import { EngineInfo, engineInfo, loadModel } from '../src';
 import { TINY_DIR, maxAbsDiff, runScript } from './helpers';
 
-const kernelLinear = (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: 'none' | 'relu' | 'gelu_new') => wasmEngine.linear(x, w, b, act);
+const rowLinear = (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: 'none' | 'relu' | 'gelu_new') => wasmEngine.linear(x, w, b, act);
+/** The same product on W packed in 16-column panels (how a loaded model holds its float weights on wasm). */
+const panelLinear = (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: 'none' | 'relu' | 'gelu_new') => {
+  const [K, N] = w.shape;
+  return wasmEngine.linear(x, new F32PanelWeight(tf.tensor1d(packPanelsF32(w.dataSync() as Float32Array, K, N, false)), K, N), b, act);
+};
 const kernelAttend = (q: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, B: number, T: number, past: number, mask: tf.Tensor | null, nHead: number, scale: number) =>
   runAttend(q, k, v, mask && (tf.reshape(mask, [B, past + T]) as tf.Tensor2D), { B, T, past, nHead, scale });
 /** Writes rows [B, T, d] into the cache buffer at positions [pos, pos + T), in place. */
@@ -111,7 +118,8 @@ describe('wasm kernels', () => {
     [37, 300, 777],
     [64, 1027, 260],
   ];
-  test.each(shapes)('linear [%i, %i] x [%i] with bias, without, and with the fused activations', (M, K, N) => {
+  test.each(shapes.flatMap((sh) => [[...sh, 'row-major'], [...sh, 'panels']] as [number, number, number, string][]))('linear [%i, %i] x [%i] (%s W) with bias, without, and with the fused activations', (M, K, N, layout) => {
+    const kernelLinear = layout === 'panels' ? panelLinear : rowLinear;
     tf.tidy(() => {
       const x = randn([M, K], 1) as tf.Tensor2D;
       const w = randn([K, N], 2, 0.05) as tf.Tensor2D;
@@ -130,6 +138,16 @@ describe('wasm kernels', () => {
       const c = 2 * Math.sqrt(2 / Math.PI);
       const geluRef = tf.mul(ref, tf.sigmoid(tf.mul(ref, tf.add(tf.mul(tf.square(ref), 0.044715 * c), c))));
       check(kernelLinear(x, w, b, 'gelu_new'), geluRef);
+    });
+  });
+
+  test('the tied embedding read from the float head panels equals a gather from the [d, V] head', () => {
+    tf.tidy(() => {
+      const [d, V] = [24, 70];
+      const headT = randn([d, V], 9) as tf.Tensor2D;
+      const ids = tf.tensor1d([0, 69, 15, 16, 33], 'int32');
+      const packed = new F32PanelWeight(tf.tensor1d(packPanelsF32(headT.dataSync() as Float32Array, d, V, false)), d, V);
+      expect(Array.from(wasmEngine.embed(packed, ids).dataSync())).toEqual(Array.from(tf.transpose(tf.gather(headT, ids, 1)).dataSync()));
     });
   });
 
@@ -231,6 +249,8 @@ describe('wasm kernels', () => {
 
 describe('KV cache joins and leaves on wasm', () => {
   test('rows copied in place into spare rows, then compacted in place, decode as they would alone', async () => {
+    await setBackend('wasm');
+    const atStart = tf.memory().numTensors;
     const model = await loadModel(TINY_DIR, { backend: 'wasm' });
     const { KVCache } = await import('../src/model/gpt2');
     const prompts = [[464, 318, 257, 1332, 13], [15496, 995, 0], [40, 716, 407, 3049]];
@@ -269,6 +289,9 @@ describe('KV cache joins and leaves on wasm', () => {
         setWasmKernelsDisabled(false);
         other.dispose();
       }
+      // The tf-op engine computed with float copies of the kernel-packed weights (2 layers x 4 + the head),
+      // made once and owned by the model until dispose.
+      const unpacked = 2 * 4 + 1;
       batch.keepRows([1, 2]); // the longest row leaves: rows move down and the common padding is trimmed
       expect(batch.pad).toEqual([1, 0]);
       const again = await model.model.step([[12], [12]], batch, { lastOnly: true });
@@ -280,10 +303,11 @@ describe('KV cache joins and leaves on wasm', () => {
         expect(maxAbsDiff(again.subarray(slot * V, (slot + 1) * V), want)).toBeLessThanOrEqual(1e-4);
       }
       batch.dispose();
-      expect(tf.memory().numTensors).toBe(before);
+      expect(tf.memory().numTensors).toBe(before + unpacked);
     } finally {
       model.dispose();
     }
+    expect(tf.memory().numTensors).toBe(atStart);
   });
 });
 
@@ -394,7 +418,7 @@ describe('second kernel thread', () => {
         const x = randn([1, 512], 11) as tf.Tensor2D;
         const w = randn([512, 512], 12) as tf.Tensor2D;
         const want = reference(() => tf.matMul(x, w));
-        expect(maxAbsDiff(kernelLinear(x, w, null, 'none')!.dataSync(), want.dataSync())).toBeLessThanOrEqual(1e-4);
+        expect(maxAbsDiff(panelLinear(x, w, null, 'none')!.dataSync(), want.dataSync())).toBeLessThanOrEqual(1e-4);
       });
       await ensureKernelThread();
       expect(wasmKernelThreads()).toBe(2);

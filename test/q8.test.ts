@@ -167,7 +167,7 @@ describe('q8 on wasm with the kernels switched off', () => {
       c.dequant.logits.forEach((row, t) => c.columns.forEach((col, j) => (worst = Math.max(worst, Math.abs(got[t * V + col] - row[j])))));
       expect(worst).toBeLessThanOrEqual(1e-4);
       await m.forward(c.ids);
-      expect(warn.mock.calls.filter(([s]) => /q8 weights are being dequantized/.test(String(s)))).toHaveLength(1);
+      expect(warn.mock.calls.filter(([s]) => /kernel-packed weights are being unpacked to float32/.test(String(s)))).toHaveLength(1);
     } finally {
       setWasmKernelsDisabled(false);
       warn.mockRestore();

@@ -12,7 +12,7 @@
 import * as tf from '../tf';
 import { Activation } from './config';
 import { activate } from './layers';
-import { Q8Weight, Weight } from './params';
+import { PackedWeight, Weight } from './params';
 
 /**
  * Additive attention mask value. Finite even where WebGL textures are float16 (max 65504), so
@@ -167,9 +167,9 @@ const tfKV: KVOps = {
   },
 };
 
-/** A weight as float32: an int8 one is dequantized once, on first use, and kept (see q8Fallback). */
+/** A weight as float32 [in, out]: a kernel-packed one is unpacked (int8: dequantized) once, on first use, and kept. */
 export function floatWeight(w: Weight): tf.Tensor2D {
-  return w instanceof Q8Weight ? w.float() : w;
+  return w instanceof PackedWeight ? w.float() : w;
 }
 
 export const tfEngine: Engine = {

@@ -5,46 +5,69 @@
 import * as tf from '../tf';
 import { GPT2Error } from '../errors';
 import { GPT2Config, expectedShapes, isInt8Weight } from './config';
-import { dequantize, packPanels, panelDims, unpackPanels } from './quantize';
+import { dequantize, packPanels, packPanelsF32, panelDims, unpackPanels, unpackPanelsF32 } from './quantize';
 import { warnOnce } from './wasm/instance';
 
 /**
- * An int8 weight W [inDim, outDim] held for the wasm int8 kernels: panels of 16 columns (packPanels)
- * and one float32 scale per column. An engine without int8 kernels computes with `float()`.
+ * A weight W [inDim, outDim] held in a kernel layout (panels of 16 columns) for the wasm kernels. An
+ * engine without them computes with `float()`: W as float32 [inDim, outDim], made on first use (the
+ * kernels switched off after load), kept until dispose.
  */
-export class Q8Weight {
+export abstract class PackedWeight {
   private f: tf.Tensor2D | null = null;
-  constructor(
-    readonly packed: tf.Tensor1D, // int32 words, panelDims(inDim, outDim).words
-    readonly scale: tf.Tensor1D, // [outDim rounded up to 16], float32, zero padded
-    readonly inDim: number,
-    readonly outDim: number,
-  ) {}
+  constructor(readonly packed: tf.Tensor1D, readonly inDim: number, readonly outDim: number) {}
 
-  get K4(): number {
-    return panelDims(this.inDim, this.outDim).K4;
-  }
+  protected abstract unpack(): Float32Array;
 
-  /** The dequantized float32 W [inDim, outDim]: made on first use (kernels switched off), kept until dispose. */
   float(): tf.Tensor2D {
     if (!this.f) {
-      warnOnce('q8 weights are being dequantized to float32 because the int8 kernels are off (setWasmKernelsDisabled or another backend): each weight now also takes 4x its int8 bytes');
-      const w = unpackPanels(this.packed.dataSync() as Int32Array, this.scale.dataSync() as Float32Array, this.inDim, this.outDim);
-      this.f = tf.keep(tf.tensor2d(w, [this.inDim, this.outDim]));
+      warnOnce('kernel-packed weights are being unpacked to float32 because the wasm kernels are off (setWasmKernelsDisabled or another backend): each weight now takes extra memory');
+      this.f = tf.keep(tf.tensor2d(this.unpack(), [this.inDim, this.outDim]));
     }
     return this.f;
   }
 
   dispose(): void {
     this.packed.dispose();
-    this.scale.dispose();
     this.f?.dispose();
     this.f = null;
   }
 }
 
-/** A linear layer's weight: float32 [in, out], or int8 for the wasm kernels. */
-export type Weight = tf.Tensor2D | Q8Weight;
+/** float32 weights in panels (packPanelsF32): one sequential stream per panel for the decode kernel. */
+export class F32PanelWeight extends PackedWeight {
+  protected unpack(): Float32Array {
+    return unpackPanelsF32(this.packed.dataSync() as Float32Array, this.inDim, this.outDim);
+  }
+}
+
+/** int8 weights in panels (packPanels) with one float32 scale per column (q8). */
+export class Q8Weight extends PackedWeight {
+  constructor(
+    packed: tf.Tensor1D, // int32 words, panelDims(inDim, outDim).words
+    readonly scale: tf.Tensor1D, // [outDim rounded up to 16], float32, zero padded
+    inDim: number,
+    outDim: number,
+  ) {
+    super(packed, inDim, outDim);
+  }
+
+  get K4(): number {
+    return panelDims(this.inDim, this.outDim).K4;
+  }
+
+  protected unpack(): Float32Array {
+    return unpackPanels(this.packed.dataSync() as Int32Array, this.scale.dataSync() as Float32Array, this.inDim, this.outDim);
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.scale.dispose();
+  }
+}
+
+/** A linear layer's weight: float32 [in, out], or packed for the wasm kernels (float32 or int8 panels). */
+export type Weight = tf.Tensor2D | PackedWeight;
 
 export interface Linear {
   w: Weight; // Conv1D layout [in, out]: y = x @ w + b
@@ -91,6 +114,8 @@ export interface HostArray {
 export interface BuildOptions {
   /** q8 checkpoints: keep int8 weights packed for the wasm int8 kernels (else dequantize to float32 at load). */
   int8Kernels?: boolean;
+  /** float32 checkpoints: pack the Conv1D weights and the head into panels for the wasm kernels. */
+  panels?: boolean;
   /** How tensors whose data is rearranged at load (the transposed head, packed int8) are made: the engine's `upload` (no staging copy). */
   upload?: Uploader;
 }
@@ -122,7 +147,7 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
   const d = config.nEmbd;
   const V = config.vocabSize;
   const wantHead = [V, d];
-  const made = new Map<string, tf.Tensor | Q8Weight>();
+  const made = new Map<string, tf.Tensor | PackedWeight>();
   const seen = new Set<string>();
   const pending = new Map<string, HostArray & { where: string }>(); // halves of an int8 weight + scale pair, and wte/lm_head
   const upload = opts.upload ?? hostUpload;
@@ -159,6 +184,23 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
     pending.delete(name + '_scale');
     return { q: w.data as Int8Array, scale };
   };
+  /** A table's host data once complete (float; or int8 with its scales, checked), else null. */
+  const table = (name: string): Host | null => {
+    if (!config.quantization) {
+      const h = pending.get(name);
+      if (!h) return null;
+      pending.delete(name);
+      return { data: h.data as Float32Array };
+    }
+    return pair(name);
+  };
+  /** The output head [d, V] from a [V, d] table: transposed floats, or int8 panels for the kernels. */
+  const headOf = (t: Host): Weight => {
+    if (!t.data) return linearQ8(t.q, t.scale, d, V, true);
+    const data = t.data;
+    if (opts.panels) return new F32PanelWeight(upload([panelDims(1, V).N16 * d], 'float32', (dst) => packPanelsF32(data, d, V, true, dst)) as tf.Tensor1D, d, V);
+    return transposeHost({ data, shape: [V, d] });
+  };
   try {
     for await (const t of tensors) {
       const where = t.file ? ` (in ${t.file})` : '';
@@ -184,7 +226,18 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
             const [K, N] = want.get(base) as number[];
             made.set(base, linearQ8(p.q, p.scale, K, N, false));
           }
+        } else if (base === 'wte.weight' && !made.has('__headT')) {
+          // The head is built as soon as wte is complete, so its host copy (154 MB for 124M) is not held
+          // while the rest loads; an untied lm_head, rare, is sorted out at the end.
+          const wte = table(base);
+          if (wte) made.set('__headT', headOf(wte));
         }
+        continue;
+      }
+      if (opts.panels && /^h\.\d+\.(attn|mlp)\.c_\w+\.weight$/.test(t.name)) {
+        const [K, N] = shape;
+        const data = t.data as Float32Array;
+        made.set(t.name, new F32PanelWeight(upload([panelDims(1, N).N16 * K], 'float32', (dst) => packPanelsF32(data, K, N, false, dst)) as tf.Tensor1D, K, N));
         continue;
       }
       made.set(t.name, tf.tensor(t.data as Float32Array, shape, 'float32'));
@@ -194,28 +247,32 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
     if (missing.length) {
       throw new GPT2Error('BAD_WEIGHTS', `checkpoint is missing ${missing.length} tensor(s): ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
     }
-    const table = (name: string): Host | null => {
-      if (!seen.has(name)) return null;
-      if (!config.quantization) {
-        const h = pending.get(name) as HostArray;
-        pending.delete(name);
-        return { data: h.data as Float32Array };
-      }
-      return pair(name);
-    };
     const wpe = table('wpe.weight') as Host;
     made.set('wpe.weight', tf.tensor2d(wpe.data ?? dequantize(wpe.q as Int8Array, wpe.scale as Float32Array, config.nPositions, d, true), [config.nPositions, d]));
-    const wte = table('wte.weight') as Host;
+    let headT = made.get('__headT') as Weight;
     const lmHead = table('lm_head.weight');
-    // A checkpoint whose lm_head equals wte is tied in all but name: keep one copy.
-    const same = (a: Host, b: Host) => (a.data ? a.data.every((v, i) => v === b.data?.[i]) : a.q.every((v, i) => v === b.q?.[i]) && a.scale.every((v, i) => v === b.scale?.[i]));
-    const untied = lmHead !== null && !same(lmHead, wte);
-    const head = untied ? (lmHead as Host) : wte;
-    const headT = head.data ? transposeHost({ data: head.data, shape: [V, d] }) : linearQ8(head.q, head.scale, d, V, true);
-    made.set('__headT', headT);
-    const wteT = untied ? tf.tensor2d(wte.data ?? dequantize(wte.q as Int8Array, wte.scale as Float32Array, V, d, true), [V, d]) : null;
-    if (wteT) made.set('__wte', wteT);
-    const get = <T extends tf.Tensor | Q8Weight>(k: string): T => made.get(k) as T;
+    let wteT: tf.Tensor2D | null = null;
+    if (lmHead) {
+      // wte as [V, d] floats, read back from the head built from it ([d, V]): only for checkpoints that store lm_head
+      const wteRows = (): Float32Array => {
+        const t = (headT instanceof PackedWeight ? headT.float() : headT).dataSync() as Float32Array; // [d, V]
+        const rows = new Float32Array(V * d);
+        for (let k = 0; k < d; k++) for (let v = 0; v < V; v++) rows[v * d + k] = t[k * V + v];
+        return rows;
+      };
+      const lm = lmHead.data ?? dequantize(lmHead.q as Int8Array, lmHead.scale as Float32Array, V, d, true);
+      const wte = wteRows();
+      // A checkpoint whose lm_head equals wte is tied in all but name: keep one copy.
+      if (!lm.every((v, i) => v === wte[i])) {
+        wteT = tf.tensor2d(wte, [V, d]);
+        made.set('__wte', wteT);
+        headT.dispose();
+        made.delete('__headT');
+        headT = headOf(lmHead);
+        made.set('__headT', headT);
+      }
+    }
+    const get = <T extends tf.Tensor | PackedWeight>(k: string): T => made.get(k) as T;
     const lin = (k: string): Linear => ({ w: get(k + '.weight'), b: get(k + '.bias') });
     const norm = (k: string): Norm => ({ g: get(k + '.weight'), b: get(k + '.bias') });
     const h: BlockParams[] = [];

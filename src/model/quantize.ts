@@ -92,3 +92,30 @@ export function unpackPanels(packed: Int32Array, scale: Float32Array, K: number,
   }
   return out;
 }
+
+/**
+ * The wasm kernels' layout of a float32 weight W [K, N] (native/kernels.c, linear_p): panels of 16
+ * columns, each K rows of 16 floats ((k, c) of panel p at (p*K + k)*16 + c), zero padded to N16.
+ * `transposed`: w holds W^T [N, K] row-major (an embedding table used as the head).
+ */
+export function packPanelsF32(w: Float32Array, K: number, N: number, transposed: boolean, into?: Float32Array): Float32Array {
+  const words = panelDims(1, N).N16 * K;
+  const out = into ?? new Float32Array(words);
+  if (out.length !== words) throw new Error(`packPanelsF32: ${out.length} floats given, ${words} needed`);
+  for (let j = 0; j < N; j++) {
+    const base = (j >> 4) * K * 16 + (j & 15);
+    if (transposed) for (let k = 0; k < K; k++) out[base + k * 16] = w[j * K + k];
+    else for (let k = 0; k < K; k++) out[base + k * 16] = w[k * N + j];
+  }
+  return out;
+}
+
+/** Inverse of packPanelsF32: W [K, N]. */
+export function unpackPanelsF32(packed: Float32Array, K: number, N: number): Float32Array {
+  const out = new Float32Array(K * N);
+  for (let j = 0; j < N; j++) {
+    const base = (j >> 4) * K * 16 + (j & 15);
+    for (let k = 0; k < K; k++) out[k * N + j] = packed[base + k * 16];
+  }
+  return out;
+}

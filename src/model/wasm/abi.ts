@@ -26,6 +26,10 @@ export const KERNEL_ABI = {
   quantize_rows: [['x', 'ptr'], ['xq', 'ptr'], ['xs', 'ptr'], ['M', 'i32'], ['K', 'i32'], ['ldx', 'i32'], ['K4', 'i32']],
   /** y[:, 0:n] = act(xq·xs @ W·ws + b) with W int8 in 16-column panels (kernels.c), starting at a panel; y row stride ld. */
   linear_q8: [['xq', 'ptr'], ['xs', 'ptr'], ['w', 'ptr'], ['ws', 'ptr'], ['b', 'ptr'], ['y', 'ptr'], ['M', 'i32'], ['K4', 'i32'], ['n', 'i32'], ['ld', 'i32'], ['act', 'i32']],
+  /** y[:, 0:n] = act(x[:, 0:K] @ W + b) with W float32 in 16-column panels (kernels.c), starting at a panel; y row stride ld, x row stride ldx. */
+  linear_p: [['x', 'ptr'], ['w', 'ptr'], ['b', 'ptr'], ['y', 'ptr'], ['M', 'i32'], ['K', 'i32'], ['n', 'i32'], ['ld', 'i32'], ['ldx', 'i32'], ['act', 'i32']],
+  /** out[i, 0:K] = W[0:K, ids[i]]: embedding rows from the float head's panels. */
+  gather_p: [['w', 'ptr'], ['ids', 'ptr'], ['out', 'ptr'], ['n', 'i32'], ['K', 'i32']],
   /** Weight-only variant of linear_q8 (float x [M, K4] zero padded, int8 W widened to float), measured against it (bench/q8-kernels.ts); not used by the engine. */
   linear_q8w: [['x', 'ptr'], ['w', 'ptr'], ['ws', 'ptr'], ['b', 'ptr'], ['y', 'ptr'], ['M', 'i32'], ['K4', 'i32'], ['n', 'i32'], ['ld', 'i32'], ['act', 'i32']],
   /** out[i, 0:K] = ws[ids[i]] · W[0:K, ids[i]]: embedding rows from the q8 head's panels. */
@@ -64,6 +68,7 @@ export function invoke(f: (...args: number[]) => void, a: readonly number[]): vo
   switch (a.length) {
     case 2: return f(a[0], a[1]);
     case 3: return f(a[0], a[1], a[2]);
+    case 5: return f(a[0], a[1], a[2], a[3], a[4]);
     case 6: return f(a[0], a[1], a[2], a[3], a[4], a[5]);
     case 7: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
     case 10: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);

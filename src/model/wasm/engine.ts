@@ -9,11 +9,11 @@
  */
 import * as tf from '../../tf';
 import type { Engine, JoinPlan, KVOps, LayerKV } from '../engine';
-import { KV_GROW, cachePrefix, tfEngine } from '../engine';
+import { KV_GROW, cachePrefix, floatWeight, tfEngine } from '../engine';
 import { activate } from '../layers';
 import { WasmBackendLike, memoryOf, startKernels } from './instance';
-import { Q8Weight } from '../params';
-import { KernelActivation, moveRows, registerKernels, runAttend, runCacheRows, runGatherQ8, runLayerNorm, runLinear, runLinearQ8, runSplitCols } from './register';
+import { F32PanelWeight, Q8Weight } from '../params';
+import { KernelActivation, moveRows, registerKernels, runAttend, runCacheRows, runGatherP, runGatherQ8, runLayerNorm, runLinear, runLinearP, runLinearQ8, runSplitCols } from './register';
 
 /** Extra rows a merged cache buffer keeps, so the next joining rows are copied in place. */
 const SPARE_ROWS = 3;
@@ -83,7 +83,8 @@ const wasmKV: KVOps = {
 export const wasmEngine: Engine = {
   name: 'wasm-kernels',
   linear(x, w, b, act = 'none') {
-    const run = (a: KernelActivation) => (w instanceof Q8Weight ? runLinearQ8(x, w, b, a) : runLinear(x, w, b, a)); // [N, in] -> [N, out]
+    const run = (a: KernelActivation) =>
+      w instanceof Q8Weight ? runLinearQ8(x, w, b, a) : w instanceof F32PanelWeight ? runLinearP(x, w, b, a) : runLinear(x, floatWeight(w), b, a); // [N, in] -> [N, out]
     return act === 'gelu' ? activate(run('none'), act) : run(act); // exact erf gelu: not fused
   },
   split: runSplitCols,
@@ -100,7 +101,9 @@ export const wasmEngine: Engine = {
     return t;
   },
   embed(headT, ids) {
-    return headT instanceof Q8Weight ? runGatherQ8(headT, ids) : tfEngine.embed(headT, ids); // [N] -> [N, d]
+    if (headT instanceof Q8Weight) return runGatherQ8(headT, ids); // [N] -> [N, d]
+    if (headT instanceof F32PanelWeight) return runGatherP(headT, ids);
+    return tfEngine.embed(headT, ids);
   },
   layerNorm: runLayerNorm,
   attend(q, kv, ctx) {

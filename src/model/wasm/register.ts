@@ -8,6 +8,8 @@
  *                                                 instead of keeping an XNNPACK-packed second copy
  *   GPT2LayerNorm  (x - mean) / sqrt(var + eps) · g + b, one pass per row (10 ops → 1)
  *   GPT2Attend     causal attention against the KV cache buffers (prefill and decode)
+ *   GPT2LinearP    y = act(x @ W + b) with W float32 in 16-column panels (one sequential stream per panel)
+ *   GPT2GatherP    rows of a tied float embedding, read from the head's panels
  *   GPT2LinearQ8   y = act(x @ W + b) with W int8 (q8): x's rows quantized to int8 on the fly, int32 sums
  *   GPT2GatherQ8   rows of a q8 tied embedding, dequantized from the head's int8 panels
  *   GPT2SplitCols  column blocks of a matrix (q|k|v) as separate tensors: strided copies in wasm (tfjs's
@@ -15,7 +17,7 @@
  *   GPT2CacheRows  a new cache buffer assembled from rows of one or two others
  */
 import * as tf from '../../tf';
-import type { Q8Weight } from '../params';
+import type { F32PanelWeight, Q8Weight } from '../params';
 import { KernelExports, call } from './abi';
 import { WasmBackendLike, activeKernels, threadFor } from './instance';
 import { runChunks } from './threads';
@@ -107,6 +109,59 @@ export function runLinear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null,
   const inputs: tf.NamedTensorMap = b ? { x, w, b } : { x, w };
   const attrs: LinearAttrs = { act: ACT_CODES[act] };
   return tf.engine().runKernel('GPT2Linear', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+// ----------------------------------------------------------------------------- GPT2LinearP
+
+type LinearPInputs = 'x' | 'w' | 'b';
+interface LinearPAttrs {
+  act: number;
+  n: number; // output columns (w is padded to whole panels of 16)
+}
+
+/** Column chunks of a panel product: whole panels each, taken in turn by both threads. */
+const PANEL_CHUNKS = 16;
+
+/**
+ * y = act(x @ W + b) with W float32 in panels (native/kernels.c linear_p): both threads take chunks of
+ * whole panels; each output column is computed by one call, so 1 and 2 threads give identical bits.
+ */
+function linearPKernel(be: WasmBackendLike, inputs: Partial<Record<LinearPInputs, tf.TensorInfo>>, { act, n: N }: LinearPAttrs): tf.TensorInfo {
+  const x = inputs.x as tf.TensorInfo;
+  const [M, K] = x.shape;
+  const out = be.makeOutput([M, N], 'float32');
+  if (M * N === 0) return out;
+  const panels = Math.ceil(N / 16);
+  const size = Math.ceil(panels / Math.min(panels, PANEL_CHUNKS)) * 16; // columns per chunk
+  const pb = inputs.b ? offset(be, inputs.b) : 0;
+  runChunks(kernels(), 'linear_p', { x: offset(be, x), w: offset(be, inputs.w as tf.TensorInfo), b: pb, y: offset(be, out), M, K, n: N, ld: N, ldx: K, act },
+    { count: Math.ceil(N / size), step: { w: 4 * size * K, b: pb ? 4 * size : 0, y: 4 * size }, extent: { arg: 'n', size, total: N } }, threadFor(M * K * N));
+  return out;
+}
+
+export function runLinearP(x: tf.Tensor2D, w: F32PanelWeight, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D {
+  const inputs: tf.NamedTensorMap = b ? { x, w: w.packed, b } : { x, w: w.packed };
+  const attrs: LinearPAttrs = { act: ACT_CODES[act], n: w.outDim };
+  return tf.engine().runKernel('GPT2LinearP', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+type GatherPInputs = 'w' | 'ids';
+interface GatherPAttrs {
+  K: number;
+}
+
+/** Rows of the tied float embedding from the head's panels: [n] ids -> [n, K]. */
+function gatherPKernel(be: WasmBackendLike, inputs: Partial<Record<GatherPInputs, tf.TensorInfo>>, { K }: GatherPAttrs): tf.TensorInfo {
+  const ids = inputs.ids as tf.TensorInfo;
+  const n = ids.shape[0];
+  const out = be.makeOutput([n, K], 'float32');
+  if (n * K > 0) call(kernels(), 'gather_p', { w: offset(be, inputs.w as tf.TensorInfo), ids: offset(be, ids), out: offset(be, out), n, K });
+  return out;
+}
+
+export function runGatherP(w: F32PanelWeight, ids: tf.Tensor1D): tf.Tensor2D {
+  const attrs: GatherPAttrs = { K: w.inDim };
+  return tf.engine().runKernel('GPT2GatherP', { w: w.packed, ids }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
 // ----------------------------------------------------------------------------- GPT2LinearQ8
@@ -398,6 +453,8 @@ export function registerKernels(): void {
   register<CacheRowsInputs, CacheRowsAttrs>('GPT2CacheRows', cacheRowsKernel);
   register<LinearInputs, LinearAttrs>('GPT2Linear', linearKernel);
   register<LinearQ8Inputs, LinearQ8Attrs>('GPT2LinearQ8', linearQ8Kernel);
+  register<LinearPInputs, LinearPAttrs>('GPT2LinearP', linearPKernel);
+  register<GatherPInputs, GatherPAttrs>('GPT2GatherP', gatherPKernel);
   register<GatherQ8Inputs, GatherQ8Attrs>('GPT2GatherQ8', gatherQ8Kernel);
   register<LinearQ8Inputs, LinearQ8Attrs>('GPT2LinearQ8W', linearQ8WKernel);
   register<SplitInputs, SplitAttrs>('GPT2SplitCols', splitColsKernel);
