@@ -553,7 +553,6 @@ typedef int i32;
  * float products use these two instead. */
 #pragma clang fp reassociate(off) reciprocal(off)
 static inline v128_t mul_exact(v128_t a, v128_t b) { return (v128_t)((__f32x4)a * (__f32x4)b); }
-static inline v128_t add_exact(v128_t a, v128_t b) { return (v128_t)((__f32x4)a + (__f32x4)b); }
 
 EXPORT(quantize_rows)
 void quantize_rows(const f32* x, i16* xq, f32* xs, int M, int K, int ldx, int K4) {
@@ -595,19 +594,10 @@ static inline v128_t pair_sum(v128_t lo, v128_t hi) {
   return wasm_i32x4_add(wasm_i32x4_shuffle(lo, hi, 0, 2, 4, 6), wasm_i32x4_shuffle(lo, hi, 1, 3, 5, 7));
 }
 
-/* y[0:nc] = act(f32(acc) * (xs * ws) + b) for 4 columns (nc of them valid) */
+/* y[0:nc] = act(f32(acc) * (xs * ws) + b) for 4 columns (nc of them valid): the scaling in exact
+ * float32 products, then store4's bias add (a lone add: nothing for -ffast-math to regroup) */
 static inline void q8_store4(f32* y, v128_t acc, f32 xs, const f32* ws, const f32* b, int nc, int act) {
-  v128_t r = mul_exact(wasm_f32x4_convert_i32x4(acc), mul_exact(wasm_f32x4_splat(xs), wasm_v128_load(ws)));
-  if (nc >= 4) {
-    if (b) r = add_exact(r, wasm_v128_load(b));
-    wasm_v128_store(y, v_act(r, act));
-    return;
-  }
-  /* a short last panel: lane by lane (ws is padded to the panel, b and y are not) */
-  f32 v0 = wasm_f32x4_extract_lane(r, 0), v1 = wasm_f32x4_extract_lane(r, 1), v2 = wasm_f32x4_extract_lane(r, 2);
-  if (nc > 0) y[0] = s_act(b ? v0 + b[0] : v0, act);
-  if (nc > 1) y[1] = s_act(b ? v1 + b[1] : v1, act);
-  if (nc > 2) y[2] = s_act(b ? v2 + b[2] : v2, act);
+  store4(y, mul_exact(wasm_f32x4_convert_i32x4(acc), mul_exact(wasm_f32x4_splat(xs), wasm_v128_load(ws))), b, nc, act);
 }
 
 #define DOT(w16, xp) wasm_i32x4_dot_i16x8(w16, xp)

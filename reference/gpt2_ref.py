@@ -17,14 +17,18 @@ F16 = "F16"
 
 
 def write_safetensors(path, tensors, dtype="F16"):
-    """tensors: dict name -> float array. Writes little-endian data, header padded to 8 bytes."""
+    """tensors: dict name -> array. int8 arrays are written as I8, the rest as `dtype` (F16 or F32).
+    Little-endian data, header padded to 8 bytes."""
     header = {"__metadata__": {"format": "pt"}}
     blobs = []
     off = 0
     for name, arr in tensors.items():
-        a = np.ascontiguousarray(arr, dtype="<f2" if dtype == "F16" else "<f4")
+        if np.asarray(arr).dtype == np.int8:
+            a, dt = np.ascontiguousarray(arr), "I8"
+        else:
+            a, dt = np.ascontiguousarray(arr, dtype="<f2" if dtype == "F16" else "<f4"), dtype
         b = a.tobytes()
-        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
         off += len(b)
         blobs.append(b)
     h = json.dumps(header, separators=(",", ":")).encode()
@@ -36,7 +40,8 @@ def write_safetensors(path, tensors, dtype="F16"):
             f.write(b)
 
 
-def read_safetensors(path):
+def read_safetensors(path, stored=False):
+    """name -> array: float64 (default), or with `stored` as stored (int8 stays int8, floats float32)."""
     with open(path, "rb") as f:
         raw = f.read()
     n = struct.unpack("<Q", raw[:8])[0]
@@ -45,9 +50,10 @@ def read_safetensors(path):
     for name, e in header.items():
         if name == "__metadata__":
             continue
-        dt = {"F16": "<f2", "F32": "<f4", "BF16": None}[e["dtype"]]
+        dt = {"F16": "<f2", "F32": "<f4", "I8": "i1"}[e["dtype"]]
         b, en = e["data_offsets"]
-        out[name] = np.frombuffer(raw[8 + n + b : 8 + n + en], dtype=dt).reshape(e["shape"]).astype(np.float64)
+        a = np.frombuffer(raw[8 + n + b : 8 + n + en], dtype=dt).reshape(e["shape"])
+        out[name] = (a.copy() if dt == "i1" else a.astype(np.float32)) if stored else a.astype(np.float64)
     return out
 
 

@@ -13,9 +13,6 @@ layer norms stay float. config.json carries QUANTIZATION_CONFIG.
   of a linear's input quantized as kernels.c quantize_rows does, int32 products, then
   f32(acc) * (xs * ws) + b in float32.
 """
-import json
-import struct
-
 import numpy as np
 
 import gpt2_ref as ref
@@ -75,41 +72,12 @@ def dequantize(t, n_layer):
 
 def write_safetensors(path, tensors):
     """int8 arrays as I8, everything else as F32."""
-    header = {"__metadata__": {"format": "pt"}}
-    blobs, off = [], 0
-    for name, arr in tensors.items():
-        if arr.dtype == np.int8:
-            a, dt = np.ascontiguousarray(arr), "I8"
-        else:
-            a, dt = np.ascontiguousarray(arr, dtype="<f4"), "F32"
-        b = a.tobytes()
-        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        off += len(b)
-        blobs.append(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+    ref.write_safetensors(path, tensors, "F32")
 
 
 def read_safetensors(path):
     """name -> array in the stored dtype (int8 stays int8, floats become float32)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8 : 8 + n])
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        dt = {"F16": "<f2", "F32": "<f4", "I8": "i1"}[e["dtype"]]
-        b, en = e["data_offsets"]
-        a = np.frombuffer(raw[8 + n + b : 8 + n + en], dtype=dt).reshape(e["shape"])
-        out[name] = a.copy() if dt == "i1" else a.astype(F32)
-    return out
+    return ref.read_safetensors(path, stored=True)
 
 
 def quantize_act(x):

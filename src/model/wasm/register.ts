@@ -111,6 +111,23 @@ export function runLinear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null,
   return tf.engine().runKernel('GPT2Linear', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
+// ----------------------------------------------------------------------------- panels
+
+/** Column chunks of a panel product: whole 16-column panels each, taken in turn by both threads. */
+const PANEL_CHUNKS = 16;
+
+/**
+ * The chunking of a product over panel-packed weights (linear_p, linear_q8, linear_q8w): N columns
+ * cut into at most PANEL_CHUNKS chunks of whole panels; per chunk the weights advance by
+ * `panelBytes` per 16 columns, the scales (if any), bias (if any) and output by 4 bytes per column.
+ */
+function panelChunks(N: number, panelBytes: number, bias: boolean, scales: boolean) {
+  const panels = Math.ceil(N / 16);
+  const size = Math.ceil(panels / Math.min(panels, PANEL_CHUNKS)) * 16; // columns per chunk
+  const step = { w: (size / 16) * panelBytes, b: bias ? 4 * size : 0, y: 4 * size, ...(scales ? { ws: 4 * size } : {}) };
+  return { count: Math.ceil(N / size), step, extent: { arg: 'n' as const, size, total: N } };
+}
+
 // ----------------------------------------------------------------------------- GPT2LinearP
 
 type LinearPInputs = 'x' | 'w' | 'b';
@@ -118,9 +135,6 @@ interface LinearPAttrs {
   act: number;
   n: number; // output columns (w is padded to whole panels of 16)
 }
-
-/** Column chunks of a panel product: whole panels each, taken in turn by both threads. */
-const PANEL_CHUNKS = 16;
 
 /**
  * y = act(x @ W + b) with W float32 in panels (native/kernels.c linear_p): both threads take chunks of
@@ -131,11 +145,9 @@ function linearPKernel(be: WasmBackendLike, inputs: Partial<Record<LinearPInputs
   const [M, K] = x.shape;
   const out = be.makeOutput([M, N], 'float32');
   if (M * N === 0) return out;
-  const panels = Math.ceil(N / 16);
-  const size = Math.ceil(panels / Math.min(panels, PANEL_CHUNKS)) * 16; // columns per chunk
   const pb = inputs.b ? offset(be, inputs.b) : 0;
   runChunks(kernels(), 'linear_p', { x: offset(be, x), w: offset(be, inputs.w as tf.TensorInfo), b: pb, y: offset(be, out), M, K, n: N, ld: N, ldx: K, act },
-    { count: Math.ceil(N / size), step: { w: 4 * size * K, b: pb ? 4 * size : 0, y: 4 * size }, extent: { arg: 'n', size, total: N } }, threadFor(M * K * N));
+    panelChunks(N, 64 * K, pb !== 0, false), threadFor(M * K * N));
   return out;
 }
 
@@ -173,8 +185,6 @@ interface LinearQ8Attrs {
   K4: number; // inner dimension rounded up to 4 (w's k-groups)
 }
 
-/** Column chunks of a q8 product: a whole number of 16-column panels each, taken in turn by both threads. */
-const Q8_CHUNKS = 16;
 
 /**
  * y = act(quant(x) @ W·s + b) with W int8 in panels (native/kernels.c linear_q8). x's rows are
@@ -192,12 +202,9 @@ function linearQ8Kernel(be: WasmBackendLike, inputs: Partial<Record<LinearQ8Inpu
   try {
     const [pq, ps] = [offset(be, xq), offset(be, xs)];
     call(k, 'quantize_rows', { x: offset(be, x), xq: pq, xs: ps, M, K, ldx: K, K4 });
-    const panels = Math.ceil(N / 16);
-    const size = Math.ceil(panels / Math.min(panels, Q8_CHUNKS)) * 16; // columns per chunk
     const pb = inputs.b ? offset(be, inputs.b) : 0;
     runChunks(k, 'linear_q8', { xq: pq, xs: ps, w: offset(be, inputs.w as tf.TensorInfo), ws: offset(be, inputs.s as tf.TensorInfo), b: pb, y: offset(be, out), M, K4, n: N, ld: N, act },
-      { count: Math.ceil(N / size), step: { w: size * K4, ws: 4 * size, b: pb ? 4 * size : 0, y: 4 * size }, extent: { arg: 'n', size, total: N } },
-      threadFor((M * K4 * N) / 2));
+      panelChunks(N, 16 * K4, pb !== 0, true), threadFor((M * K4 * N) / 2));
   } finally {
     be.disposeData(xq.dataId);
     be.disposeData(xs.dataId);
@@ -226,11 +233,9 @@ function linearQ8WKernel(be: WasmBackendLike, inputs: Partial<Record<LinearQ8Inp
     const px = offset(be, xp);
     call(k, 'zero_f32', { dst: px, n: M * K4 });
     call(k, 'copy_cols', { dst: px, src: offset(be, x), M, n: K, ldd: K4, lds: K });
-    const panels = Math.ceil(N / 16);
-    const size = Math.ceil(panels / Math.min(panels, Q8_CHUNKS)) * 16;
     const pb = inputs.b ? offset(be, inputs.b) : 0;
     runChunks(k, 'linear_q8w', { x: px, w: offset(be, inputs.w as tf.TensorInfo), ws: offset(be, inputs.s as tf.TensorInfo), b: pb, y: offset(be, out), M, K4, n: N, ld: N, act },
-      { count: Math.ceil(N / size), step: { w: size * K4, ws: 4 * size, b: pb ? 4 * size : 0, y: 4 * size }, extent: { arg: 'n', size, total: N } }, threadFor((M * K4 * N) / 2));
+      panelChunks(N, 16 * K4, pb !== 0, true), threadFor((M * K4 * N) / 2));
   } finally {
     be.disposeData(xp.dataId);
   }
