@@ -212,11 +212,13 @@ function linearQ8Kernel(be: WasmBackendLike, inputs: Partial<Record<LinearQ8Inpu
   return out;
 }
 
-export function runLinearQ8(x: tf.Tensor2D, w: Q8Weight, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D {
+function runQ8(kernel: 'GPT2LinearQ8' | 'GPT2LinearQ8W', x: tf.Tensor2D, w: Q8Weight, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D {
   const inputs: tf.NamedTensorMap = b ? { x, w: w.packed, s: w.scale, b } : { x, w: w.packed, s: w.scale };
   const attrs: LinearQ8Attrs = { act: ACT_CODES[act], n: w.outDim, K4: w.K4 };
-  return tf.engine().runKernel('GPT2LinearQ8', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+  return tf.engine().runKernel(kernel, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
+
+export const runLinearQ8 = (x: tf.Tensor2D, w: Q8Weight, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D => runQ8('GPT2LinearQ8', x, w, b, act);
 
 /**
  * The weight-only variant (float activations, int8 weights widened to float): kept to measure the
@@ -242,11 +244,7 @@ function linearQ8WKernel(be: WasmBackendLike, inputs: Partial<Record<LinearQ8Inp
   return out;
 }
 
-export function runLinearQ8WeightOnly(x: tf.Tensor2D, w: Q8Weight, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D {
-  const inputs: tf.NamedTensorMap = b ? { x, w: w.packed, s: w.scale, b } : { x, w: w.packed, s: w.scale };
-  const attrs: LinearQ8Attrs = { act: ACT_CODES[act], n: w.outDim, K4: w.K4 };
-  return tf.engine().runKernel('GPT2LinearQ8W', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
-}
+export const runLinearQ8WeightOnly = (x: tf.Tensor2D, w: Q8Weight, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D => runQ8('GPT2LinearQ8W', x, w, b, act);
 
 // ----------------------------------------------------------------------------- GPT2GatherQ8
 
