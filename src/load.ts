@@ -53,11 +53,10 @@ export async function loadTransformer(source: FileSource, opts: LoadOptions = {}
   await setBackend(opts.backend, { threads: opts.threads });
   const config: GPT2Config = parseConfig(await readConfigJson(source), source.describe('config.json'));
   const weights = streamWeights(source, opts.onProgress);
-  const int8Kernels = wasmKernelsActive();
-  if (config.quantization && !int8Kernels) {
-    warnOnce(`${source.describe('')} is a q8 model: ${engineInfo().q8.reason ?? ''} (4x the memory, float speed)`);
-  }
-  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights, { int8Kernels, panels: int8Kernels, upload: currentEngine().upload });
+  // With the wasm kernels the weights are packed for them at load (float32 panels, or int8 ones for q8).
+  const kernels = wasmKernelsActive();
+  if (config.quantization && !kernels) warnOnce(`${source.describe('')} is a q8 model: ${engineInfo().q8.reason ?? ''} (4x the memory, float speed)`);
+  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights, { int8Kernels: kernels, panels: kernels, upload: currentEngine().upload });
   return new GPT2Model(config, params);
 }
 

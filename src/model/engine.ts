@@ -12,7 +12,7 @@
 import * as tf from '../tf';
 import { Activation } from './config';
 import { activate } from './layers';
-import { PackedWeight, Weight } from './params';
+import { PackedWeight, Weight, hostUpload } from './params';
 
 /**
  * Additive attention mask value. Finite even where WebGL textures are float16 (max 65504), so
@@ -182,12 +182,7 @@ export const tfEngine: Engine = {
   split(x, parts) {
     return tf.split(x, parts, 1) as tf.Tensor2D[];
   },
-  upload(shape, dtype, fill) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const host = dtype === 'int32' ? new Int32Array(n) : new Float32Array(n);
-    fill(host as never);
-    return tf.tensor(host, shape, dtype);
-  },
+  upload: hostUpload,
   embed(headT, ids) {
     return tf.transpose(tf.gather(floatWeight(headT), ids, 1)); // [d, V] -> [d, N] -> [N, d]
   },

@@ -123,7 +123,8 @@ export interface BuildOptions {
 /** Engine.upload's shape: a tensor whose data `fill` writes. */
 export type Uploader = <D extends 'float32' | 'int32'>(shape: number[], dtype: D, fill: (dst: D extends 'int32' ? Int32Array : Float32Array) => void) => tf.Tensor;
 
-const hostUpload: Uploader = (shape, dtype, fill) => {
+/** The uploader of every backend whose memory is not reachable: fill a host array, then one copy to the backend. */
+export const hostUpload: Uploader = (shape, dtype, fill) => {
   const n = shape.reduce((a, b) => a * b, 1);
   const host = dtype === 'int32' ? new Int32Array(n) : new Float32Array(n);
   fill(host as never);
@@ -146,7 +147,9 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
   const want = expectedShapes(config);
   const d = config.nEmbd;
   const V = config.vocabSize;
-  const wantHead = [V, d];
+  // what may arrive: the config's tensors, and an optional lm_head (q8: with its scales)
+  const accepted = new Map(want).set('lm_head.weight', [V, d]);
+  if (config.quantization) accepted.set('lm_head.weight_scale', [V]);
   const made = new Map<string, tf.Tensor | PackedWeight>();
   const seen = new Set<string>();
   const pending = new Map<string, HostArray & { where: string }>(); // halves of an int8 weight + scale pair, and wte/lm_head
@@ -204,7 +207,7 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
   try {
     for await (const t of tensors) {
       const where = t.file ? ` (in ${t.file})` : '';
-      const shape = t.name.startsWith('lm_head.') ? (t.name === 'lm_head.weight' ? wantHead : t.name === 'lm_head.weight_scale' && config.quantization ? [V] : undefined) : want.get(t.name);
+      const shape = accepted.get(t.name);
       if (!shape) continue; // unknown extras (e.g. optimizer state) are not ours to judge
       if (!sameShape(t.shape, shape)) {
         throw new GPT2Error('BAD_WEIGHTS', `${t.name}${where} has shape [${t.shape}], config needs [${t.name.startsWith('lm_head.') ? shape.join(', ') : shape}]`);
@@ -218,7 +221,9 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
       seen.add(t.name);
       const m = /^(.*\.weight)(_scale)?$/.exec(t.name);
       const base = m?.[1] ?? t.name;
-      if (config.quantization && (int8 || m?.[2]) || base === 'wte.weight' || base === 'lm_head.weight' || base === 'wpe.weight') {
+      // held until complete: an int8 weight and its scales (they arrive one by one), and the tables (wte, wpe, lm_head)
+      const hold = (config.quantization !== null && (int8 || m?.[2] !== undefined)) || base === 'wte.weight' || base === 'lm_head.weight' || base === 'wpe.weight';
+      if (hold) {
         pending.set(t.name, { data: t.data, shape: t.shape, where });
         if (/^h\./.test(base)) {
           const p = pair(base);

@@ -83,9 +83,9 @@ const wasmKV: KVOps = {
 export const wasmEngine: Engine = {
   name: 'wasm-kernels',
   linear(x, w, b, act = 'none') {
-    const run = (a: KernelActivation) =>
-      w instanceof Q8Weight ? runLinearQ8(x, w, b, a) : w instanceof F32PanelWeight ? runLinearP(x, w, b, a) : runLinear(x, floatWeight(w), b, a); // [N, in] -> [N, out]
-    return act === 'gelu' ? activate(run('none'), act) : run(act); // exact erf gelu: not fused
+    const a: KernelActivation = act === 'gelu' ? 'none' : act; // exact erf gelu: not fused
+    const y = w instanceof Q8Weight ? runLinearQ8(x, w, b, a) : w instanceof F32PanelWeight ? runLinearP(x, w, b, a) : runLinear(x, floatWeight(w), b, a); // [N, in] -> [N, out]
+    return act === 'gelu' ? activate(y, act) : y;
   },
   split: runSplitCols,
   upload(shape, dtype, fill) {
@@ -97,7 +97,12 @@ export const wasmEngine: Engine = {
       t.dispose();
       return tfEngine.upload(shape, dtype, fill);
     }
-    fill((dtype === 'int32' ? new Int32Array(memory.buffer, at, t.size) : new Float32Array(memory.buffer, at, t.size)) as never);
+    try {
+      fill((dtype === 'int32' ? new Int32Array(memory.buffer, at, t.size) : new Float32Array(memory.buffer, at, t.size)) as never);
+    } catch (e) {
+      t.dispose(); // a failed fill leaves no tensor behind
+      throw e;
+    }
     return t;
   },
   embed(headT, ids) {
