@@ -102,10 +102,17 @@ export function packPanelsF32(w: Float32Array, K: number, N: number, transposed:
   const words = panelDims(1, N).N16 * K;
   const out = into ?? new Float32Array(words);
   if (out.length !== words) throw new Error(`packPanelsF32: ${out.length} floats given, ${words} needed`);
-  for (let j = 0; j < N; j++) {
-    const base = (j >> 4) * K * 16 + (j & 15);
-    if (transposed) for (let k = 0; k < K; k++) out[base + k * 16] = w[j * K + k];
-    else for (let k = 0; k < K; k++) out[base + k * 16] = w[k * N + j];
+  // walk the source in its own order (rows of [K, N], or of [N, K] when transposed): one sequential
+  // read, writes 16 floats at a time (the column-first walk took ~0.8 s for the 124M model)
+  if (transposed) {
+    for (let j = 0; j < N; j++) {
+      const base = (j >> 4) * K * 16 + (j & 15);
+      for (let k = 0, src = j * K; k < K; k++) out[base + k * 16] = w[src + k];
+    }
+  } else {
+    for (let k = 0; k < K; k++) {
+      for (let j = 0, src = k * N; j < N; j++) out[(j >> 4) * K * 16 + k * 16 + (j & 15)] = w[src + j];
+    }
   }
   return out;
 }
