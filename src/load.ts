@@ -4,7 +4,7 @@
  */
 import { BackendName, setBackend } from './backend';
 import { GPT2Error } from './errors';
-import { LoadProgress, readConfigJson } from './io/hf';
+import { LoadProgress, StreamOptions, readConfigJson } from './io/hf';
 import { FileSource, isUrl, openSource } from './io/source';
 import { checkFinite, streamWeights } from './io/weights';
 import { GPT2Config, parseConfig } from './model/config';
@@ -43,16 +43,22 @@ export interface LoadOptions {
   validate?: boolean;
 }
 
+/** Float tables larger than this arrive in parts at load (see streamWeights). */
+export const LOAD_CHUNK_BYTES = 16 << 20;
+
 /** The folder of the model shipped with the package (weights/ beside src/ and dist/). */
 export function defaultModelDir(): string {
   const path = require('path') as typeof import('path');
   return path.join(__dirname, '..', 'weights', 'gpt2-shakespeare');
 }
 
-export async function loadTransformer(source: FileSource, opts: LoadOptions = {}): Promise<GPT2Model> {
+/** `stream`: how the weight files are read (tests shrink the parts to exercise them on small models). */
+export async function loadTransformer(source: FileSource, opts: LoadOptions = {}, stream: StreamOptions = { reuse: true, chunkBytes: LOAD_CHUNK_BYTES }): Promise<GPT2Model> {
   await setBackend(opts.backend, { threads: opts.threads });
   const config: GPT2Config = parseConfig(await readConfigJson(source), source.describe('config.json'));
-  const weights = streamWeights(source, opts.onProgress);
+  // One reused read buffer, and tables over 16 MB in parts (the 154 MB wte goes into the head part by
+  // part): the load holds no whole-tensor host copies beside the backend's memory.
+  const weights = streamWeights(source, opts.onProgress, stream);
   // With the wasm kernels the weights are packed for them at load (float32 panels, or int8 ones for q8).
   const kernels = wasmKernelsActive();
   if (config.quantization && !kernels) warnOnce(`${source.describe('')} is a q8 model: ${engineInfo().q8.reason ?? ''} (4x the memory, float speed)`);

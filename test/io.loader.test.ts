@@ -11,7 +11,12 @@ import * as zlib from 'zlib';
 import * as tf from '@tensorflow/tfjs-core';
 import { GPT2, GPT2Error, LoadOptions, loadModel } from '../src';
 import { GPT2ErrorCode } from '../src/errors';
-import { LoadProgress, canonicalName, listWeightFiles, parseIndex, streamTensors } from '../src/io/hf';
+import { LoadProgress, StreamOptions, canonicalName, listWeightFiles, parseIndex, streamTensors } from '../src/io/hf';
+import { loadTransformer } from '../src/load';
+import { setBackend } from '../src/backend';
+import { parseConfig } from '../src/model/config';
+import { currentEngine } from '../src/model/engines';
+import { buildParams } from '../src/model/params';
 import { isSafeRelativePath } from '../src/io/paths';
 import { DirSource, openSource } from '../src/io/source';
 import { WriteTensor, readSafetensorsHeader, readTensor, writeSafetensors } from '../src/io/safetensors';
@@ -370,6 +375,73 @@ describe('what loads, and what it computes', () => {
       expect(x.data.length).toBe(x.shape.reduce((a, s) => a * s, 1));
     }
     expect(names).toEqual(Object.keys(base));
+  });
+});
+
+describe('loading in parts, through one reused read buffer', () => {
+  // The tiny model's tables are far below the 16 MB at which a load splits them: shrink the parts so
+  // that wte (50257 x 32) arrives in 1622 parts of 31 rows (not a multiple of the 16-column panels),
+  // and the 2-D weights over 4000 bytes (c_attn, c_fc, mlp.c_proj, wpe, lm_head) in parts that are put
+  // back together.
+  const PARTS: StreamOptions = { reuse: true, chunkBytes: 4_000 };
+
+  test('streamTensors: the parts of a tensor cover it in order; reused items share one buffer', async () => {
+    const dir = folder();
+    const whole = new Map<string, Float32Array>();
+    for await (const t of streamTensors(openSource(dir))) whole.set(t.name, t.data as Float32Array);
+    const got = new Map<string, Float32Array>();
+    const buffers = new Set<ArrayBufferLike>();
+    let parts = 0;
+    for await (const t of streamTensors(openSource(dir), undefined, PARTS)) {
+      expect(t.borrowed).toBe(true);
+      buffers.add(t.data.buffer);
+      const rowLen = t.shape.slice(1).reduce((a, b) => a * b, 1);
+      if (!got.has(t.name)) got.set(t.name, new Float32Array(t.shape.reduce((a, b) => a * b, 1)));
+      const row0 = t.part?.row0 ?? 0;
+      if (t.part) {
+        parts++;
+        expect(t.data.length).toBe(t.part.rows * rowLen);
+      }
+      got.get(t.name)!.set(t.data as Float32Array, row0 * rowLen); // copied now: the buffer is reused for the next item
+    }
+    expect(parts).toBeGreaterThan(1622);
+    expect(buffers.size).toBeLessThanOrEqual(3); // grown a few times, never one per tensor
+    expect([...got.keys()]).toEqual([...whole.keys()]);
+    for (const [k, v] of whole) expectSameFloats(got.get(k)!, v);
+  });
+
+  for (const backend of ['cpu', 'wasm'] as const) {
+    test(`${backend}: a model loaded in parts gives the logits of a whole-tensor load, bit for bit, and no tensor is left`, async () => {
+      for (const tensors of [base, withTensors((t) => (t['lm_head.weight'] = scaled(t['wte.weight'], 2)))]) {
+        const dir = folder({ tensors });
+        const want = await loadModel(dir, { backend });
+        const expected = await want.forward(IDS);
+        want.dispose();
+        const before = tf.memory().numTensors;
+        const m = await loadTransformer(openSource(dir), { backend }, PARTS);
+        expectSameFloats(await m.forward(IDS), expected);
+        m.dispose();
+        expect(tf.memory().numTensors).toBe(before);
+      }
+    });
+  }
+
+  test('a stream whose parts stop short is BAD_WEIGHTS, and nothing is left', async () => {
+    const config = parseConfig(baseConfig, 'config.json');
+    async function* cut() {
+      for await (const t of streamTensors(openSource(folder()), undefined, PARTS)) {
+        if (t.name === 'wte.weight' && t.part!.row0 > 5000) continue; // the table's later parts never come
+        yield t;
+      }
+    }
+    for (const panels of [false, true]) {
+      await setBackend(panels ? 'wasm' : 'cpu');
+      const before = tf.memory().numTensors;
+      const e = await caught(buildParams(config, cut(), { panels, upload: currentEngine().upload }));
+      expect(e.code).toBe('BAD_WEIGHTS');
+      expect(e.message).toMatch(/wte\.weight: its parts stopped at row \d+/);
+      expect(tf.memory().numTensors).toBe(before);
+    }
   });
 });
 

@@ -77,7 +77,26 @@ export async function listWeightFiles(source: FileSource): Promise<string[]> {
 export interface NamedHostTensor extends HostTensor {
   name: string;
   file: string;
+  /**
+   * Only in a stream asked for `chunkBytes`: this item holds rows [row0, row0 + rows) of the tensor
+   * (shape is the whole tensor's); the other rows follow in the next items, in order.
+   */
+  part?: { row0: number; rows: number };
+  /** Only in a stream asked to `reuse` its read buffer: data is valid until the next item is asked for. */
+  borrowed?: true;
 }
+
+export interface StreamOptions {
+  /**
+   * Read every tensor into one buffer, reused (and grown) from tensor to tensor: the items are
+   * `borrowed`. Without it each tensor gets its own buffer, which the consumer may keep.
+   */
+  reuse?: boolean;
+  /** Float tensors of 2+ dims larger than this many bytes arrive in parts of whole rows (`part`). */
+  chunkBytes?: number;
+}
+
+const FLOAT_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
 
 async function readHeaderOf(source: FileSource, file: string): Promise<{ header: SafetensorsHeader; size: number }> {
   const where = source.describe(file);
@@ -96,6 +115,7 @@ async function readHeaderOf(source: FileSource, file: string): Promise<{ header:
 export async function* streamTensors(
   source: FileSource,
   onProgress?: (p: LoadProgress) => void,
+  opts: StreamOptions = {},
 ): AsyncGenerator<NamedHostTensor> {
   const files = await listWeightFiles(source);
   const headers: { file: string; header: SafetensorsHeader }[] = [];
@@ -113,14 +133,32 @@ export async function* streamTensors(
     }
     headers.push({ file, header });
   }
+  let buf = new Uint8Array(0);
+  /** The reused read buffer, with room for n bytes (grown by half again, so a few sizes settle it). */
+  const scratch = (n: number): Uint8Array => {
+    if (buf.byteLength < n) buf = new Uint8Array(Math.max(n, Math.floor(buf.byteLength * 1.5)));
+    return buf;
+  };
   let loadedBytes = 0;
   for (const { file, header } of headers) {
     loadedBytes += header.dataStart;
     for (const entry of header.entries.values()) {
       const name = canonicalName(entry.name);
       if (name !== null) {
-        const bytes = await source.readRange(file, entry.begin, entry.end);
-        yield { name, file, shape: entry.shape.slice(), data: decodeTensor(bytes, entry.dtype) };
+        const elBytes = FLOAT_BYTES[entry.dtype];
+        const rowBytes = entry.shape.length >= 2 && elBytes ? (entry.end - entry.begin) / entry.shape[0] : 0;
+        const chunkRows = opts.chunkBytes !== undefined && rowBytes > 0 && entry.end - entry.begin > opts.chunkBytes ? Math.max(1, Math.floor(opts.chunkBytes / rowBytes)) : 0;
+        if (chunkRows) {
+          for (let row0 = 0; row0 < entry.shape[0]; row0 += chunkRows) {
+            const rows = Math.min(chunkRows, entry.shape[0] - row0);
+            const begin = entry.begin + row0 * rowBytes;
+            const bytes = await source.readRange(file, begin, begin + rows * rowBytes, opts.reuse ? scratch(rows * rowBytes) : undefined);
+            yield { name, file, shape: entry.shape.slice(), data: decodeTensor(bytes, entry.dtype, opts.reuse), part: { row0, rows }, ...(opts.reuse ? { borrowed: true as const } : {}) };
+          }
+        } else {
+          const bytes = await source.readRange(file, entry.begin, entry.end, opts.reuse ? scratch(entry.end - entry.begin) : undefined);
+          yield { name, file, shape: entry.shape.slice(), data: decodeTensor(bytes, entry.dtype, opts.reuse), ...(opts.reuse ? { borrowed: true as const } : {}) };
+        }
       }
       loadedBytes += entry.end - entry.begin;
       onProgress?.({ loadedBytes, totalBytes, file });

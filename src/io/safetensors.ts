@@ -127,12 +127,17 @@ function halfTable(): Float32Array {
   return t;
 }
 
-/** Decodes `bytes` (exactly one tensor's data) of `dtype` into a new Float32Array. */
-export function decodeToFloat32(bytes: Uint8Array, dtype: SafetensorsDtype): Float32Array {
+/**
+ * Decodes `bytes` (exactly one tensor's data) of `dtype` into a new Float32Array. `view`: F32 bytes at
+ * an aligned offset are returned as a view even when they are a window on a bigger buffer (the caller
+ * then owns the lifetime question: the streamed load's reused read buffer).
+ */
+export function decodeToFloat32(bytes: Uint8Array, dtype: SafetensorsDtype, view = false): Float32Array {
   // Copy into an aligned buffer first: file offsets need not be multiples of the element size.
   const aligned = bytes.byteOffset % 8 === 0 ? bytes : bytes.slice();
   switch (dtype) {
     case 'F32':
+      if (view) return new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4);
       // A view when the bytes own their buffer (streamed reads), a copy when they are a window on a bigger file.
       if (aligned.byteOffset === 0 && aligned.byteLength === aligned.buffer.byteLength) return new Float32Array(aligned.buffer, 0, aligned.byteLength / 4);
       return new Float32Array(aligned.buffer.slice(aligned.byteOffset, aligned.byteOffset + aligned.byteLength));
@@ -157,9 +162,10 @@ export function decodeToFloat32(bytes: Uint8Array, dtype: SafetensorsDtype): Flo
 }
 
 /** Decodes one tensor's bytes: I8 as an Int8Array (a copy), every float dtype as float32. */
-export function decodeTensor(bytes: Uint8Array, dtype: SafetensorsDtype): Float32Array | Int8Array {
-  if (dtype !== 'I8') return decodeToFloat32(bytes, dtype);
-  // a view when the bytes own their buffer (streamed reads), a copy when they are a window on a bigger file
+export function decodeTensor(bytes: Uint8Array, dtype: SafetensorsDtype, view = false): Float32Array | Int8Array {
+  if (dtype !== 'I8') return decodeToFloat32(bytes, dtype, view);
+  // a view when the bytes own their buffer (streamed reads) or a view is asked for, a copy when they are a window on a bigger file
+  if (view) return new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? new Int8Array(bytes.buffer, 0, bytes.byteLength) : new Int8Array(bytes.slice());
 }
 

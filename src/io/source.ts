@@ -13,9 +13,13 @@ export interface FileSource {
   exists(name: string): Promise<boolean>;
   read(name: string): Promise<Uint8Array>;
   readText(name: string): Promise<string>;
-  /** Size in bytes, and a byte range [begin, end): lets big files be read piecewise. */
+  /**
+   * Size in bytes, and a byte range [begin, end): lets big files be read piecewise. `into`, when given
+   * and large enough, is where a source that must copy the bytes puts them (the result is then a view
+   * on it); a source that holds the file in memory may still return a view on its own bytes.
+   */
   size(name: string): Promise<number>;
-  readRange(name: string, begin: number, end: number): Promise<Uint8Array>;
+  readRange(name: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array>;
   /**
    * Remote sources only: fetch `names` now, reporting progress, so that later reads need no network.
    * Loading calls it for the weight files, then reads them in ranges.
@@ -209,11 +213,11 @@ class UrlSource implements FileSource {
     return this.memory.get(name)?.byteLength ?? this.disk!.size(this.cacheName(name));
   }
 
-  async readRange(name: string, begin: number, end: number): Promise<Uint8Array> {
+  async readRange(name: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     await this.fetchOnce(name);
     checkSignal(this.guard.signal, this.describe(name));
     const bytes = this.memory.get(name);
-    return bytes ? bytes.subarray(begin, end) : this.disk!.readRange(this.cacheName(name), begin, end);
+    return bytes ? bytes.subarray(begin, end) : this.disk!.readRange(this.cacheName(name), begin, end, into);
   }
 
   async prefetch(names: string[], onProgress?: (p: LoadProgress) => void): Promise<void> {
@@ -281,13 +285,13 @@ export class DirSource implements FileSource {
   async size(name: string): Promise<number> {
     return this.stat(this.path(name));
   }
-  async readRange(name: string, begin: number, end: number): Promise<Uint8Array> {
+  async readRange(name: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     const file = this.path(name);
     await this.stat(file);
-    return this.readBytes(file, begin, end);
+    return this.readBytes(file, begin, end, into);
   }
-  /** Bytes [begin, end) of a file already checked by stat(). */
-  private async readBytes(file: string, begin: number, end: number): Promise<Uint8Array> {
+  /** Bytes [begin, end) of a file already checked by stat(), into `into` when it has room. */
+  private async readBytes(file: string, begin: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     const fs = require('fs') as typeof import('fs');
     let fh: import('fs').promises.FileHandle;
     try {
@@ -298,7 +302,7 @@ export class DirSource implements FileSource {
       throw new GPT2Error('MISSING_FILE', `cannot read ${file}: ${(e as Error).message}`, { cause: e });
     }
     try {
-      const out = new Uint8Array(end - begin);
+      const out = into && into.byteLength >= end - begin ? into.subarray(0, end - begin) : new Uint8Array(end - begin);
       let got = 0;
       while (got < out.byteLength) {
         const { bytesRead } = await fh.read(out, got, out.byteLength - got, begin + got);

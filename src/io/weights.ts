@@ -4,7 +4,7 @@
  * them; and conversion to the tfjs layout.
  */
 import { GPT2Error } from '../errors';
-import { LoadProgress, NamedHostTensor, listWeightFiles, readConfigJson, streamTensors } from './hf';
+import { LoadProgress, NamedHostTensor, StreamOptions, listWeightFiles, readConfigJson, streamTensors } from './hf';
 import { FileSource } from './source';
 import { MANIFEST_FILE, TfjsManifest, TfjsWriteOptions, TfjsWriteResult, readTfjsManifest, streamTfjsTensors, writeTfjsManifest } from './tfjs';
 
@@ -34,7 +34,7 @@ export async function detectWeights(source: FileSource): Promise<WeightLayout> {
  * The weights of any supported layout, one tensor at a time. A remote source first fetches the
  * weight files (progress then reports the download); reads after that need no network.
  */
-export async function* streamWeights(source: FileSource, onProgress?: (p: LoadProgress) => void): AsyncGenerator<NamedHostTensor> {
+export async function* streamWeights(source: FileSource, onProgress?: (p: LoadProgress) => void, opts: StreamOptions = {}): AsyncGenerator<NamedHostTensor> {
   const layout = await detectWeights(source);
   let readProgress = onProgress;
   if (source.prefetch) {
@@ -42,7 +42,7 @@ export async function* streamWeights(source: FileSource, onProgress?: (p: LoadPr
     readProgress = undefined; // reading the fetched bytes back is quick; the download was the progress
   }
   if (layout.format === 'tfjs') yield* streamTfjsTensors(source, layout.manifest, readProgress);
-  else yield* streamTensors(source, readProgress);
+  else yield* streamTensors(source, readProgress, opts); // (the tfjs layout's shards are read whole: no parts, nothing borrowed)
 }
 
 /** Index of the first NaN or ±Infinity in `a`, or -1. */
@@ -59,7 +59,8 @@ export async function* checkFinite(tensors: AsyncIterable<NamedHostTensor>): Asy
   for await (const t of tensors) {
     const i = t.data instanceof Float32Array ? firstNonFinite(t.data) : -1; // int8 is always finite
     if (i >= 0) {
-      throw new GPT2Error('NON_FINITE', `${t.name} (in ${t.file}) holds ${t.data[i]} at flat index ${i} (shape [${t.shape.join(', ')}]): the checkpoint is corrupt or was saved after training diverged`);
+      const at = i + (t.part ? (t.part.row0 * t.data.length) / t.part.rows : 0); // a part's index within the whole tensor
+      throw new GPT2Error('NON_FINITE', `${t.name} (in ${t.file}) holds ${t.data[i]} at flat index ${at} (shape [${t.shape.join(', ')}]): the checkpoint is corrupt or was saved after training diverged`);
     }
     yield t;
   }

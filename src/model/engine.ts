@@ -12,7 +12,7 @@
 import * as tf from '../tf';
 import { Activation } from './config';
 import { activate } from './layers';
-import { PackedWeight, Weight, hostUpload } from './params';
+import { PackedWeight, Uploader, Weight, hostUpload } from './params';
 
 /**
  * Additive attention mask value. Finite even where WebGL textures are float16 (max 65504), so
@@ -128,7 +128,7 @@ export interface Engine {
    * A new tensor of `shape` whose data `fill` writes (at load: transposed or packed weights). Where the
    * backend's memory is reachable the data is written there directly, with no host-side staging copy.
    */
-  upload<D extends 'float32' | 'int32'>(shape: number[], dtype: D, fill: (dst: D extends 'int32' ? Int32Array : Float32Array) => void): tf.Tensor;
+  upload: Uploader;
   /** Rows `ids` of the tied embedding, read from the head [d, vocab]: -> [N, d]. */
   embed(headT: Weight, ids: tf.Tensor1D): tf.Tensor2D;
   /** (x - mean) / sqrt(var + eps) * g + b over the last axis (biased variance, as torch). */

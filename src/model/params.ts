@@ -5,7 +5,7 @@
 import * as tf from '../tf';
 import { GPT2Error } from '../errors';
 import { GPT2Config, expectedShapes, isInt8Weight } from './config';
-import { dequantize, packPanels, packPanelsF32, panelDims, unpackPanels, unpackPanelsF32 } from './quantize';
+import { dequantize, packPanelColsF32, packPanels, packPanelsF32, panelDims, transposeRows, unpackPanels, unpackPanelsF32 } from './quantize';
 import { warnOnce } from './wasm/instance';
 
 /**
@@ -109,6 +109,10 @@ export interface Params {
 export interface HostArray {
   data: Float32Array | Int8Array;
   shape: number[];
+  /** Rows [row0, row0 + rows) of the tensor, the rest following in order (io's StreamOptions.chunkBytes). */
+  part?: { row0: number; rows: number };
+  /** data is valid only until the next item is asked for (io's StreamOptions.reuse). */
+  borrowed?: true;
 }
 
 export interface BuildOptions {
@@ -120,14 +124,18 @@ export interface BuildOptions {
   upload?: Uploader;
 }
 
-/** Engine.upload's shape: a tensor whose data `fill` writes. */
-export type Uploader = <D extends 'float32' | 'int32'>(shape: number[], dtype: D, fill: (dst: D extends 'int32' ? Int32Array : Float32Array) => void) => tf.Tensor;
+/**
+ * Engine.upload's shape: a tensor whose data `fill` writes, zero-initialised, through `dst()` (call it
+ * again after an await: a backend memory that grows may move). `fill` may be async (the head is
+ * filled part by part as the file streams in).
+ */
+export type Uploader = <D extends 'float32' | 'int32'>(shape: number[], dtype: D, fill: (dst: () => D extends 'int32' ? Int32Array : Float32Array) => void | Promise<void>) => Promise<tf.Tensor>;
 
 /** The uploader of every backend whose memory is not reachable: fill a host array, then one copy to the backend. */
-export const hostUpload: Uploader = (shape, dtype, fill) => {
+export const hostUpload: Uploader = async (shape, dtype, fill) => {
   const n = shape.reduce((a, b) => a * b, 1);
   const host = dtype === 'int32' ? new Int32Array(n) : new Float32Array(n);
-  fill(host as never);
+  await fill(() => host as never);
   return tf.tensor(host, shape, dtype);
 };
 
@@ -144,6 +152,7 @@ type Host = { data: Float32Array; q?: undefined; scale?: undefined } | { data?: 
  * `<name>_scale` beside each int8 weight).
  */
 export async function buildParams(config: GPT2Config, tensors: AsyncIterable<HostArray & { name: string; file?: string }>, opts: BuildOptions = {}): Promise<Params> {
+  type Item = HostArray & { name: string; file?: string };
   const want = expectedShapes(config);
   const d = config.nEmbd;
   const V = config.vocabSize;
@@ -155,21 +164,16 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
   const pending = new Map<string, HostArray & { where: string }>(); // halves of an int8 weight + scale pair, and wte/lm_head
   const upload = opts.upload ?? hostUpload;
   /** [rows, cols] -> tensor [cols, rows], transposed straight into the tensor's memory (the wasm heap never shrinks: no staging copy there). */
-  const transposeHost = (a: { data: Float32Array; shape: number[] }): tf.Tensor2D => {
+  const transposeHost = async (a: { data: Float32Array; shape: number[] }): Promise<tf.Tensor2D> => {
     const [rows, cols] = a.shape;
-    return upload([cols, rows], 'float32', (t) => {
-      for (let r = 0; r < rows; r++) {
-        const src = r * cols;
-        for (let c = 0; c < cols; c++) t[c * rows + r] = a.data[src + c];
-      }
-    }) as tf.Tensor2D;
+    return (await upload([cols, rows], 'float32', (t) => transposeRows(a.data, cols, rows, 0, t()))) as tf.Tensor2D;
   };
   /** int8 [K, N] + per-column scales -> packed for the kernels, or dequantized. */
-  const linearQ8 = (q: Int8Array, scale: Float32Array, K: number, N: number, transposed: boolean): tf.Tensor2D | Q8Weight => {
+  const linearQ8 = async (q: Int8Array, scale: Float32Array, K: number, N: number, transposed: boolean): Promise<tf.Tensor2D | Q8Weight> => {
     if (opts.int8Kernels) {
       const s = new Float32Array(panelDims(K, N).N16);
       s.set(scale);
-      const packed = upload([panelDims(K, N).words], 'int32', (dst) => packPanels(q, K, N, transposed, dst)) as tf.Tensor1D;
+      const packed = (await upload([panelDims(K, N).words], 'int32', (dst) => void packPanels(q, K, N, transposed, dst()))) as tf.Tensor1D;
       return new Q8Weight(packed, tf.tensor1d(s), K, N);
     }
     const w = dequantize(q, scale, transposed ? N : K, transposed ? K : N, transposed);
@@ -198,14 +202,45 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
     return pair(name);
   };
   /** The output head [d, V] from a [V, d] table: transposed floats, or int8 panels for the kernels. */
-  const headOf = (t: Host): Weight => {
+  const headOf = async (t: Host): Promise<Weight> => {
     if (!t.data) return linearQ8(t.q, t.scale, d, V, true);
     const data = t.data;
-    if (opts.panels) return new F32PanelWeight(upload([panelDims(1, V).N16 * d], 'float32', (dst) => packPanelsF32(data, d, V, true, dst)) as tf.Tensor1D, d, V);
+    if (opts.panels) return new F32PanelWeight((await upload([panelDims(1, V).N16 * d], 'float32', (dst) => void packPanelsF32(data, d, V, true, dst()))) as tf.Tensor1D, d, V);
     return transposeHost({ data, shape: [V, d] });
   };
+  const it = tensors[Symbol.asyncIterator]();
+  /** The item after a part of `name`: its next part (rows in order), or BAD_WEIGHTS. */
+  const nextPart = async (name: string, row: number): Promise<Item & { data: Float32Array; part: { row0: number; rows: number } }> => {
+    const r = await it.next();
+    const t = r.done ? null : r.value;
+    if (!t || t.name !== name || t.part?.row0 !== row || !(t.data instanceof Float32Array)) throw new GPT2Error('BAD_WEIGHTS', `${name}: its parts stopped at row ${row}`);
+    return t as Item & { data: Float32Array; part: { row0: number; rows: number } };
+  };
+  /** The float head [d, V] from a float wte [V, d] arriving in parts: each part written into the head as it comes, no host copy of the whole. */
+  const headFromParts = async (first: Item & { data: Float32Array; part: { row0: number; rows: number } }): Promise<Weight> => {
+    const fill = async (dst: () => Float32Array): Promise<void> => {
+      for (let t = first; ; t = await nextPart(first.name, t.part.row0 + t.part.rows)) {
+        if (opts.panels) packPanelColsF32(t.data, d, t.part.row0, t.part.rows, dst());
+        else transposeRows(t.data, d, V, t.part.row0, dst());
+        if (t.part.row0 + t.part.rows >= V) return;
+      }
+    };
+    if (opts.panels) return new F32PanelWeight((await upload([panelDims(1, V).N16 * d], 'float32', fill)) as tf.Tensor1D, d, V);
+    return (await upload([d, V], 'float32', fill)) as tf.Tensor2D;
+  };
+  /** A tensor arriving in parts, whole again (a host array of its own). */
+  const assemble = async (first: Item & { data: Float32Array; part: { row0: number; rows: number } }): Promise<Item> => {
+    const rowLen = first.data.length / first.part.rows;
+    const whole = new Float32Array(first.shape[0] * rowLen);
+    for (let t = first; ; t = await nextPart(first.name, t.part.row0 + t.part.rows)) {
+      whole.set(t.data, t.part.row0 * rowLen);
+      if (t.part.row0 + t.part.rows >= first.shape[0]) break;
+    }
+    return { name: first.name, file: first.file, shape: first.shape, data: whole };
+  };
   try {
-    for await (const t of tensors) {
+    for (let r = await it.next(); !r.done; r = await it.next()) {
+      let t: Item = r.value;
       const where = t.file ? ` (in ${t.file})` : '';
       const shape = accepted.get(t.name);
       if (!shape) continue; // unknown extras (e.g. optimizer state) are not ours to judge
@@ -219,6 +254,15 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
           : `${t.name}${where} is int8, but ${config.quantization ? 'q8 stores it as float' : 'config.json has no quantization_config (a q8 checkpoint names its format there)'}`);
       }
       seen.add(t.name);
+      if (t.part) {
+        const first = t as Item & { data: Float32Array; part: { row0: number; rows: number } };
+        if (t.part.row0 !== 0) throw new GPT2Error('BAD_WEIGHTS', `${t.name}${where}: its first part starts at row ${t.part.row0}`);
+        if (t.name === 'wte.weight' && !made.has('__headT')) {
+          made.set('__headT', await headFromParts(first));
+          continue;
+        }
+        t = await assemble(first);
+      }
       const m = /^(.*\.weight)(_scale)?$/.exec(t.name);
       const base = m?.[1] ?? t.name;
       // held until complete: an int8 weight and its scales (they arrive one by one), and the tables (wte, wpe, lm_head)
@@ -229,23 +273,29 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
           const p = pair(base);
           if (p) {
             const [K, N] = want.get(base) as number[];
-            made.set(base, linearQ8(p.q, p.scale, K, N, false));
+            made.set(base, await linearQ8(p.q, p.scale, K, N, false));
           }
         } else if (base === 'wte.weight' && !made.has('__headT')) {
           // The head is built as soon as wte is complete, so its host copy (154 MB for 124M) is not held
           // while the rest loads; an untied lm_head, rare, is sorted out at the end.
           const wte = table(base);
-          if (wte) made.set('__headT', headOf(wte));
+          if (wte) made.set('__headT', await headOf(wte));
         }
+        // still waiting (its scales, or the end): a borrowed buffer is about to be reused, keep a copy
+        const held = pending.get(t.name);
+        if (t.borrowed && held?.data === t.data) pending.set(t.name, { ...held, data: t.data.slice() });
         continue;
       }
       if (opts.panels && /^h\.\d+\.(attn|mlp)\.c_\w+\.weight$/.test(t.name)) {
         const [K, N] = shape;
         const data = t.data as Float32Array;
-        made.set(t.name, new F32PanelWeight(upload([panelDims(1, N).N16 * K], 'float32', (dst) => packPanelsF32(data, K, N, false, dst)) as tf.Tensor1D, K, N));
+        made.set(t.name, new F32PanelWeight((await upload([panelDims(1, N).N16 * K], 'float32', (dst) => void packPanelsF32(data, K, N, false, dst()))) as tf.Tensor1D, K, N));
         continue;
       }
-      made.set(t.name, tf.tensor(t.data as Float32Array, shape, 'float32'));
+      // a borrowed buffer is reused for the next tensor: the wasm backend copies it into its memory
+      // here, the others (cpu, webgl, webgpu) may keep the very array, so they get a copy
+      const data = t.borrowed && tf.getBackend() !== 'wasm' ? t.data.slice() : t.data;
+      made.set(t.name, tf.tensor(data as Float32Array, shape, 'float32'));
     }
     const missing = [...want.keys()].filter((k) => !seen.has(k));
     if (config.quantization && seen.has('lm_head.weight') !== seen.has('lm_head.weight_scale')) missing.push(seen.has('lm_head.weight') ? 'lm_head.weight_scale' : 'lm_head.weight');
@@ -273,7 +323,7 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
         made.set('__wte', wteT);
         headT.dispose();
         made.delete('__headT');
-        headT = headOf(lmHead);
+        headT = await headOf(lmHead);
         made.set('__headT', headT);
       }
     }

@@ -105,16 +105,33 @@ export function packPanelsF32(w: Float32Array, K: number, N: number, transposed:
   // walk the source in its own order (rows of [K, N], or of [N, K] when transposed): one sequential
   // read, writes 16 floats at a time (the column-first walk took ~0.8 s for the 124M model)
   if (transposed) {
-    for (let j = 0; j < N; j++) {
-      const base = (j >> 4) * K * 16 + (j & 15);
-      for (let k = 0, src = j * K; k < K; k++) out[base + k * 16] = w[src + k];
-    }
+    packPanelColsF32(w, K, 0, N, out);
   } else {
     for (let k = 0; k < K; k++) {
       for (let j = 0, src = k * N; j < N; j++) out[(j >> 4) * K * 16 + k * 16 + (j & 15)] = w[src + j];
     }
   }
   return out;
+}
+
+/**
+ * Columns [j0, j0 + n) of panel-packed W [K, N] from `rows`, which holds them as rows ([n, K]: the rows
+ * j0.. of a [N, K] table such as wte, arriving part by part). Writes only those columns of `out`.
+ */
+export function packPanelColsF32(rows: Float32Array, K: number, j0: number, n: number, out: Float32Array): void {
+  for (let j = j0; j < j0 + n; j++) {
+    const base = (j >> 4) * K * 16 + (j & 15);
+    for (let k = 0, src = (j - j0) * K; k < K; k++) out[base + k * 16] = rows[src + k];
+  }
+}
+
+/** Rows [row0, row0 + n) of a [R, C] matrix (`rows` holds them, [n, C]) into its transpose `out` [C, R]. */
+export function transposeRows(rows: Float32Array, C: number, R: number, row0: number, out: Float32Array): void {
+  const n = rows.length / C;
+  for (let r = 0; r < n; r++) {
+    const src = r * C;
+    for (let c = 0; c < C; c++) out[c * R + row0 + r] = rows[src + c];
+  }
 }
 
 /** Inverse of packPanelsF32: W [K, N]. */

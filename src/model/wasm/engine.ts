@@ -88,7 +88,7 @@ export const wasmEngine: Engine = {
     return act === 'gelu' ? activate(y, act) : y;
   },
   split: runSplitCols,
-  upload(shape, dtype, fill) {
+  async upload(shape, dtype, fill) {
     // Allocated in the backend's memory with no values (tf.zeros would build a zeroed host array of the
     // whole size and copy it in: 2.6 s and a transient 154 MB for the 124M head), zeroed and written in place.
     const be = tf.engine().backend as unknown as WasmBackendLike;
@@ -101,9 +101,9 @@ export const wasmEngine: Engine = {
       return tfEngine.upload(shape, dtype, fill);
     }
     try {
-      const dst = dtype === 'int32' ? new Int32Array(memory.buffer, at, t.size) : new Float32Array(memory.buffer, at, t.size);
       zeroWords(at, t.size); // malloc'd memory may be reused: the packers leave padding untouched
-      fill(dst as never);
+      // a fresh view per call: after an await the memory may have grown (an unshared one's old buffer is then detached)
+      await fill((() => (dtype === 'int32' ? new Int32Array(memory.buffer, at, t.size) : new Float32Array(memory.buffer, at, t.size))) as never);
     } catch (e) {
       t.dispose(); // a failed fill leaves no tensor behind
       throw e;
