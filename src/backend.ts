@@ -36,9 +36,11 @@ export interface BackendOptions {
    */
   wasmPaths?: string | Record<string, string>;
   /**
-   * wasm only: threads for the matrix products and attention (1 or 2; default 2 when the machine has
-   * 2+ cores). With 2, a worker (Node: worker_threads; browser: a Web Worker) runs part of each of
-   * our kernels on the backend's shared memory (results bit-identical to one thread). Node: takes
+   * wasm only: threads for the matrix products and attention, 1..N where N is the machine's cores
+   * (Node: os.availableParallelism(); browser: navigator.hardwareConcurrency); default
+   * min(N, DEFAULT_MAX_THREADS = 4). With n > 1, n - 1 workers (Node: worker_threads; browser: Web
+   * Workers) take chunks of each of our kernels with the calling thread, on the backend's shared memory
+   * (results bit-identical to one thread). Node: takes
    * effect when the wasm backend is first initialised in the process (it is then started on a shared
    * memory); env GPT2_TFJS_THREADS overrides the default. Browser: needs a cross-origin isolated page
    * (COOP/COEP headers), where tfjs-backend-wasm's threaded binary shares its memory; elsewhere one
@@ -135,11 +137,22 @@ export async function setBackend(name: BackendName = defaultBackend(), options: 
   return name;
 }
 
+/**
+ * The default thread count's cap. Measured on 2-core hosts only (2 threads: decode 1.2x, prefill 1.8x
+ * one thread); beyond that, decode is bound by memory bandwidth, which a few cores already saturate, so
+ * more threads would mostly spin. Ask for more with `threads`.
+ */
+export const DEFAULT_MAX_THREADS = 4;
+
 function wasmThreads(options: BackendOptions): number {
-  const env = isNode ? Number(process.env.GPT2_TFJS_THREADS) : NaN;
-  const wanted = options.threads ?? (Number.isFinite(env) && env > 0 ? env : cores());
-  if (!Number.isInteger(wanted) || wanted < 1) throw new GPT2Error('BAD_OPTION', `threads must be a positive integer, got ${wanted}`);
-  return Math.min(wanted, 2);
+  const raw = isNode ? process.env.GPT2_TFJS_THREADS : undefined;
+  const env = raw !== undefined && raw !== '' ? Number(raw) : undefined;
+  const n = cores();
+  const wanted = options.threads ?? env ?? Math.min(n, DEFAULT_MAX_THREADS);
+  const what = options.threads !== undefined ? 'threads' : 'GPT2_TFJS_THREADS';
+  if (!Number.isInteger(wanted) || wanted < 1) throw new GPT2Error('BAD_OPTION', `${what} must be a positive integer, got ${options.threads ?? raw}`);
+  if (wanted > n) throw new GPT2Error('BAD_OPTION', `${what} is ${wanted}, but this machine has ${n} core${n === 1 ? '' : 's'}: use 1..${n}`);
+  return wanted;
 }
 
 function cores(): number {

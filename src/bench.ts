@@ -23,7 +23,7 @@ export interface BenchOptions {
 export interface BenchResult {
   model: string;
   backend: string;
-  /** Threads the model's kernels ran on (wasm in Node: 1 or 2; other backends: 1 as far as we control). */
+  /** Threads the model's kernels ran on (wasm: 1..cores; other backends: 1 as far as we control). */
   threads: number;
   /** wasm: whether the fused multiply-add (relaxed SIMD) build of the kernels ran. */
   fma: boolean;

@@ -25,8 +25,8 @@ export interface LoadOptions {
    */
   cacheDir?: string;
   /**
-   * wasm, Node: threads for the model's kernels, 1 or 2 (default: 2 on a machine with 2+ cores;
-   * env GPT2_TFJS_THREADS). Fixed when the wasm backend first starts in the process.
+   * wasm: threads for the model's kernels, 1..cores (default: the cores, at most 4; Node: env
+   * GPT2_TFJS_THREADS). See BackendOptions.threads.
    */
   threads?: number;
   /** Aborts the load: it fails with ABORTED, leaving no tensor behind. */

@@ -15,9 +15,9 @@ import { moveRows, runAttend } from '../src/model/wasm/register';
 import { KERNELS_FMA_WASM_BASE64, KERNELS_WASM_BASE64 } from '../src/model/wasm/kernels.wasm';
 import { KERNEL_ABI } from '../src/model/wasm/abi';
 import { patchMemoryImportToShared, patchToImportSharedMemory } from '../src/model/wasm/shared-memory';
-import { KernelThread } from '../src/model/wasm/threads';
+import { KernelTeam } from '../src/model/wasm/threads';
 import { EngineInfo, engineInfo, loadModel } from '../src';
-import { TINY_DIR, maxAbsDiff, runScript } from './helpers';
+import { TINY_DIR, caught, maxAbsDiff, runScript } from './helpers';
 
 const rowLinear = (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: 'none' | 'relu' | 'gelu_new') => wasmEngine.linear(x, w, b, act);
 /** The same product on W packed in 16-column panels (how a loaded model holds its float weights on wasm). */
@@ -313,9 +313,11 @@ describe('KV cache joins and leaves on wasm', () => {
 
 describe('kernel builds and thread counts', () => {
   /** Greedy ids of the bundled model, and a hash of prefill and decode logits, from a fresh process with the given environment. */
-  const greedyIn = (env: Record<string, string>): Promise<{ tokens: number[]; backend: string; logits: string }> =>
+  /** `cores`: what os.availableParallelism() says in that process (more threads than this machine has cores, for the team's code path). */
+  const greedyIn = (env: Record<string, string>, cores?: number): Promise<{ tokens: number[]; backend: string; logits: string }> =>
     runScript(
       [
+        ...(cores ? [`require('os').availableParallelism = () => ${cores};`] : []),
         "const { loadModel, engineInfo } = require('./src');",
         "const { KVCache } = require('./src/model/kvcache');",
         "const { createHash } = require('crypto');",
@@ -327,7 +329,11 @@ describe('kernel builds and thread counts', () => {
         '  const pre = await m.model.step([ids.slice(0, 40)], c);', // 40 rows: the tiled prefill path, every position's logits
         '  const dec = await m.model.step([[ids[40]]], c, { lastOnly: true });', // one row: the chunked decode path
         '  c.dispose();',
-        "  const logits = createHash('sha256').update(Buffer.from(pre.buffer)).update(Buffer.from(dec.buffer)).digest('hex');",
+        '  const c2 = new KVCache([0, 3]);', // two rows (one padded): attention in row chunks
+        '  const two = await m.model.step([ids.slice(0, 20), [0, 0, 0, ...ids.slice(20, 37)]], c2);',
+        '  const two1 = await m.model.step([[ids[37]], [ids[38]]], c2, { lastOnly: true });',
+        '  c2.dispose();',
+        "  const logits = createHash('sha256').update(Buffer.from(pre.buffer)).update(Buffer.from(dec.buffer)).update(Buffer.from(two.buffer)).update(Buffer.from(two1.buffer)).digest('hex');",
         '  const k = engineInfo().kernels;',
         '  console.log(JSON.stringify({ tokens: r.tokens, backend: `fma=${k.fma} threads=${k.threads}`, logits }));',
         '})();',
@@ -335,12 +341,27 @@ describe('kernel builds and thread counts', () => {
       env,
     );
 
-  test('one thread and two give bit-identical logits (prefill and decode); the plain build on one thread generates the same text', async () => {
+  test('threads: 1..cores; more than the machine has, 0, or a fraction is BAD_OPTION naming the range, and nothing changes', async () => {
+    const cores = os.availableParallelism?.() ?? os.cpus().length;
+    const before = engineInfo().kernels.threads;
+    for (const threads of [cores + 1, 0, 1.5]) {
+      const e = await caught(setBackend('wasm', { threads }));
+      expect(e.code).toBe('BAD_OPTION');
+      expect(e.message).toMatch(threads > cores ? new RegExp(`threads is ${threads}, but this machine has ${cores} cores?: use 1\\.\\.${cores}`) : /threads must be a positive integer/);
+    }
+    expect(engineInfo().kernels.threads).toBe(before);
+  });
+
+  test('1, 2 and 3 threads give bit-identical logits (prefill, decode, two rows); the plain build on one thread generates the same text', async () => {
     const cores = os.availableParallelism?.() ?? os.cpus().length;
     const fast = await greedyIn({});
     const one = await greedyIn({ GPT2_TFJS_THREADS: '1' });
+    const three = await greedyIn({ GPT2_TFJS_THREADS: '3' }, 4); // a team of two workers (on a 2-core machine: oversubscribed, still exact)
     const plain = await greedyIn({ GPT2_TFJS_FMA: '0', GPT2_TFJS_THREADS: '1' });
-    expect(fast.backend).toMatch(cores >= 2 ? /threads=2/ : /threads=1/);
+    expect(fast.backend).toMatch(cores >= 2 ? new RegExp(`threads=${Math.min(cores, 4)}`) : /threads=1/);
+    expect(three.backend).toMatch(/threads=3/);
+    expect(three.logits).toBe(one.logits);
+    expect(three.tokens).toEqual(one.tokens);
     expect(one.backend).toMatch(/threads=1/);
     expect(plain.backend).toBe('fma=false threads=1');
     expect(one.backend.replace(/threads=\d/, '')).toBe(fast.backend.replace(/threads=\d/, ''));
@@ -409,6 +430,7 @@ describe('fallbacks that speak', () => {
 describe('second kernel thread', () => {
   test('stops, runs on one thread meanwhile, and is started again by the next model step', async () => {
     if (wasmKernelThreads() < 2) return expect(wasmKernelThreads()).toBe(1); // single-core machine: nothing to restart
+    const threads = wasmKernelThreads();
     const model = await loadModel(TINY_DIR, { backend: 'wasm' });
     try {
       const before = await model.generate([464, 318], { maxNewTokens: 6, temperature: 0 });
@@ -421,7 +443,7 @@ describe('second kernel thread', () => {
         expect(maxAbsDiff(panelLinear(x, w, null, 'none')!.dataSync(), want.dataSync())).toBeLessThanOrEqual(1e-4);
       });
       await ensureKernelThread();
-      expect(wasmKernelThreads()).toBe(2);
+      expect(wasmKernelThreads()).toBe(threads);
       const after = await model.generate([464, 318], { maxNewTokens: 6, temperature: 0 });
       expect(after.tokens).toEqual(before.tokens);
     } finally {
@@ -429,17 +451,18 @@ describe('second kernel thread', () => {
     }
   });
 
-  test('a worker left idle exits on its own, and a claimed one does not', async () => {
+  test('a team left idle exits on its own (every worker), and a claimed one does not', async () => {
     const bytes = Uint8Array.from(atob(KERNELS_WASM_BASE64), (c) => c.charCodeAt(0));
     const module = await WebAssembly.compile(patchMemoryImportToShared(bytes)! as BufferSource);
     const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared: true });
-    const t = await KernelThread.start(module, memory, { idleExitMs: 100 });
+    const t = await KernelTeam.start(module, memory, { workers: 2, idleExitMs: 100 });
+    expect(t.size).toBe(2);
     expect(t.usable).toBe(true);
     expect(t.claim()).toBe(true);
-    // x (2 floats) at 0, W [2, 2] at 64, y at 128: y = x @ W
+    // x (2 floats) at 0, W [2, 2] at 64, y at 128: y = x @ W, one column per chunk, taken by the workers
     new Float32Array(memory.buffer, 0, 2).set([1, 2]);
     new Float32Array(memory.buffer, 64, 4).set([1, 2, 3, 4]);
-    t.post('linear', { x: 0, w: 64, b: 0, y: 128, M: 1, K: 2, n: 2, ld: 2, ldx: 2, act: 0, pack: 0 });
+    t.post('linear', { x: 0, w: 64, b: 0, y: 128, M: 1, K: 2, n: 2, ld: 2, ldx: 2, act: 0, pack: 0 }, { count: 2, step: { w: 4, y: 4 }, extent: { arg: 'n', size: 1, total: 2 } });
     t.wait();
     expect(Array.from(new Float32Array(memory.buffer, 128, 2))).toEqual([7, 10]);
     await new Promise((r) => setTimeout(r, 400));

@@ -27,7 +27,7 @@ async function main(): Promise<void> {
     .option('--backends <list>', 'comma-separated: wasm, webgl, webgpu, cpu', 'wasm,webgl,webgpu')
     .option('--prompt-tokens <n>', 'prompt length', int('--prompt-tokens', 1), 32)
     .option('--new-tokens <n>', 'tokens to generate', int('--new-tokens', 2), 32)
-    .option('--threads <n>', 'wasm kernel threads (1 or 2; default: 2 where the page is cross-origin isolated)', int('--threads', 1))
+    .option('--threads <n>', 'wasm kernel threads (1..cores; default: the cores, at most 4, where the page is cross-origin isolated)', int('--threads', 1))
     .option('--repeats <n>', 'timed runs after a warm-up (the median is reported)', int('--repeats', 1), 3)
     .option('--json', 'print one JSON object per backend on its own line')
     .parse()

@@ -38,7 +38,7 @@ function collect(v: string, prev: string[] = []): string[] {
 }
 
 const backendOption = () => new Option('-b, --backend <name>', 'tfjs backend').choices([...BACKENDS]).default('wasm');
-const threadsOption = () => new Option('--threads <n>', 'wasm in Node: threads for the matrix products, 1 or 2 (default: 2 with 2+ cores; env GPT2_TFJS_THREADS)').argParser(int('--threads', 1, 2));
+const threadsOption = () => new Option('--threads <n>', 'wasm in Node: threads for the kernels, 1..cores (default: cores, at most 4; env GPT2_TFJS_THREADS)').argParser(int('--threads', 1));
 const modelOption = () => new Option('-m, --model <dir-or-url>', 'model folder or http(s) base URL in Hugging Face layout (default: the bundled Shakespeare model)');
 
 async function readStdin(stdin: NodeJS.ReadableStream): Promise<string> {

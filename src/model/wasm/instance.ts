@@ -11,7 +11,7 @@ import * as tf from '../../tf';
 import { KernelExports } from './abi';
 import { KERNELS_FMA_WASM_BASE64, KERNELS_WASM_BASE64 } from './kernels.wasm';
 import { patchMemoryImportToShared } from './shared-memory';
-import { KernelThread } from './threads';
+import { KernelTeam } from './threads';
 
 /** The tfjs-backend-wasm version the kernels were written and tested against (package.json pins it). */
 export const KERNELS_BUILT_FOR = '4.22.0';
@@ -28,14 +28,14 @@ interface Instance {
   memory: WebAssembly.Memory;
   module: WebAssembly.Module;
   exports: KernelExports;
-  thread: KernelThread | null;
+  thread: KernelTeam | null;
 }
 
 let state: Instance | null = null;
 let disabled = false;
 /** Why the kernels are not instantiated (null when they are, or before the wasm backend started). */
 let offReason: string | null = null;
-/** Why a second thread was wanted and is not running (null when it runs or was not wanted). */
+/** Why more threads were wanted and are not running (null when they run or were not wanted). */
 let threadOffReason: string | null = null;
 let threadsWanted = 1;
 /** Why the backend's memory is not shared, when backend.ts knows (kept for later calls). */
@@ -110,8 +110,8 @@ export function warnOnce(message: string): void {
 
 /**
  * Instantiates the kernels against the current wasm backend's memory (async: browsers refuse to
- * compile modules over 4 KB synchronously) and, with `threads: 2` on a shared memory, starts the
- * worker. Returns false when the kernels cannot run (the model then uses plain tf ops): the reason is
+ * compile modules over 4 KB synchronously) and, with `threads` > 1 on a shared memory, starts a
+ * team of threads - 1 workers. Returns false when the kernels cannot run (the model then uses plain tf ops): the reason is
  * kept for kernelStatus() and logged once.
  */
 export async function startKernels(opts: { threads?: number; unshared?: string } = {}): Promise<boolean> {
@@ -138,10 +138,11 @@ export async function startKernels(opts: { threads?: number; unshared?: string }
   }
   const shared = memory.buffer instanceof SharedArrayBuffer;
   if (state?.memory === memory) {
-    if (threadsWanted <= 1 && state.thread) {
-      await state.thread.stop(); // asked for one thread now
+    if (state.thread && state.thread.size !== threadsWanted - 1) {
+      await state.thread.stop(); // asked for another thread count now
       state.thread = null;
-    } else if (threadsWanted > 1 && !state.thread && shared) {
+    }
+    if (threadsWanted > 1 && !state.thread && shared) {
       state.thread = await startThread(state.module, memory);
     } else {
       await ensureKernelThread(); // restarts a worker that exited after an idle spell
@@ -160,17 +161,17 @@ export async function startKernels(opts: { threads?: number; unshared?: string }
   return true;
 }
 
-async function startThread(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<KernelThread | null> {
+async function startThread(module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<KernelTeam | null> {
   threadOffReason = null;
   try {
-    return await KernelThread.start(module, memory);
+    return await KernelTeam.start(module, memory, { workers: threadsWanted - 1 });
   } catch (e) {
-    threadOffReason = `the kernel worker did not start (${(e as Error).message})`;
+    threadOffReason = `the kernel workers did not start (${(e as Error).message})`;
     return null;
   }
 }
 
-/** Records (and warns once) why a wanted second thread is not running. */
+/** Records (and warns once) why the wanted threads are not running. */
 function noteThread(shared: boolean, unshared?: string): void {
   if (threadsWanted <= 1 || state?.thread) return;
   if (!shared) {
@@ -183,7 +184,7 @@ function noteThread(shared: boolean, unshared?: string): void {
   if (threadOffReason) warnOnce(`the wasm kernels run on one thread: ${threadOffReason}`);
 }
 
-/** Stops the worker thread (kernels go on with one thread until the next model step starts another). */
+/** Stops the kernel workers (kernels go on with one thread until the next model step starts them again). */
 export async function stopKernelThread(): Promise<void> {
   await state?.thread?.stop();
 }
@@ -208,14 +209,14 @@ export function wasmKernelsFma(): boolean {
   return state !== null && fmaChoice === true;
 }
 
-/** The worker when it can take part of a job of `work` multiply-adds (small jobs stay on one thread). */
-export function threadFor(work: number): KernelThread | null {
+/** The workers when they can take part of a job of `work` multiply-adds (small jobs stay on one thread). */
+export function threadFor(work: number): KernelTeam | null {
   const t = state?.thread;
   return t && t.usable && work >= 1 << 16 ? t : null;
 }
 
 /**
- * Starts a new worker when the last one exited after an idle spell (called before each model step;
+ * Starts the workers again when they exited after an idle spell (called before each model step;
  * a no-op when there is nothing to restart). Until it is up, kernels run on one thread.
  */
 export async function ensureKernelThread(): Promise<void> {
@@ -225,17 +226,17 @@ export async function ensureKernelThread(): Promise<void> {
   s.thread = null;
   await old.stop().catch(() => undefined);
   try {
-    s.thread = await KernelThread.start(s.module, s.memory);
+    s.thread = await KernelTeam.start(s.module, s.memory, { workers: old.size });
   } catch (e) {
     s.thread = null;
-    threadOffReason = `the kernel worker did not restart (${(e as Error).message})`;
+    threadOffReason = `the kernel workers did not restart (${(e as Error).message})`;
     warnOnce(`the wasm kernels run on one thread: ${threadOffReason}`);
   }
 }
 
-/** Number of kernel threads in use (1, or 2 with the worker). */
+/** Number of kernel threads in use: the caller, plus the workers while they run. */
 export function wasmKernelThreads(): number {
-  return state?.thread?.usable ? 2 : 1;
+  return state?.thread?.usable ? 1 + state.thread.size : 1;
 }
 
 /** What the kernels are doing and why (the wasm part of the public engineInfo()). */
@@ -244,7 +245,7 @@ export interface KernelStatus {
   active: boolean;
   /** Why they are not active (absent when active). */
   reason?: string;
-  /** Threads the kernels use now (1 or 2), and how many were asked for. */
+  /** Threads the kernels use now (the calling thread and the workers), and how many were asked for. */
   threads: number;
   threadsWanted: number;
   /** Why fewer threads run than were asked for (absent otherwise; an idle worker that exited is restarted by the next step). */
@@ -267,13 +268,13 @@ export function kernelStatus(): KernelStatus {
     else reason = 'the wasm backend was not started through setBackend("wasm")';
   }
   const threads = active ? wasmKernelThreads() : 1;
-  const idle = state?.thread && !state.thread.usable ? 'the worker exited after an idle spell; the next model step restarts it' : undefined;
+  const idle = state?.thread && !state.thread.usable ? 'the workers exited after an idle spell; the next model step restarts them' : undefined;
   return {
     active,
     ...(reason ? { reason } : {}),
     threads,
     threadsWanted,
-    ...(active && threads < Math.min(threadsWanted, 2) ? { threadReason: threadOffReason ?? idle ?? 'unknown' } : {}),
+    ...(active && threads < threadsWanted ? { threadReason: threadOffReason ?? idle ?? 'unknown' } : {}),
     fma: active && wasmKernelsFma(),
     backendVersion,
     builtFor: KERNELS_BUILT_FOR,

@@ -57,12 +57,19 @@ interface LinearAttrs {
   act: number;
 }
 
+/** Column chunks of the row-major product: `count` chunks of `size` columns (a multiple of 16), the last one shorter. */
+function columnChunks(N: number): { count: number; size: number; extent: { arg: 'n'; size: number; total: number } } {
+  const panels = Math.ceil(N / 16);
+  const size = Math.ceil(panels / Math.min(panels, PANEL_CHUNKS)) * 16;
+  return { count: Math.ceil(N / size), size, extent: { arg: 'n', size, total: N } };
+}
+
 /**
  * Few rows (decode, M < 16, N <= 4096): the inner dimension is cut into LINEAR_CHUNKS chunks, each
  * chunk's partial product gets its own slot, and the slots are summed in order (reduce_act) — with
- * one thread or two (both take chunks in turn), so the result does not depend on the thread count.
- * Many rows (prefill) or wide outputs (the head): two threads split the output columns at a
- * multiple of 16 (each column is computed exactly as one thread computes it).
+ * any number of threads (all take chunks in turn), so the result does not depend on the thread count.
+ * Many rows (prefill) or wide outputs (the head): chunks of output columns, multiples of 16 (each
+ * column is computed exactly as one thread computes it).
  */
 function linearKernel(be: WasmBackendLike, inputs: Partial<Record<LinearInputs, tf.TensorInfo>>, { act }: LinearAttrs): tf.TensorInfo {
   const x = inputs.x as tf.TensorInfo;
@@ -74,7 +81,7 @@ function linearKernel(be: WasmBackendLike, inputs: Partial<Record<LinearInputs, 
   const k = kernels();
   const thread = threadFor(M * K * N);
   const chunked = M < 16 && N <= 4096 && K >= 4 * LINEAR_CHUNKS;
-  const pack = M >= 16 ? be.makeOutput([2 * PACK_FLOATS], 'float32') : null; // the tiled path's W panels, one per thread
+  const pack = M >= 16 ? be.makeOutput([columnChunks(N).count * PACK_FLOATS], 'float32') : null; // the tiled path's W panels, one per chunk
   const partial = chunked ? be.makeOutput([LINEAR_CHUNKS * M * N], 'float32') : null;
   const [px, pw, pb, py, pp] = [offset(be, x), offset(be, w), inputs.b ? offset(be, inputs.b) : 0, offset(be, out), pack ? offset(be, pack) : 0];
   try {
@@ -86,17 +93,11 @@ function linearKernel(be: WasmBackendLike, inputs: Partial<Record<LinearInputs, 
       runChunks(k, 'linear', { x: px, w: pw, b: 0, y: parts, M, K: size, n: N, ld: N, ldx: K, act: 0, pack: 0 },
         { count, step: { x: 4 * size, w: 4 * size * N, y: 4 * M * N }, extent: { arg: 'K', size, total: K } }, thread);
       call(k, 'reduce_act', { y: py, parts, nparts: count, M, N, b: pb, act });
-    } else if (thread && thread.claim()) {
-      const n0 = (N >> 1) & ~15;
-      const theirs = { x: px, w: pw + 4 * n0, b: pb && pb + 4 * n0, y: py + 4 * n0, M, K, n: N - n0, ld: N, ldx: K, act, pack: pp && pp + 4 * PACK_FLOATS };
-      thread.post('linear', theirs);
-      try {
-        call(k, 'linear', { x: px, w: pw, b: pb, y: py, M, K, n: n0, ld: N, ldx: K, act, pack: pp });
-      } finally {
-        thread.waitOr(() => call(k, 'linear', theirs)); // a failed worker's half, redone here
-      }
     } else {
-      call(k, 'linear', { x: px, w: pw, b: pb, y: py, M, K, n: N, ld: N, ldx: K, act, pack: pp });
+      // column chunks (multiples of 16), each with its own pack scratch when tiled
+      const cols = columnChunks(N);
+      runChunks(k, 'linear', { x: px, w: pw, b: pb, y: py, M, K, n: N, ld: N, ldx: K, act, pack: pp },
+        { count: cols.count, extent: cols.extent, step: { w: 4 * cols.size, b: pb && 4 * cols.size, y: 4 * cols.size, pack: pp && 4 * PACK_FLOATS } }, thread);
     }
   } finally {
     if (pack) be.disposeData(pack.dataId);
@@ -327,8 +328,9 @@ interface AttendAttrs {
 }
 
 /**
- * Two threads: with several rows the worker takes rows [B/2, B) (each thread then reads its own part
- * of the cache); with one row it takes heads [H/2, H).
+ * In chunks that any number of threads take in turn: with several rows one chunk per batch row (each
+ * thread then reads its own part of the cache), with one row one chunk per head. Each chunk has its
+ * own softmax scratch row.
  */
 function attendKernel(be: WasmBackendLike, inputs: Partial<Record<AttendInputs, tf.TensorInfo>>, { B, T, past, nHead: H, scale }: AttendAttrs): tf.TensorInfo {
   const q = inputs.q as tf.TensorInfo;
@@ -338,33 +340,20 @@ function attendKernel(be: WasmBackendLike, inputs: Partial<Record<AttendInputs, 
   const Tk = past + T;
   const out = be.makeOutput([B * T, D], 'float32');
   const room = Tk + 4;
-  const scratch = be.makeOutput([2 * room], 'float32'); // one softmax row per thread
-  const thread = threadFor(B * T * Tk * D);
-  const args = {
-    q: offset(be, q), k: offset(be, kb), v: offset(be, inputs.v as tf.TensorInfo), mask: inputs.mask ? offset(be, inputs.mask) : 0,
-    out: offset(be, out), scratch: offset(be, scratch), B, T, past, H, hd: D / H, ldkv, scale, h0: 0, h1: H,
-  };
+  const rows = B >= 2; // chunks: batch rows, else heads
+  const count = rows ? B : H;
+  const scratch = be.makeOutput([count * room], 'float32'); // one softmax row per chunk
+  const mask = inputs.mask ? offset(be, inputs.mask) : 0;
+  const qRow = 4 * T * D; // bytes of q/out per batch row
+  const kvRow = 4 * ldkv * D; // bytes of k/v per batch row
   try {
-    let theirs: typeof args | null = null;
-    const split = thread !== null && thread.claim();
-    const rowSplit = split && B >= 2;
-    const b0 = rowSplit ? B >> 1 : B; // rows the caller takes
-    const h0 = split && !rowSplit ? H >> 1 : H; // heads the caller takes
-    if (split) {
-      const qRow = 4 * T * D; // bytes of q/out per batch row
-      const kvRow = 4 * ldkv * D; // bytes of k/v per batch row
-      const share = rowSplit
-        ? { ...args, q: args.q + b0 * qRow, k: args.k + b0 * kvRow, v: args.v + b0 * kvRow, mask: args.mask && args.mask + 4 * b0 * Tk, out: args.out + b0 * qRow, B: B - b0 }
-        : { ...args, h0 };
-      theirs = { ...share, scratch: args.scratch + 4 * room };
-      thread.post('attend', theirs);
-    }
-    try {
-      call(kernels(), 'attend', { ...args, B: b0, h1: h0 });
-    } finally {
-      const workers = theirs;
-      if (split && workers) thread.waitOr(() => call(kernels(), 'attend', workers)); // a failed worker's share, redone here
-    }
+    runChunks(kernels(), 'attend', {
+      q: offset(be, q), k: offset(be, kb), v: offset(be, inputs.v as tf.TensorInfo), mask,
+      out: offset(be, out), scratch: offset(be, scratch), B: rows ? 1 : B, T, past, H, hd: D / H, ldkv, scale, h0: 0, h1: rows ? H : 1,
+    }, {
+      count,
+      step: rows ? { q: qRow, k: kvRow, v: kvRow, mask: mask && 4 * Tk, out: qRow, scratch: 4 * room } : { h0: 1, h1: 1, scratch: 4 * room },
+    }, threadFor(B * T * Tk * D));
   } finally {
     be.disposeData(scratch.dataId);
   }

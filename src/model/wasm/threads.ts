@@ -1,13 +1,14 @@
 /**
- * A second thread for the kernels (Node): one worker_threads Worker instantiates kernels.wasm on the
- * same shared memory as tfjs-backend-wasm and runs part of a kernel call while the calling thread
- * runs the rest. A job is a kernel name and its arguments (laid out by the ABI table in abi.ts, which
- * the worker receives at start: it has no per-kernel code), written into a small SharedArrayBuffer,
- * then an Atomics notify; the caller waits (spinning briefly, then Atomics.wait) for the worker.
- * Jobs split output columns, heads or batch rows (each output element is computed by one thread in
- * the same order as with one thread), or take chunks of the inner dimension into their own partial
- * slots summed in index order afterwards (the one-thread path takes the same chunks): results do not
- * depend on the thread count.
+ * More threads for the kernels: a team of workers (Node: worker_threads; browser: Web Workers), each
+ * with kernels.wasm instantiated on the same shared memory as tfjs-backend-wasm, takes chunks of a
+ * kernel call while the calling thread takes chunks too. A job is a kernel name, its arguments (laid
+ * out by the ABI table in abi.ts, which the workers receive at start: they have no per-kernel code) and
+ * a chunk layout, written into one small SharedArrayBuffer that the whole team reads, then an Atomics
+ * notify; every thread takes the next chunk from one shared counter until none is left, and the caller
+ * waits (spinning briefly, then Atomics.wait) until every worker has reported done.
+ * Chunks are output columns, heads or batch rows (each output element is computed by one chunk, in the
+ * same order whichever thread takes it), or chunks of the inner dimension into their own partial slots
+ * summed in index order afterwards: results do not depend on the thread count.
  */
 import { ChunkSpec, KERNEL_ABI, KERNEL_NAMES, KernelArgs, KernelExports, KernelName, MAX_KERNEL_ARGS, argList, chunkArgs, chunkLayout, invoke } from './abi';
 
@@ -22,21 +23,21 @@ const enum Slot {
   Seq = 0, // bumped by the caller for each job
   Kernel = 1, // 1 + index in KERNEL_NAMES; 0 = quit
   Error = 3, // 1 when the worker's kernel threw
-  State = 4, // Idle, Claimed (the caller holds the worker for one job) or Exited
-  Chunks = 6, // chunk count (0: one call, the worker's whole share)
+  State = 4, // Idle, Claimed (the caller holds the team for one job) or Exited
+  Chunks = 6, // chunk count
   ExtentArg = 7, // argument index set to min(size, total - c * size) per chunk; -1 none
   ExtentSize = 8,
   ExtentTotal = 9,
   Args = 10, // MAX_KERNEL_ARGS slots, f32 arguments stored as float bits (read through a Float32Array view)
-  Chunk = 64, // next unclaimed chunk of a chunked job (both threads take chunks with Atomics.add): its own line
-  Done = 80, // the worker writes the job's Seq here when finished: its own line
+  Chunk = 64, // next unclaimed chunk of the job (every thread takes chunks with Atomics.add): its own line
+  Done = 80, // workers that finished the job (each adds 1): its own line
 }
 const enum State {
   Idle = 0,
   Claimed = 1,
   Exited = 2,
 }
-/** A worker with no job for this long exits (it pins the backend's memory); the next step starts another. */
+/** A team with no job for this long exits (it pins the backend's memory); the next step starts another. */
 const IDLE_EXIT_MS = 30_000;
 const STEPS = Slot.Args + MAX_KERNEL_ARGS; // per-argument chunk steps
 const CTRL_INTS = 96;
@@ -65,8 +66,12 @@ function start({ module, memory, ctrl, names, types }, reply) {
     const t0 = performance.now();
     while (Atomics.load(c, ${Slot.Seq}) === last) {
       if (performance.now() - t0 < 2) continue; // spin a little: the next job usually follows within microseconds
-      // idle: sleep until the next job; after a long idle, exit unless the caller holds us right now
-      if (Atomics.wait(c, ${Slot.Seq}, last, IDLE_EXIT_MS) === 'timed-out' && Atomics.compareExchange(c, ${Slot.State}, ${State.Idle}, ${State.Exited}) === ${State.Idle}) return;
+      // idle: sleep until the next job; after a long idle, exit unless the caller holds the team right
+      // now (the first worker to time out marks the team exited; the others see it and exit too)
+      if (Atomics.wait(c, ${Slot.Seq}, last, IDLE_EXIT_MS) === 'timed-out') {
+        const was = Atomics.compareExchange(c, ${Slot.State}, ${State.Idle}, ${State.Exited});
+        if (was === ${State.Idle} || was === ${State.Exited}) return;
+      }
     }
     last = Atomics.load(c, ${Slot.Seq});
     const op = c[${Slot.Kernel}];
@@ -76,18 +81,15 @@ function start({ module, memory, ctrl, names, types }, reply) {
       const args = arrays[m], a = arrays2[m];
       for (let i = 0; i < m; i++) args[i] = t[i] === 'f32' ? f[${Slot.Args} + i] : c[${Slot.Args} + i];
       const n = c[${Slot.Chunks}];
-      if (n === 0) invoke(fn, args);
-      else {
-        const e = c[${Slot.ExtentArg}], size = c[${Slot.ExtentSize}], total = c[${Slot.ExtentTotal}], st = steps[m];
-        for (let i = 0; i < m; i++) st[i] = c[${STEPS} + i];
-        for (let ch = Atomics.add(c, ${Slot.Chunk}, 1); ch < n; ch = Atomics.add(c, ${Slot.Chunk}, 1)) {
-          for (let i = 0; i < m; i++) a[i] = args[i] + ch * st[i];
-          if (e >= 0) a[e] = Math.min(size, total - ch * size);
-          invoke(fn, a);
-        }
+      const e = c[${Slot.ExtentArg}], size = c[${Slot.ExtentSize}], total = c[${Slot.ExtentTotal}], st = steps[m];
+      for (let i = 0; i < m; i++) st[i] = c[${STEPS} + i];
+      for (let ch = Atomics.add(c, ${Slot.Chunk}, 1); ch < n; ch = Atomics.add(c, ${Slot.Chunk}, 1)) {
+        for (let i = 0; i < m; i++) a[i] = args[i] + ch * st[i];
+        if (e >= 0) a[e] = Math.min(size, total - ch * size);
+        invoke(fn, a);
       }
     } catch (e) { Atomics.store(c, ${Slot.Error}, 1); }
-    Atomics.store(c, ${Slot.Done}, last);
+    Atomics.add(c, ${Slot.Done}, 1);
     Atomics.notify(c, ${Slot.Done});
   }
 }
@@ -132,36 +134,50 @@ async function spawn(source: string, onMessage: (m: { ready?: boolean; error?: s
   return w;
 }
 
-export class KernelThread {
+export class KernelTeam {
   private readonly ctrl = new Int32Array(new SharedArrayBuffer(CTRL_INTS * 4));
   private readonly f32 = new Float32Array(this.ctrl.buffer);
   private seq = 0;
   private broken = false;
 
-  private worker: WorkerLike | null = null;
+  private readonly workers: WorkerLike[] = [];
 
-  /** Starts the worker on `memory` (must be shared) and resolves once its kernels are instantiated. */
-  static async start(module: WebAssembly.Module, memory: WebAssembly.Memory, opts: { idleExitMs?: number } = {}): Promise<KernelThread> {
-    const t = new KernelThread();
+  private constructor(readonly size: number) {}
+
+  /**
+   * Starts `workers` workers (default 1) on `memory` (must be shared) and resolves once all have their
+   * kernels instantiated; if one fails to start, those started are stopped and it rejects.
+   */
+  static async start(module: WebAssembly.Module, memory: WebAssembly.Memory, opts: { workers?: number; idleExitMs?: number } = {}): Promise<KernelTeam> {
+    const n = opts.workers ?? 1;
+    if (!Number.isInteger(n) || n < 1) throw new Error(`a kernel team needs at least one worker, got ${n}`);
+    const t = new KernelTeam(n);
     const source = (isNode ? NODE_WORKER : BROWSER_WORKER).replace('IDLE_EXIT_MS', String(opts.idleExitMs ?? IDLE_EXIT_MS));
-    await new Promise<void>((resolve, reject) => {
-      let started = false;
-      spawn(
-        source,
-        (m) => {
-          started = true;
-          if (m.ready) resolve();
-          else reject(new Error(m.error));
-        },
-        (e) => {
-          t.broken = true;
-          if (!started) reject(e instanceof Error ? e : new Error(String((e as ErrorEvent)?.message ?? e)));
-        },
-      ).then((w) => {
-        t.worker = w;
-        w.postMessage({ module, memory, ctrl: t.ctrl.buffer, names: KERNEL_NAMES, types: KERNEL_NAMES.map((n) => KERNEL_ABI[n].map(([, ty]) => ty)) });
-      }, reject);
-    });
+    const one = () =>
+      new Promise<void>((resolve, reject) => {
+        let started = false;
+        spawn(
+          source,
+          (m) => {
+            started = true;
+            if (m.ready) resolve();
+            else reject(new Error(m.error));
+          },
+          (e) => {
+            t.broken = true;
+            if (!started) reject(e instanceof Error ? e : new Error(String((e as ErrorEvent)?.message ?? e)));
+          },
+        ).then((w) => {
+          t.workers.push(w);
+          w.postMessage({ module, memory, ctrl: t.ctrl.buffer, names: KERNEL_NAMES, types: KERNEL_NAMES.map((n) => KERNEL_ABI[n].map(([, ty]) => ty)) });
+        }, reject);
+      });
+    try {
+      await Promise.all(Array.from({ length: n }, one));
+    } catch (e) {
+      await t.stop();
+      throw e;
+    }
     return t;
   }
 
@@ -169,17 +185,17 @@ export class KernelThread {
     return !this.broken && Atomics.load(this.ctrl, Slot.State) !== State.Exited;
   }
 
-  /** Reserves the worker for one job (post, then wait). False when it has exited or failed. */
+  /** Reserves the team for one job (post, then wait). False when it has exited or failed. */
   claim(): boolean {
     if (this.broken) return false;
     return Atomics.compareExchange(this.ctrl, Slot.State, State.Idle, State.Claimed) === State.Idle;
   }
 
   /**
-   * Hands a claimed worker its job: kernel `name` with `args` (its share), or with `chunks` the chunks
-   * it takes in turn with the caller (see runChunks). Call `wait()` after doing the caller's part.
+   * Hands a claimed team its job: kernel `name` on `args`, in the chunks of `chunks`, which every
+   * worker takes in turn with the caller (see runChunks). Call `wait()` after taking the caller's chunks.
    */
-  post<K extends KernelName>(name: K, args: KernelArgs<K>, chunks?: ChunkSpec<K>): void {
+  post<K extends KernelName>(name: K, args: KernelArgs<K>, chunks: ChunkSpec<K>): void {
     const c = this.ctrl;
     const list = argList(name, args);
     const types = KERNEL_ABI[name];
@@ -188,14 +204,13 @@ export class KernelThread {
       else c[Slot.Args + i] = list[i];
     }
     Atomics.store(c, Slot.Chunk, 0);
-    c[Slot.Chunks] = chunks ? chunks.count : 0;
-    if (chunks) {
-      const { steps, extentIndex } = chunkLayout(name, chunks);
-      for (let i = 0; i < steps.length; i++) c[STEPS + i] = steps[i];
-      c[Slot.ExtentArg] = extentIndex;
-      c[Slot.ExtentSize] = chunks.extent?.size ?? 0;
-      c[Slot.ExtentTotal] = chunks.extent?.total ?? 0;
-    }
+    Atomics.store(c, Slot.Done, 0);
+    c[Slot.Chunks] = chunks.count;
+    const { steps, extentIndex } = chunkLayout(name, chunks);
+    for (let i = 0; i < steps.length; i++) c[STEPS + i] = steps[i];
+    c[Slot.ExtentArg] = extentIndex;
+    c[Slot.ExtentSize] = chunks.extent?.size ?? 0;
+    c[Slot.ExtentTotal] = chunks.extent?.total ?? 0;
     c[Slot.Kernel] = 1 + KERNEL_NAMES.indexOf(name);
     this.seq = (this.seq + 1) | 0;
     Atomics.store(c, Slot.Seq, this.seq);
@@ -208,9 +223,9 @@ export class KernelThread {
   }
 
   /**
-   * `wait()`, and when the worker failed or stopped answering (it is then marked unusable, and later
-   * calls run on one thread), `redo` computes the worker's share on this thread instead: the call
-   * still returns the right result.
+   * `wait()`, and when a worker failed or stopped answering (the team is then marked unusable, and
+   * later calls run on one thread), `redo` computes the job again on this thread: the call still
+   * returns the right result.
    */
   waitOr(redo: () => void): void {
     try {
@@ -220,24 +235,24 @@ export class KernelThread {
     }
   }
 
-  /** Blocks until the worker finished the posted job (normally within microseconds of the caller), then releases it. */
+  /** Blocks until every worker finished the posted job (normally within microseconds of the caller), then releases the team. */
   wait(): void {
     const c = this.ctrl;
     const t0 = performance.now();
     for (;;) {
       const done = Atomics.load(c, Slot.Done);
-      if (done === this.seq) break;
+      if (done === this.size) break;
       const waited = performance.now() - t0;
       if (waited > 30_000 || this.broken) {
         this.broken = true;
-        throw new Error('gpt2-tfjs kernel thread stopped answering; falling back to one thread');
+        throw new Error('gpt2-tfjs kernel worker stopped answering; falling back to one thread');
       }
       if (waited > 1 && canBlock) Atomics.wait(c, Slot.Done, done, 5); // a browser's main thread spins
     }
     Atomics.store(c, Slot.State, State.Idle);
     if (Atomics.load(c, Slot.Error)) {
       this.broken = true;
-      throw new Error('gpt2-tfjs kernel thread failed');
+      throw new Error('gpt2-tfjs kernel worker failed');
     }
   }
 
@@ -247,16 +262,16 @@ export class KernelThread {
     Atomics.add(this.ctrl, Slot.Seq, 1);
     Atomics.notify(this.ctrl, Slot.Seq);
     this.broken = true;
-    await this.worker?.terminate();
+    await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }
 
 /**
- * Runs every chunk of a chunked job: with a worker (claimed here) both threads take chunks in turn,
- * else the caller takes them all, in the same chunks — so the per-chunk partial results, and
- * whatever sums them afterwards in index order, are the same for one thread and two.
+ * Runs every chunk of a chunked job: with a team (claimed here) every thread takes chunks in turn,
+ * else the caller takes them all, in the same chunks — so the per-chunk results, and whatever sums
+ * them afterwards in index order, are the same for any number of threads.
  */
-export function runChunks<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>, spec: ChunkSpec<K>, thread: KernelThread | null): void {
+export function runChunks<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>, spec: ChunkSpec<K>, thread: KernelTeam | null): void {
   const base = argList(name, args);
   const { steps, extentIndex } = chunkLayout(name, spec);
   const size = spec.extent?.size ?? 0;
@@ -269,7 +284,7 @@ export function runChunks<K extends KernelName>(k: KernelExports, name: K, args:
     let next = 0;
     for (let ch = shared ? thread.takeChunk() : next++; ch < spec.count; ch = shared ? thread.takeChunk() : next++) invoke(f, chunkArgs(a, base, steps, ch, extentIndex, size, total));
   } finally {
-    // if the worker failed, its chunks are redone here (each chunk writes only its own slot)
+    // if a worker failed, every chunk is redone here (each chunk writes only its own slot)
     if (shared) thread.waitOr(() => { for (let ch = 0; ch < spec.count; ch++) invoke(f, chunkArgs(a, base, steps, ch, extentIndex, size, total)); });
   }
 }
