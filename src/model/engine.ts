@@ -131,6 +131,8 @@ export interface Engine {
   upload: Uploader;
   /** Rows `ids` of the tied embedding, read from the head [d, vocab]: -> [N, d]. */
   embed(headT: Weight, ids: tf.Tensor1D): tf.Tensor2D;
+  /** A float32 tensor's values, copied to the host (the step's logits). */
+  read(t: tf.Tensor): Promise<Float32Array>;
   /** (x - mean) / sqrt(var + eps) * g + b over the last axis (biased variance, as torch). */
   layerNorm(x: tf.Tensor2D, g: tf.Tensor1D, b: tf.Tensor1D, eps: number): tf.Tensor2D;
   /** Causal multi-head attention of q [N, d] against the first past + T positions of kv -> [N, d]. */
@@ -183,6 +185,9 @@ export const tfEngine: Engine = {
     return tf.split(x, parts, 1) as tf.Tensor2D[];
   },
   upload: hostUpload,
+  async read(t) {
+    return (await t.data()) as Float32Array;
+  },
   embed(headT, ids) {
     return tf.transpose(tf.gather(floatWeight(headT), ids, 1)); // [d, V] -> [d, N] -> [N, d]
   },

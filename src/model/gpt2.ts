@@ -125,8 +125,8 @@ export class GPT2Model {
       return { B, T, past, pad };
     });
     const rowsOut = opts.lastOnly ? lastRows.length : N;
+    const e = currentEngine(); // chosen once per step: the wasm kernels where they run, else tf ops
     const kept = tf.tidy(() => {
-      const e = currentEngine(); // chosen once per step: the wasm kernels where they run, else tf ops
       const ctxs = shapes.map(({ B, T, past, pad }): AttnContext => ({ batch: B, steps: T, past, nHead: c.nHead, mask: new AttnMask(B, T, past, pad) }));
       let h: ReturnType<GPT2Model['hidden']>;
       try {
@@ -150,7 +150,7 @@ export class GPT2Model {
     });
     let all: Float32Array;
     try {
-      all = (await logits.data()) as Float32Array;
+      all = await e.read(logits);
     } finally {
       logits.dispose();
     }
