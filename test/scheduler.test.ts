@@ -2,7 +2,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { GPT2, GenerateOptions, loadModel } from '../src';
 import { Batch, Sequence, StreamChunk } from '../src/generate/generate';
-import { Scheduler } from '../src/generate/scheduler';
+import { Scheduler, StepBudget } from '../src/generate/scheduler';
 import { TINY_DIR, caught } from './helpers';
 
 let gpt: GPT2;
@@ -128,4 +128,52 @@ test('options are checked', () => {
   expect(() => new Scheduler(gpt.model, { maxQueue: -1 })).toThrow(/maxQueue/);
   expect(() => new Scheduler(gpt.model, { prefillChunk: 0 })).toThrow(/prefillChunk/);
   expect(() => new Scheduler(gpt.model, { prefillStretch: 1 })).toThrow(/prefillStretch/);
+});
+
+describe('StepBudget: the prompt share of a step, from measured step times', () => {
+  test('a plain step first, to time it; then one row past the largest measured size is tried', () => {
+    const b = new StepBudget(2, 64);
+    expect(b.next(1)).toBe(0); // nothing timed for 1 row: a plain decode step
+    b.record(1, 0, 20);
+    expect(b.next(1)).toBe(1); // 1 + 1 rows: one past the largest measured (1)
+    b.record(1, 1, 24);
+    expect(b.next(1)).toBe(2); // 3 rows: one past 2
+    expect(b.next(2)).toBe(0); // another row count: its own plain step first
+  });
+
+  test('the largest share whose measured step (or the next larger measured one) stays within stretch x a plain step', () => {
+    const b = new StepBudget(2, 64);
+    b.record(1, 0, 20); // target: 40 ms
+    for (const [n, ms] of [[1, 24], [2, 28], [3, 45], [7, 50], [15, 80]] as const) b.record(1, n, ms); // sizes 2, 3, 4, 8, 16
+    expect(b.next(1)).toBe(2); // 3 rows: 28 ms fits; 4 rows: 45 ms does not (the jump where 4-row tiles start)
+    const c = new StepBudget(3, 64); // target 60 ms
+    c.record(1, 0, 20);
+    for (const [n, ms] of [[1, 24], [2, 28], [3, 45], [7, 50], [15, 80]] as const) c.record(1, n, ms);
+    expect(c.next(1)).toBe(7); // sizes 5..7 unmeasured, bounded by size 8's 50 ms; size 9..15 by 16's 80 ms: no
+  });
+
+  test('every 16th call tries one token more than fits, so a size measured slow once is measured again', () => {
+    const b = new StepBudget(2, 64);
+    b.record(1, 0, 20);
+    b.record(1, 1, 24);
+    b.record(1, 2, 70); // size 3 measured slow once (target 40)
+    const picks = Array.from({ length: 32 }, () => b.next(1));
+    expect(picks.filter((n) => n === 2)).toHaveLength(2); // calls 16 and 32
+    expect(picks.filter((n) => n === 1)).toHaveLength(30);
+  });
+
+  test('never more than the cap, never less than one token once timed; estimates follow the machine', () => {
+    const b = new StepBudget(10, 4);
+    b.record(2, 0, 10);
+    for (let n = 1; n <= 8; n++) b.record(2, n, 10 + n);
+    expect(b.next(2)).toBe(4); // the cap
+    const s = new StepBudget(1.1, 64);
+    s.record(1, 0, 20);
+    s.record(1, 1, 100);
+    expect(s.next(1)).toBe(1); // one token at least: a prompt always advances
+    s.record(1, 1, 21); // the 2-row step measured fast once: noise only adds time, so the low estimate wins
+    expect(s.next(1)).toBe(2);
+    s.record(1, 1, 500); // one slow outlier raises it by 2% at most
+    expect(s.next(1)).toBe(2);
+  });
 });

@@ -19,7 +19,7 @@ export interface SchedulerOptions {
   prefillChunk?: number;
   /**
    * A step that carries prompt tokens beside running rows may take at most about this many times a
-   * plain decode step (default 2): the per-step prompt budget is sized from measured step times, so the
+   * plain decode step (default 1.5): the per-step prompt budget is sized from measured step times, so the
    * running streams' inter-token latency stays within this factor on any machine, and prompts are
    * admitted as fast as that allows.
    */
@@ -56,16 +56,71 @@ const yieldToIo = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 /**
  * Prompt tokens prefilled in one forward pass when no row is running: no stream waits on such a step,
- * but a request arriving during it does (256 tokens ≈ 0.7 s for the 124M model on 2 cores), while
- * fewer would re-read the weights more often for one long prompt.
+ * but a request arriving during it does. Measured on the 124M model, 2 cores, a 900-token prompt
+ * every 2 s beside one stream: 64-token passes prefill as fast as 256-token ones (~200 ms for 64,
+ * ~850 ms for 256: the weights are re-read per pass, but a prefill pass is compute-bound), and the
+ * stream's time to first token fell from 1.5 s to 0.5 s (p50).
  */
-const MAX_PREFILL_TOKENS = 256;
+const MAX_PREFILL_TOKENS = 64;
 
 /**
  * Prompt tokens that ride in one step beside running rows (chunked prefill); chosen by measurement on
  * the 124M model (docs/server.md).
  */
 export const DEFAULT_PREFILL_CHUNK = SERVER_DEFAULTS.prefillChunk;
+
+/**
+ * How many prompt tokens may ride in the next step beside `rows` running rows, from measured step
+ * times. A step's cost is not linear in its rows: the weights stream from memory once per step (a
+ * decode row's whole cost) and each further row adds compute, in jumps where the kernels change tiling
+ * (on the 2-core host one decode row + 3 prompt tokens took about 2x one decode row, not 1.2x). So
+ * steps are timed by their total rows (decode rows + prompt tokens), and the budget is the largest
+ * prompt share whose measured (or next larger measured) step stays within `stretch` x a plain decode
+ * step of `rows`; one row past the largest measured size is tried, so the table grows as it is used.
+ * Noise only ever adds time, so each size keeps a low estimate (a new time replaces it when lower, and
+ * raises it by at most 2% when higher), and every 16th mixed step tries one token more than the budget,
+ * so a size that once measured slow is measured again.
+ */
+export class StepBudget {
+  /** Low estimates (ms): plain decode steps by rows, and any step by total rows. */
+  private readonly decode = new Map<number, number>();
+  private readonly total = new Map<number, number>();
+  private mixed = 0;
+
+  constructor(readonly stretch: number, readonly max: number) {}
+
+  record(decodeRows: number, prefillTokens: number, ms: number): void {
+    if (!decodeRows) return; // prompt-only steps (no stream waits on them) size nothing here
+    const avg = (m: Map<number, number>, k: number): void => {
+      const old = m.get(k);
+      m.set(k, old === undefined ? ms : Math.min(ms, 1.02 * old));
+    };
+    if (!prefillTokens) avg(this.decode, decodeRows);
+    avg(this.total, decodeRows + prefillTokens);
+  }
+
+  /**
+   * Prompt tokens for the next step beside `rows` running rows: 0 until a plain decode step of `rows`
+   * has been timed (that step is then plain, to time it), else 1..max.
+   */
+  next(rows: number): number {
+    const plain = this.decode.get(rows);
+    if (plain === undefined) return 0;
+    const target = this.stretch * plain;
+    const sizes = [...this.total.keys()].sort((a, b) => a - b);
+    const largest = sizes[sizes.length - 1] ?? rows;
+    let n = 0;
+    for (let k = 1; k <= this.max; k++) {
+      const m = rows + k;
+      if (m > largest + 1) break; // not measured yet: one row past the largest measured is tried
+      const at = this.total.get(m) ?? this.total.get(sizes.find((x) => x > m) ?? -1); // the next larger measured step bounds it
+      if (at !== undefined && at > target) break;
+      n = k;
+    }
+    if (++this.mixed % 16 === 0 && n < this.max) n++; // now and then one more: re-measures a size that once ran slow
+    return Math.max(1, n); // one token at least: a prompt always advances
+  }
+}
 
 export class Scheduler {
   readonly maxBatch: number;
@@ -82,9 +137,8 @@ export class Scheduler {
   private last: StepComposition = { decodeRows: 0, prefillTokens: 0 };
   readonly prefillChunk: number;
   readonly prefillStretch: number;
-  /** Measured (moving averages): a plain decode step's duration by running rows, and the extra ms each prompt token adds to a step. */
-  private readonly decodeMs = new Map<number, number>();
-  private tokenMs = NaN;
+  /** Sizes the prompt share of each step from measured step times. */
+  private readonly budget: StepBudget;
   private readonly recent: { t: number; n: number }[] = [];
 
   constructor(private readonly model: GPT2Model, opts: SchedulerOptions = {}) {
@@ -93,6 +147,7 @@ export class Scheduler {
     if (typeof prefillStretch !== 'number' || !(prefillStretch > 1)) throw new GPT2Error('BAD_OPTION', `prefillStretch must be a number > 1, got ${JSON.stringify(prefillStretch)}`);
     this.prefillChunk = prefillChunk;
     this.prefillStretch = prefillStretch;
+    this.budget = new StepBudget(prefillStretch, prefillChunk);
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new GPT2Error('BAD_OPTION', `maxBatch must be an integer ≥ 1, got ${JSON.stringify(maxBatch)}`);
     if (!Number.isInteger(maxQueue) || maxQueue < 0) throw new GPT2Error('BAD_OPTION', `maxQueue must be an integer ≥ 0, got ${JSON.stringify(maxQueue)}`);
     this.maxBatch = maxBatch;
@@ -218,8 +273,8 @@ export class Scheduler {
         // With rows running, at most `prefillChunk` prompt tokens ride in a step, so their next token is
         // never held up by more than that; with none running, prompts go in as fast as they can.
         const t0 = performance.now();
-        step = await this.batch.step({ prefillBudget: this.rows.length ? this.prefillBudget() : MAX_PREFILL_TOKENS });
-        this.timeStep(step, performance.now() - t0);
+        step = await this.batch.step({ prefillBudget: this.rows.length ? this.budget.next(this.rows.length) : MAX_PREFILL_TOKENS });
+        this.budget.record(step.decodeRows, step.prefillTokens, performance.now() - t0);
       } catch (err) {
         // A failed step leaves the caches unusable: fail its rows (running and joining), start a fresh batch.
         const failed = [...this.rows, ...this.admitting];
@@ -253,26 +308,6 @@ export class Scheduler {
       this.rows = still;
       this.admitting = admitting;
     }
-  }
-
-  /**
-   * Prompt tokens that may ride in the next step beside running rows: as many as keep the step within
-   * `prefillStretch` × a plain decode step, by the measured costs; `prefillChunk` at most, 1 at least
-   * (so a prompt always advances). Until both costs are measured, `prefillChunk`.
-   */
-  private prefillBudget(): number {
-    const decode = this.decodeMs.get(this.rows.length);
-    if (decode === undefined || Number.isNaN(this.tokenMs)) return this.prefillChunk;
-    const fit = Math.floor(((this.prefillStretch - 1) * decode) / this.tokenMs);
-    return Math.max(1, Math.min(this.prefillChunk, fit));
-  }
-
-  private timeStep(step: StepComposition, ms: number): void {
-    const avg = (old: number | undefined, x: number): number => (old === undefined || Number.isNaN(old) ? x : 0.8 * old + 0.2 * x);
-    if (!step.decodeRows) return;
-    const decode = this.decodeMs.get(step.decodeRows);
-    if (!step.prefillTokens) this.decodeMs.set(step.decodeRows, avg(decode, ms));
-    else if (decode !== undefined) this.tokenMs = avg(this.tokenMs, Math.max(0.01, (ms - decode) / step.prefillTokens));
   }
 
   /** Hands over the row's new chunks and counts its new tokens. */

@@ -40,7 +40,7 @@ export interface ServerOptions {
    * default 64); fewer when more would stretch the step past `prefillStretch`.
    */
   prefillChunk?: number;
-  /** A step carrying prompt tokens takes at most about this many times a plain decode step (default 2; sizes the chunk from measured step times). */
+  /** A step carrying prompt tokens takes at most about this many times a plain decode step (default 1.5; sizes the chunk from measured step times). */
   prefillStretch?: number;
   /** Largest `max_tokens` a request may ask for (default 256). */
   maxTokens?: number;
