@@ -131,14 +131,17 @@ test('options are checked', () => {
 });
 
 describe('StepBudget: the prompt share of a step, from measured step times', () => {
-  test('a plain step first, to time it; then one row past the largest measured size is tried', () => {
+  test('a plain step first, to time it; past the largest measured size, extrapolated, at most to twice it', () => {
     const b = new StepBudget(2, 64);
     expect(b.next(1)).toBe(0); // nothing timed for 1 row: a plain decode step
     b.record(1, 0, 20);
-    expect(b.next(1)).toBe(1); // 1 + 1 rows: one past the largest measured (1)
+    expect(b.next(1)).toBe(1); // one size known: one more row is tried
     b.record(1, 1, 24);
-    expect(b.next(1)).toBe(2); // 3 rows: one past 2
-    expect(b.next(2)).toBe(0); // another row count: its own plain step first
+    expect(b.next(1)).toBe(3); // 4 ms a row from sizes 1-2 would allow 5 extra rows within 40 ms; exploring stops at size 4
+    b.record(1, 3, 38);
+    expect(b.next(1)).toBe(3); // sizes 2 and 4 extrapolate 7 ms a row: size 5 (45 ms) does not fit
+    expect(b.next(2)).toBe(3); // 2 rows: no plain step timed, but a step of 2 rows (1 + 1 token, 24 ms) was: sizes 3-5 fit 48 ms
+    expect(b.next(5)).toBe(0); // 5 rows: nothing of that size timed, a plain step first
   });
 
   test('the largest share whose measured step (or the next larger measured one) stays within stretch x a plain step', () => {
@@ -172,8 +175,12 @@ describe('StepBudget: the prompt share of a step, from measured step times', () 
     s.record(1, 1, 100);
     expect(s.next(1)).toBe(1); // one token at least: a prompt always advances
     s.record(1, 1, 21); // the 2-row step measured fast once: noise only adds time, so the low estimate wins
-    expect(s.next(1)).toBe(2);
-    s.record(1, 1, 500); // one slow outlier raises it by 2% at most
-    expect(s.next(1)).toBe(2);
+    expect(s.next(1)).toBe(2); // and 1 ms a row extrapolates size 3 to 22 ms: within 22
+    const t = new StepBudget(1.5, 64); // target 30 ms
+    t.record(1, 0, 20);
+    t.record(1, 1, 21);
+    expect(t.next(1)).toBe(3); // sizes 3, 4 extrapolated to 22, 23 ms; exploring stops at twice the largest size
+    t.record(1, 1, 500); // one slow outlier raises the estimate by 2% at most
+    expect(t.next(1)).toBe(3);
   });
 });

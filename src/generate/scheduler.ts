@@ -76,7 +76,8 @@ export const DEFAULT_PREFILL_CHUNK = SERVER_DEFAULTS.prefillChunk;
  * (on the 2-core host one decode row + 3 prompt tokens took about 2x one decode row, not 1.2x). So
  * steps are timed by their total rows (decode rows + prompt tokens), and the budget is the largest
  * prompt share whose measured (or next larger measured) step stays within `stretch` x a plain decode
- * step of `rows`; one row past the largest measured size is tried, so the table grows as it is used.
+ * step of `rows`. Past the largest measured size the time is extrapolated from the two largest (never
+ * beyond twice the largest, so one wrong guess costs one step), and the table grows as it is used.
  * Noise only ever adds time, so each size keeps a low estimate (a new time replaces it when lower, and
  * raises it by at most 2% when higher), and every 16th mixed step tries one token more than the budget,
  * so a size that once measured slow is measured again.
@@ -100,20 +101,25 @@ export class StepBudget {
   }
 
   /**
-   * Prompt tokens for the next step beside `rows` running rows: 0 until a plain decode step of `rows`
-   * has been timed (that step is then plain, to time it), else 1..max.
+   * Prompt tokens for the next step beside `rows` running rows: 0 while no step of about that size has
+   * been timed (that step is then plain, to time it), else 1..max.
    */
   next(rows: number): number {
-    const plain = this.decode.get(rows);
+    const plain = this.decode.get(rows) ?? this.total.get(rows);
     if (plain === undefined) return 0;
     const target = this.stretch * plain;
     const sizes = [...this.total.keys()].sort((a, b) => a - b);
-    const largest = sizes[sizes.length - 1] ?? rows;
+    const largest = sizes[sizes.length - 1];
+    const [a, b] = sizes.length >= 2 ? [sizes[sizes.length - 2], largest] : [largest, largest];
+    const slope = b > a ? Math.max(0, ((this.total.get(b) as number) - (this.total.get(a) as number)) / (b - a)) : NaN;
     let n = 0;
     for (let k = 1; k <= this.max; k++) {
       const m = rows + k;
-      if (m > largest + 1) break; // not measured yet: one row past the largest measured is tried
-      const at = this.total.get(m) ?? this.total.get(sizes.find((x) => x > m) ?? -1); // the next larger measured step bounds it
+      let at = this.total.get(m) ?? this.total.get(sizes.find((x) => x > m) ?? -1); // the next larger measured step bounds it
+      if (at === undefined) {
+        if (m > Math.max(largest + 1, 2 * largest)) break; // explore at most to twice the largest measured size
+        at = Number.isNaN(slope) ? undefined : (this.total.get(largest) as number) + slope * (m - largest);
+      }
       if (at !== undefined && at > target) break;
       n = k;
     }
