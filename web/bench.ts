@@ -4,7 +4,7 @@
  * SwiftShader (CPU rendering): they say nothing about a real GPU; wasm speed is real.
  *
  *   npm run bench:web -- [--model /bench/models/gpt2-124m-random/] [--backends wasm,webgl,webgpu]
- *                        [--prompt-tokens 32] [--new-tokens 32] [--threads 1|2] [--repeats 3] [--json]
+ *                        [--prompt-tokens 32] [--new-tokens 32] [--threads N] [--repeats 3] [--json]
  * --model: any folder served under /weights/ or /bench/models/. --json: one JSON object per backend,
  * on its own line, with BenchResult's field names (prefillTokensPerSecond, decodeTokensPerSecond, ...).
  * (build first: `npm run build:web`; bench:web does both.)
