@@ -6,6 +6,7 @@ import * as tf from './tf';
 import { GPT2Error } from './errors';
 import { enableWasmKernels } from './model/wasm/engine';
 import { withSharedWasmMemory } from './model/wasm/shared-memory';
+import { warnOnce } from './model/wasm/instance';
 
 export type BackendName = 'cpu' | 'wasm' | 'webgl' | 'webgpu' | 'tensorflow';
 export const BACKENDS: readonly BackendName[] = ['cpu', 'wasm', 'webgl', 'webgpu', 'tensorflow'];
@@ -151,8 +152,12 @@ function wasmThreads(options: BackendOptions): number {
   const wanted = options.threads ?? env ?? Math.min(n, DEFAULT_MAX_THREADS);
   const what = options.threads !== undefined ? 'threads' : 'GPT2_TFJS_THREADS';
   if (!Number.isInteger(wanted) || wanted < 1) throw new GPT2Error('BAD_OPTION', `${what} must be a positive integer, got ${options.threads ?? raw}`);
-  if (wanted > n) throw new GPT2Error('BAD_OPTION', `${what} is ${wanted}, but this machine has ${n} core${n === 1 ? '' : 's'}: use 1..${n}`);
-  return wanted;
+  if (wanted <= n) return wanted;
+  // An explicit option asks for something this machine cannot give: say so. The environment variable
+  // is a deployment setting that may travel to a smaller machine: it is capped, with one warning.
+  if (options.threads !== undefined) throw new GPT2Error('BAD_OPTION', `threads is ${wanted}, but this machine has ${n} core${n === 1 ? '' : 's'}: use 1..${n}`);
+  warnOnce(`GPT2_TFJS_THREADS=${wanted}, but this machine has ${n} core${n === 1 ? '' : 's'}: using ${n}`);
+  return n;
 }
 
 function cores(): number {

@@ -352,6 +352,23 @@ describe('kernel builds and thread counts', () => {
     expect(engineInfo().kernels.threads).toBe(before);
   });
 
+  test('GPT2_TFJS_THREADS above the cores (a setting carried to a smaller machine) is capped, with one warning', async () => {
+    const cores = os.availableParallelism?.() ?? os.cpus().length;
+    const r = await runScript<{ threads: number; wanted: number; warns: string[] }>([
+      "const { setBackend, engineInfo } = require('./src');",
+      'const warns = [];',
+      'console.warn = (m) => warns.push(String(m));',
+      '(async () => {',
+      "  await setBackend('wasm');",
+      '  const k = engineInfo().kernels;',
+      '  console.log(JSON.stringify({ threads: k.threads, wanted: k.threadsWanted, warns }));',
+      '})();',
+    ], { GPT2_TFJS_THREADS: String(cores + 1) });
+    expect(r.wanted).toBe(cores);
+    expect(r.threads).toBe(cores);
+    expect(r.warns).toEqual([`gpt2-tfjs: GPT2_TFJS_THREADS=${cores + 1}, but this machine has ${cores} core${cores === 1 ? '' : 's'}: using ${cores}`]);
+  }, 60_000);
+
   test('1, 2 and 3 threads give bit-identical logits (prefill, decode, two rows); the plain build on one thread generates the same text', async () => {
     const cores = os.availableParallelism?.() ?? os.cpus().length;
     const fast = await greedyIn({});

@@ -105,8 +105,10 @@ export class StepBudget {
    * been timed (that step is then plain, to time it), else 1..max.
    */
   next(rows: number): number {
-    const plain = this.decode.get(rows) ?? this.total.get(rows);
-    if (plain === undefined) return 0;
+    // a plain step's time: the lower of the plain steps' and any step of that many rows' estimates (a
+    // first plain step slowed by warm-up then does not set the target for as long as prompts keep coming)
+    const plain = Math.min(this.decode.get(rows) ?? Infinity, this.total.get(rows) ?? Infinity);
+    if (plain === Infinity) return 0;
     const target = this.stretch * plain;
     const sizes = [...this.total.keys()].sort((a, b) => a - b);
     const largest = sizes[sizes.length - 1];

@@ -342,6 +342,7 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
     return { headT, wte: wteT, wpe: get('wpe.weight'), h, ln_f: norm('ln_f'), held: config.quantization && opts.int8Kernels ? 'int8' : 'float32' };
   } catch (e) {
     for (const t of made.values()) t.dispose();
+    await it.return?.(undefined); // the stream (and its read buffer) is closed now, not left suspended
     throw e;
   }
 }

@@ -141,6 +141,7 @@ export class KernelTeam {
   private broken = false;
 
   private readonly workers: WorkerLike[] = [];
+  private stopped = false;
 
   private constructor(readonly size: number) {}
 
@@ -168,6 +169,10 @@ export class KernelTeam {
             if (!started) reject(e instanceof Error ? e : new Error(String((e as ErrorEvent)?.message ?? e)));
           },
         ).then((w) => {
+          if (t.stopped) {
+            void w.terminate(); // another worker failed to start and the team was stopped meanwhile
+            return;
+          }
           t.workers.push(w);
           w.postMessage({ module, memory, ctrl: t.ctrl.buffer, names: KERNEL_NAMES, types: KERNEL_NAMES.map((n) => KERNEL_ABI[n].map(([, ty]) => ty)) });
         }, reject);
@@ -257,6 +262,7 @@ export class KernelTeam {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     Atomics.store(this.ctrl, Slot.State, State.Exited);
     this.ctrl[Slot.Kernel] = 0;
     Atomics.add(this.ctrl, Slot.Seq, 1);
