@@ -493,8 +493,20 @@ static void panel_tiles(const f32* x, const f32* wp, const f32* b, f32* y, int M
 }
 #undef TILE_OUT
 
+/* y[m, 0:n] += r[m, 0:n] (the residual, row stride ld), after the bias and activation: the same float
+ * additions, in the same order, as a separate add of r to the product's output */
+static void add_residual(f32* y, const f32* r, int M, int n, int ld) {
+  for (int m = 0; m < M; m++) {
+    f32* ym = y + (long)m * ld;
+    const f32* rm = r + (long)m * ld;
+    int j = 0;
+    for (; j + 4 <= n; j += 4) wasm_v128_store(ym + j, wasm_f32x4_add(wasm_v128_load(ym + j), wasm_v128_load(rm + j)));
+    for (; j < n; j++) ym[j] = ym[j] + rm[j];
+  }
+}
+
 EXPORT(linear_p)
-void linear_p(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int n, int ld, int ldx, int act) {
+void linear_p(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int n, int ld, int ldx, int act, const f32* r) {
   int panels = (n + 15) >> 4;
   /* 4-row tiles from 4 rows on (batched decode reads each panel once per 4 rows, not per row) */
   int M4 = M & ~3;
@@ -515,6 +527,7 @@ void linear_p(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, in
       if (nc > 12) store4(ym + 12, c3, bj ? bj + 12 : 0, nc - 12, act);
     }
     if (tiled && act) for (int m = 0; m < tiled; m++) apply_act(y + (long)m * ld + j, nc, act);
+    if (r) add_residual(y + j, r + j, M, nc, ld); /* every row of this panel, tiled or not */
   }
 }
 

@@ -17,7 +17,7 @@ import { KERNEL_ABI } from '../src/model/wasm/abi';
 import { patchMemoryImportToShared, patchToImportSharedMemory } from '../src/model/wasm/shared-memory';
 import { KernelTeam } from '../src/model/wasm/threads';
 import { EngineInfo, engineInfo, loadModel } from '../src';
-import { TINY_DIR, caught, maxAbsDiff, runScript } from './helpers';
+import { TINY_DIR, caught, expectSameFloats, maxAbsDiff, runScript } from './helpers';
 
 const rowLinear = (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D | null, act: 'none' | 'relu' | 'gelu_new') => wasmEngine.linear(x, w, b, act);
 /** The same product on W packed in 16-column panels (how a loaded model holds its float weights on wasm). */
@@ -118,6 +118,22 @@ describe('wasm kernels', () => {
     [37, 300, 777],
     [64, 1027, 260],
   ];
+  test.each(shapes)('linear [%i, %i] x [%i] on panels with a residual: bit-identical to the product, then a separate add (with bias, without, with relu)', (M, K, N) => {
+    tf.tidy(() => {
+      const x = randn([M, K], 1) as tf.Tensor2D;
+      const w = randn([K, N], 2, 0.05) as tf.Tensor2D;
+      const b = randn([N], 3) as tf.Tensor1D;
+      const r = randn([M, N], 4) as tf.Tensor2D;
+      const pw = new F32PanelWeight(tf.tensor1d(packPanelsF32(w.dataSync() as Float32Array, K, N, false)), K, N);
+      for (const [bias, act] of [[b, 'none'], [null, 'none'], [b, 'relu']] as const) {
+        const fused = wasmEngine.linear(x, pw, bias, act, r);
+        const apart = tf.add(wasmEngine.linear(x, pw, bias, act), r);
+        expect(fused.shape).toEqual([M, N]);
+        expectSameFloats(fused.dataSync() as Float32Array, apart.dataSync() as Float32Array);
+      }
+    });
+  });
+
   test.each(shapes.flatMap((sh) => [[...sh, 'row-major'], [...sh, 'panels']] as [number, number, number, string][]))('linear [%i, %i] x [%i] (%s W) with bias, without, and with the fused activations', (M, K, N, layout) => {
     const kernelLinear = layout === 'panels' ? panelLinear : rowLinear;
     tf.tidy(() => {

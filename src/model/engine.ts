@@ -120,8 +120,11 @@ export interface KVOps {
 
 export interface Engine {
   readonly name: 'wasm-kernels' | 'tf-ops';
-  /** act(x @ w + b): [N, in] @ [in, out] -> [N, out]; b null = no bias. w float32 or int8 (q8). */
-  linear(x: tf.Tensor2D, w: Weight, b: tf.Tensor1D | null, act?: Activation | 'none'): tf.Tensor2D;
+  /**
+   * act(x @ w + b) (+ residual): [N, in] @ [in, out] -> [N, out]; b null = no bias; residual [N, out]
+   * added last (the block's skip connection: the wasm kernels add it as they store). w float32 or int8 (q8).
+   */
+  linear(x: tf.Tensor2D, w: Weight, b: tf.Tensor1D | null, act?: Activation | 'none', residual?: tf.Tensor2D | null): tf.Tensor2D;
   /** x [N, parts·c] -> parts × [N, c], column blocks (q|k|v of c_attn). */
   split(x: tf.Tensor2D, parts: number): tf.Tensor2D[];
   /**
@@ -176,10 +179,11 @@ export function floatWeight(w: Weight): tf.Tensor2D {
 
 export const tfEngine: Engine = {
   name: 'tf-ops',
-  linear(x, w, b, act = 'none') {
+  linear(x, w, b, act = 'none', residual = null) {
     const wf = floatWeight(w);
     const y = b ? (tf.fused.matMul({ a: x, b: wf, bias: b }) as tf.Tensor2D) : (tf.matMul(x, wf) as tf.Tensor2D); // [N, in] -> [N, out]
-    return act === 'none' ? y : activate(y, act);
+    const z = act === 'none' ? y : activate(y, act);
+    return residual ? (tf.add(z, residual) as tf.Tensor2D) : z;
   },
   split(x, parts) {
     return tf.split(x, parts, 1) as tf.Tensor2D[];

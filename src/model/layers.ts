@@ -25,9 +25,10 @@ export function activate(x: tf.Tensor2D, act: Activation): tf.Tensor2D {
   return geluNew(x) as tf.Tensor2D;
 }
 
-export function mlp(e: Engine, x: tf.Tensor2D, p: BlockParams, act: Activation): tf.Tensor2D {
+/** The feed-forward part, plus `residual` when given (added by the last projection). */
+export function mlp(e: Engine, x: tf.Tensor2D, p: BlockParams, act: Activation, residual: tf.Tensor2D | null = null): tf.Tensor2D {
   const h = e.linear(x, p.mlp.c_fc.w, p.mlp.c_fc.b, act); // [N, d] -> [N, n_inner], activation fused where the engine can
-  return e.linear(h, p.mlp.c_proj.w, p.mlp.c_proj.b); // [N, n_inner] -> [N, d]
+  return e.linear(h, p.mlp.c_proj.w, p.mlp.c_proj.b, 'none', residual); // [N, n_inner] -> [N, d] (+ residual)
 }
 
 /** One part of a step: rows that share a KV cache (a running batch, or one prompt being prefilled). */
@@ -39,9 +40,10 @@ export interface AttnPart {
 /**
  * Causal multi-head self-attention on the fused c_attn. x holds the rows of every part in order
  * (part i: B_i*T_i rows); the projections run once over all of them, and each part attends to its own
- * cache. Returns the block output and each part's keys/values including the new positions.
+ * cache. Returns the block output (plus `residual` when given, added by the output projection) and each
+ * part's keys/values including the new positions.
  */
-export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[]): { out: tf.Tensor2D; kvs: LayerKV[] } {
+export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[], residual: tf.Tensor2D | null = null): { out: tf.Tensor2D; kvs: LayerKV[] } {
   const d = x.shape[1];
   const [q, k, v] = e.split(e.linear(x, p.attn.c_attn.w, p.attn.c_attn.b), 3); // [N, d] -> [N, 3d] -> 3 × [N, d]
   const outs: tf.Tensor2D[] = [];
@@ -56,12 +58,15 @@ export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: Attn
     row += B * T;
   }
   const a = outs.length === 1 ? outs[0] : (tf.concat(outs, 0) as tf.Tensor2D); // [N, d]
-  return { out: e.linear(a, p.attn.c_proj.w, p.attn.c_proj.b), kvs }; // [N, d]
+  return { out: e.linear(a, p.attn.c_proj.w, p.attn.c_proj.b, 'none', residual), kvs }; // [N, d]
 }
 
-/** Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). */
+/**
+ * Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). Each skip connection is handed to
+ * the projection that ends its branch (the wasm kernels add it as they store the output: no separate
+ * add, two tfjs ops fewer per block; the same float additions, so the same bits).
+ */
 export function block(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[], eps: number, act: Activation): { x: tf.Tensor2D; kvs: LayerKV[] } {
-  const { out, kvs } = attention(e, layerNorm(e, x, p.ln_1, eps), p, parts); // [N, d]
-  const x1 = tf.add(x, out) as tf.Tensor2D; // [N, d]
-  return { x: tf.add(x1, mlp(e, layerNorm(e, x1, p.ln_2, eps), p, act)) as tf.Tensor2D, kvs }; // [N, d]
+  const { out: x1, kvs } = attention(e, layerNorm(e, x, p.ln_1, eps), p, parts, x); // x + attn(ln_1(x)): [N, d]
+  return { x: mlp(e, layerNorm(e, x1, p.ln_2, eps), p, act, x1), kvs }; // x1 + mlp(ln_2(x1)): [N, d]
 }

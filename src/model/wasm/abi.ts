@@ -26,8 +26,8 @@ export const KERNEL_ABI = {
   quantize_rows: [['x', 'ptr'], ['xq', 'ptr'], ['xs', 'ptr'], ['M', 'i32'], ['K', 'i32'], ['ldx', 'i32'], ['K4', 'i32']],
   /** y[:, 0:n] = act(xq·xs @ W·ws + b) with W int8 in 16-column panels (kernels.c), starting at a panel; y row stride ld. */
   linear_q8: [['xq', 'ptr'], ['xs', 'ptr'], ['w', 'ptr'], ['ws', 'ptr'], ['b', 'ptr'], ['y', 'ptr'], ['M', 'i32'], ['K4', 'i32'], ['n', 'i32'], ['ld', 'i32'], ['act', 'i32']],
-  /** y[:, 0:n] = act(x[:, 0:K] @ W + b) with W float32 in 16-column panels (kernels.c), starting at a panel; y row stride ld, x row stride ldx. */
-  linear_p: [['x', 'ptr'], ['w', 'ptr'], ['b', 'ptr'], ['y', 'ptr'], ['M', 'i32'], ['K', 'i32'], ['n', 'i32'], ['ld', 'i32'], ['ldx', 'i32'], ['act', 'i32']],
+  /** y[:, 0:n] = act(x[:, 0:K] @ W + b) (+ r[:, 0:n] when r ≠ 0) with W float32 in 16-column panels (kernels.c), starting at a panel; y and r row stride ld, x row stride ldx. */
+  linear_p: [['x', 'ptr'], ['w', 'ptr'], ['b', 'ptr'], ['y', 'ptr'], ['M', 'i32'], ['K', 'i32'], ['n', 'i32'], ['ld', 'i32'], ['ldx', 'i32'], ['act', 'i32'], ['r', 'ptr']],
   /** out[i, 0:K] = W[0:K, ids[i]]: embedding rows from the float head's panels. */
   gather_p: [['w', 'ptr'], ['ids', 'ptr'], ['out', 'ptr'], ['n', 'i32'], ['K', 'i32']],
   /** Weight-only variant of linear_q8 (float x [M, K4] zero padded, int8 W widened to float), measured against it (bench/q8-kernels.ts); not used by the engine. */

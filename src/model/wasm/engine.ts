@@ -82,10 +82,12 @@ const wasmKV: KVOps = {
 
 export const wasmEngine: Engine = {
   name: 'wasm-kernels',
-  linear(x, w, b, act = 'none') {
+  linear(x, w, b, act = 'none', residual = null) {
     const a: KernelActivation = act === 'gelu' ? 'none' : act; // exact erf gelu: not fused
+    if (residual && act !== 'gelu' && w instanceof F32PanelWeight) return runLinearP(x, w, b, a, residual); // the skip connection added as the kernel stores
     const y = w instanceof Q8Weight ? runLinearQ8(x, w, b, a) : w instanceof F32PanelWeight ? runLinearP(x, w, b, a) : runLinear(x, floatWeight(w), b, a); // [N, in] -> [N, out]
-    return act === 'gelu' ? activate(y, act) : y;
+    const z = act === 'gelu' ? activate(y, act) : y;
+    return residual ? (tf.add(z, residual) as tf.Tensor2D) : z;
   },
   split: runSplitCols,
   async upload(shape, dtype, fill) {

@@ -8,7 +8,7 @@
  *                                                 instead of keeping an XNNPACK-packed second copy
  *   GPT2LayerNorm  (x - mean) / sqrt(var + eps) · g + b, one pass per row (10 ops → 1)
  *   GPT2Attend     causal attention against the KV cache buffers (prefill and decode)
- *   GPT2LinearP    y = act(x @ W + b) with W float32 in 16-column panels (one sequential stream per panel)
+ *   GPT2LinearP    y = act(x @ W + b) (+ residual) with W float32 in 16-column panels (one sequential stream per panel)
  *   GPT2GatherP    rows of a tied float embedding, read from the head's panels
  *   GPT2LinearQ8   y = act(x @ W + b) with W int8 (q8): x's rows quantized to int8 on the fly, int32 sums
  *   GPT2GatherQ8   rows of a q8 tied embedding, dequantized from the head's int8 panels
@@ -122,24 +122,24 @@ const PANEL_CHUNKS = 16;
  * cut into at most PANEL_CHUNKS chunks of whole panels; per chunk the weights advance by
  * `panelBytes` per 16 columns, the scales (if any), bias (if any) and output by 4 bytes per column.
  */
-function panelChunks(N: number, panelBytes: number, bias: boolean, scales: boolean) {
+function panelChunks(N: number, panelBytes: number, bias: boolean, scales: boolean, residual = false) {
   const panels = Math.ceil(N / 16);
   const size = Math.ceil(panels / Math.min(panels, PANEL_CHUNKS)) * 16; // columns per chunk
-  const step = { w: (size / 16) * panelBytes, b: bias ? 4 * size : 0, y: 4 * size, ...(scales ? { ws: 4 * size } : {}) };
+  const step = { w: (size / 16) * panelBytes, b: bias ? 4 * size : 0, y: 4 * size, ...(scales ? { ws: 4 * size } : {}), ...(residual ? { r: 4 * size } : {}) };
   return { count: Math.ceil(N / size), step, extent: { arg: 'n' as const, size, total: N } };
 }
 
 // ----------------------------------------------------------------------------- GPT2LinearP
 
-type LinearPInputs = 'x' | 'w' | 'b';
+type LinearPInputs = 'x' | 'w' | 'b' | 'r';
 interface LinearPAttrs {
   act: number;
   n: number; // output columns (w is padded to whole panels of 16)
 }
 
 /**
- * y = act(x @ W + b) with W float32 in panels (native/kernels.c linear_p): both threads take chunks of
- * whole panels; each output column is computed by one call, so 1 and 2 threads give identical bits.
+ * y = act(x @ W + b) (+ r) with W float32 in panels (native/kernels.c linear_p): the threads take chunks
+ * of whole panels; each output column is computed by one call, so any thread count gives identical bits.
  */
 function linearPKernel(be: WasmBackendLike, inputs: Partial<Record<LinearPInputs, tf.TensorInfo>>, { act, n: N }: LinearPAttrs): tf.TensorInfo {
   const x = inputs.x as tf.TensorInfo;
@@ -147,13 +147,15 @@ function linearPKernel(be: WasmBackendLike, inputs: Partial<Record<LinearPInputs
   const out = be.makeOutput([M, N], 'float32');
   if (M * N === 0) return out;
   const pb = inputs.b ? offset(be, inputs.b) : 0;
-  runChunks(kernels(), 'linear_p', { x: offset(be, x), w: offset(be, inputs.w as tf.TensorInfo), b: pb, y: offset(be, out), M, K, n: N, ld: N, ldx: K, act },
-    panelChunks(N, 64 * K, pb !== 0, false), threadFor(M * K * N));
+  const pr = inputs.r ? offset(be, inputs.r) : 0;
+  runChunks(kernels(), 'linear_p', { x: offset(be, x), w: offset(be, inputs.w as tf.TensorInfo), b: pb, y: offset(be, out), M, K, n: N, ld: N, ldx: K, act, r: pr },
+    panelChunks(N, 64 * K, pb !== 0, false, pr !== 0), threadFor(M * K * N));
   return out;
 }
 
-export function runLinearP(x: tf.Tensor2D, w: F32PanelWeight, b: tf.Tensor1D | null, act: KernelActivation): tf.Tensor2D {
-  const inputs: tf.NamedTensorMap = b ? { x, w: w.packed, b } : { x, w: w.packed };
+/** act(x @ w + b), plus `residual` [M, out] when given (added after the activation, in the kernel). */
+export function runLinearP(x: tf.Tensor2D, w: F32PanelWeight, b: tf.Tensor1D | null, act: KernelActivation, residual: tf.Tensor2D | null = null): tf.Tensor2D {
+  const inputs: tf.NamedTensorMap = { x, w: w.packed, ...(b ? { b } : {}), ...(residual ? { r: residual } : {}) };
   const attrs: LinearPAttrs = { act: ACT_CODES[act], n: w.outDim };
   return tf.engine().runKernel('GPT2LinearP', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
