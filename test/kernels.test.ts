@@ -13,7 +13,7 @@ import { packPanelsF32 } from '../src/model/quantize';
 import { KERNELS_BUILT_FOR, ensureKernelThread, memoryOf, setWasmKernelsDisabled, stopKernelThread, wasmKernelThreads, wasmKernelsActive } from '../src/model/wasm/instance';
 import { moveRows, runAttend } from '../src/model/wasm/register';
 import { KERNELS_FMA_WASM_BASE64, KERNELS_WASM_BASE64 } from '../src/model/wasm/kernels.wasm';
-import { KERNEL_ABI } from '../src/model/wasm/abi';
+import { KERNEL_ABI, argList, chunkLayout } from '../src/model/wasm/abi';
 import { patchMemoryImportToShared, patchToImportSharedMemory } from '../src/model/wasm/shared-memory';
 import { KernelTeam } from '../src/model/wasm/threads';
 import { EngineInfo, engineInfo, loadModel } from '../src';
@@ -495,7 +495,8 @@ describe('second kernel thread', () => {
     // x (2 floats) at 0, W [2, 2] at 64, y at 128: y = x @ W, one column per chunk, taken by the workers
     new Float32Array(memory.buffer, 0, 2).set([1, 2]);
     new Float32Array(memory.buffer, 64, 4).set([1, 2, 3, 4]);
-    t.post('linear', { x: 0, w: 64, b: 0, y: 128, M: 1, K: 2, n: 2, ld: 2, ldx: 2, act: 0, pack: 0 }, { count: 2, step: { w: 4, y: 4 }, extent: { arg: 'n', size: 1, total: 2 } });
+    const spec = { count: 2, step: { w: 4, y: 4 }, extent: { arg: 'n' as const, size: 1, total: 2 } };
+    t.post('linear', argList('linear', { x: 0, w: 64, b: 0, y: 128, M: 1, K: 2, n: 2, ld: 2, ldx: 2, act: 0, pack: 0 }), spec.count, chunkLayout('linear', spec), spec.extent);
     t.wait();
     expect(Array.from(new Float32Array(memory.buffer, 128, 2))).toEqual([7, 10]);
     await new Promise((r) => setTimeout(r, 400));

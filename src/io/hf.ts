@@ -148,16 +148,13 @@ export async function* streamTensors(
         const elBytes = FLOAT_BYTES[entry.dtype];
         const rowBytes = entry.shape.length >= 2 && elBytes ? (entry.end - entry.begin) / entry.shape[0] : 0;
         const chunkRows = opts.chunkBytes !== undefined && rowBytes > 0 && entry.end - entry.begin > opts.chunkBytes ? Math.max(1, Math.floor(opts.chunkBytes / rowBytes)) : 0;
-        if (chunkRows) {
-          for (let row0 = 0; row0 < entry.shape[0]; row0 += chunkRows) {
-            const rows = Math.min(chunkRows, entry.shape[0] - row0);
-            const begin = entry.begin + row0 * rowBytes;
-            const bytes = await source.readRange(file, begin, begin + rows * rowBytes, opts.reuse ? scratch(rows * rowBytes) : undefined);
-            yield { name, file, shape: entry.shape.slice(), data: decodeTensor(bytes, entry.dtype, opts.reuse), part: { row0, rows }, ...(opts.reuse ? { borrowed: true as const } : {}) };
-          }
-        } else {
-          const bytes = await source.readRange(file, entry.begin, entry.end, opts.reuse ? scratch(entry.end - entry.begin) : undefined);
-          yield { name, file, shape: entry.shape.slice(), data: decodeTensor(bytes, entry.dtype, opts.reuse), ...(opts.reuse ? { borrowed: true as const } : {}) };
+        // the whole tensor in one item, or rows [row0, row0 + rows) per item
+        for (let row0 = 0, first = true; first || (chunkRows && row0 < entry.shape[0]); first = false) {
+          const rows = chunkRows ? Math.min(chunkRows, entry.shape[0] - row0) : 0;
+          const [begin, end] = chunkRows ? [entry.begin + row0 * rowBytes, entry.begin + (row0 + rows) * rowBytes] : [entry.begin, entry.end];
+          const bytes = await source.readRange(file, begin, end, opts.reuse ? scratch(end - begin) : undefined);
+          yield { name, file, shape: entry.shape.slice(), data: decodeTensor(bytes, entry.dtype, opts.reuse), ...(chunkRows ? { part: { row0, rows } } : {}), ...(opts.reuse ? { borrowed: true as const } : {}) };
+          row0 += rows;
         }
       }
       loadedBytes += entry.end - entry.begin;

@@ -204,9 +204,7 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
   /** The output head [d, V] from a [V, d] table: transposed floats, or int8 panels for the kernels. */
   const headOf = async (t: Host): Promise<Weight> => {
     if (!t.data) return linearQ8(t.q, t.scale, d, V, true);
-    const data = t.data;
-    if (opts.panels) return new F32PanelWeight((await upload([panelDims(1, V).N16 * d], 'float32', (dst) => void packPanelsF32(data, d, V, true, dst()))) as tf.Tensor1D, d, V);
-    return transposeHost({ data, shape: [V, d] });
+    return headFromParts({ name: 'head', shape: [V, d], data: t.data, part: { row0: 0, rows: V } }); // one part: the whole table
   };
   const it = tensors[Symbol.asyncIterator]();
   /** The item after a part of `name`: its next part (rows in order), or BAD_WEIGHTS. */
@@ -216,7 +214,7 @@ export async function buildParams(config: GPT2Config, tensors: AsyncIterable<Hos
     if (!t || t.name !== name || t.part?.row0 !== row || !(t.data instanceof Float32Array)) throw new GPT2Error('BAD_WEIGHTS', `${name}: its parts stopped at row ${row}`);
     return t as Item & { data: Float32Array; part: { row0: number; rows: number } };
   };
-  /** The float head [d, V] from a float wte [V, d] arriving in parts: each part written into the head as it comes, no host copy of the whole. */
+  /** The float head [d, V] from a float [V, d] table (wte, or an untied lm_head) arriving in parts: each part written into the head as it comes, no host copy of the whole. */
   const headFromParts = async (first: Item & { data: Float32Array; part: { row0: number; rows: number } }): Promise<Weight> => {
     const fill = async (dst: () => Float32Array): Promise<void> => {
       for (let t = first; ; t = await nextPart(first.name, t.part.row0 + t.part.rows)) {

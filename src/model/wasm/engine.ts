@@ -28,6 +28,14 @@ export async function enableWasmKernels(opts: { threads?: number; unshared?: str
   return ok;
 }
 
+/** `t`'s data where the wasm backend keeps it, as a typed array view (null when its memory is not reachable). */
+function heapView<A extends Float32ArrayConstructor | Int32ArrayConstructor>(t: tf.Tensor, Arr: A): InstanceType<A> | null {
+  const be = tf.engine().backend as unknown as WasmBackendLike;
+  const at = be.dataIdMap.get(t.dataId)?.memoryOffset;
+  const memory = memoryOf(be);
+  return at === undefined || !memory ? null : (new Arr(memory.buffer, at, t.size) as InstanceType<A>);
+}
+
 /** A buffer holding `buf`'s first `len` positions with room for `n` more: `buf` itself when it has room. */
 function withRoom(buf: tf.Tensor3D, len: number, n: number): tf.Tensor3D {
   if (buf.shape[1] >= len + n) return buf;
@@ -94,18 +102,18 @@ export const wasmEngine: Engine = {
     // Allocated in the backend's memory with no values (tf.zeros would build a zeroed host array of the
     // whole size and copy it in: 2.6 s and a transient 154 MB for the 124M head), zeroed and written in place.
     const be = tf.engine().backend as unknown as WasmBackendLike;
-    const memory = memoryOf(be);
-    if (!memory) return tfEngine.upload(shape, dtype, fill);
+    if (!memoryOf(be)) return tfEngine.upload(shape, dtype, fill);
     const t = tf.engine().makeTensorFromTensorInfo(be.makeOutput(shape, dtype));
-    const at = be.dataIdMap.get(t.dataId)?.memoryOffset;
-    if (at === undefined) {
+    // a fresh view per call: after an await the memory may have grown (an unshared one's old buffer is then detached)
+    const view = () => heapView(t, dtype === 'int32' ? Int32Array : Float32Array);
+    const first = view();
+    if (!first) {
       t.dispose();
       return tfEngine.upload(shape, dtype, fill);
     }
     try {
-      zeroWords(at, t.size); // malloc'd memory may be reused: the packers leave padding untouched
-      // a fresh view per call: after an await the memory may have grown (an unshared one's old buffer is then detached)
-      await fill((() => (dtype === 'int32' ? new Int32Array(memory.buffer, at, t.size) : new Float32Array(memory.buffer, at, t.size))) as never);
+      zeroWords(first.byteOffset, t.size); // malloc'd memory may be reused: the packers leave padding untouched
+      await fill(view as never);
     } catch (e) {
       t.dispose(); // a failed fill leaves no tensor behind
       throw e;
@@ -115,11 +123,8 @@ export const wasmEngine: Engine = {
   async read(t) {
     // tfjs-backend-wasm's readSync copies through a Uint8Array slice, byte by byte on a shared memory
     // (~0.4 ms for the 124M logits, every decode step); a float32 view's slice is ~20x faster
-    const be = tf.engine().backend as unknown as WasmBackendLike;
-    const at = be.dataIdMap.get(t.dataId)?.memoryOffset;
-    const memory = memoryOf(be);
-    if (at === undefined || !memory || t.dtype !== 'float32') return tfEngine.read(t);
-    return new Float32Array(memory.buffer, at, t.size).slice();
+    const v = t.dtype === 'float32' ? heapView(t, Float32Array) : null;
+    return v ? v.slice() : tfEngine.read(t);
   },
   embed(headT, ids) {
     if (headT instanceof Q8Weight) return runGatherQ8(headT, ids); // [N] -> [N, d]

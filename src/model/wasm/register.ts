@@ -57,13 +57,6 @@ interface LinearAttrs {
   act: number;
 }
 
-/** Column chunks of the row-major product: `count` chunks of `size` columns (a multiple of 16), the last one shorter. */
-function columnChunks(N: number): { count: number; size: number; extent: { arg: 'n'; size: number; total: number } } {
-  const panels = Math.ceil(N / 16);
-  const size = Math.ceil(panels / Math.min(panels, PANEL_CHUNKS)) * 16;
-  return { count: Math.ceil(N / size), size, extent: { arg: 'n', size, total: N } };
-}
-
 /**
  * Few rows (decode, M < 16, N <= 4096): the inner dimension is cut into LINEAR_CHUNKS chunks, each
  * chunk's partial product gets its own slot, and the slots are summed in order (reduce_act) — with
@@ -81,7 +74,8 @@ function linearKernel(be: WasmBackendLike, inputs: Partial<Record<LinearInputs, 
   const k = kernels();
   const thread = threadFor(M * K * N);
   const chunked = M < 16 && N <= 4096 && K >= 4 * LINEAR_CHUNKS;
-  const pack = M >= 16 ? be.makeOutput([columnChunks(N).count * PACK_FLOATS], 'float32') : null; // the tiled path's W panels, one per chunk
+  const cols = panelChunks(N, 64, inputs.b !== undefined, false); // a row-major W advances 64 bytes per 16 columns
+  const pack = M >= 16 ? be.makeOutput([cols.count * PACK_FLOATS], 'float32') : null; // the tiled path's W panels, one per chunk
   const partial = chunked ? be.makeOutput([LINEAR_CHUNKS * M * N], 'float32') : null;
   const [px, pw, pb, py, pp] = [offset(be, x), offset(be, w), inputs.b ? offset(be, inputs.b) : 0, offset(be, out), pack ? offset(be, pack) : 0];
   try {
@@ -95,9 +89,7 @@ function linearKernel(be: WasmBackendLike, inputs: Partial<Record<LinearInputs, 
       call(k, 'reduce_act', { y: py, parts, nparts: count, M, N, b: pb, act });
     } else {
       // column chunks (multiples of 16), each with its own pack scratch when tiled
-      const cols = columnChunks(N);
-      runChunks(k, 'linear', { x: px, w: pw, b: pb, y: py, M, K, n: N, ld: N, ldx: K, act, pack: pp },
-        { count: cols.count, extent: cols.extent, step: { w: 4 * cols.size, b: pb && 4 * cols.size, y: 4 * cols.size, pack: pp && 4 * PACK_FLOATS } }, thread);
+      runChunks(k, 'linear', { x: px, w: pw, b: pb, y: py, M, K, n: N, ld: N, ldx: K, act, pack: pp }, { ...cols, step: { ...cols.step, pack: pp && 4 * PACK_FLOATS } }, thread);
     }
   } finally {
     if (pack) be.disposeData(pack.dataId);

@@ -197,12 +197,12 @@ export class KernelTeam {
   }
 
   /**
-   * Hands a claimed team its job: kernel `name` on `args`, in the chunks of `chunks`, which every
-   * worker takes in turn with the caller (see runChunks). Call `wait()` after taking the caller's chunks.
+   * Hands a claimed team its job: kernel `name` on the positional arguments `list` (argList), in
+   * `count` chunks laid out by `layout` (chunkLayout), which every worker takes in turn with the caller
+   * (see runChunks). Call `wait()` after taking the caller's chunks.
    */
-  post<K extends KernelName>(name: K, args: KernelArgs<K>, chunks: ChunkSpec<K>): void {
+  post<K extends KernelName>(name: K, list: readonly number[], count: number, layout: { steps: number[]; extentIndex: number }, extent: ChunkSpec<K>['extent']): void {
     const c = this.ctrl;
-    const list = argList(name, args);
     const types = KERNEL_ABI[name];
     for (let i = 0; i < list.length; i++) {
       if (types[i][1] === 'f32') this.f32[Slot.Args + i] = list[i];
@@ -210,12 +210,11 @@ export class KernelTeam {
     }
     Atomics.store(c, Slot.Chunk, 0);
     Atomics.store(c, Slot.Done, 0);
-    c[Slot.Chunks] = chunks.count;
-    const { steps, extentIndex } = chunkLayout(name, chunks);
-    for (let i = 0; i < steps.length; i++) c[STEPS + i] = steps[i];
-    c[Slot.ExtentArg] = extentIndex;
-    c[Slot.ExtentSize] = chunks.extent?.size ?? 0;
-    c[Slot.ExtentTotal] = chunks.extent?.total ?? 0;
+    c[Slot.Chunks] = count;
+    for (let i = 0; i < layout.steps.length; i++) c[STEPS + i] = layout.steps[i];
+    c[Slot.ExtentArg] = layout.extentIndex;
+    c[Slot.ExtentSize] = extent?.size ?? 0;
+    c[Slot.ExtentTotal] = extent?.total ?? 0;
     c[Slot.Kernel] = 1 + KERNEL_NAMES.indexOf(name);
     this.seq = (this.seq + 1) | 0;
     Atomics.store(c, Slot.Seq, this.seq);
@@ -279,13 +278,14 @@ export class KernelTeam {
  */
 export function runChunks<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>, spec: ChunkSpec<K>, thread: KernelTeam | null): void {
   const base = argList(name, args);
-  const { steps, extentIndex } = chunkLayout(name, spec);
+  const layout = chunkLayout(name, spec);
+  const { steps, extentIndex } = layout;
   const size = spec.extent?.size ?? 0;
   const total = spec.extent?.total ?? 0;
   const shared = thread !== null && thread.claim();
   const f = k[name];
   const a = base.slice();
-  if (shared) thread.post(name, args, spec);
+  if (shared) thread.post(name, base, spec.count, layout, spec.extent);
   try {
     let next = 0;
     for (let ch = shared ? thread.takeChunk() : next++; ch < spec.count; ch = shared ? thread.takeChunk() : next++) invoke(f, chunkArgs(a, base, steps, ch, extentIndex, size, total));
