@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 CLANG=${CLANG:-$(command -v clang-19 || command -v clang)}
 OBJDUMP=${OBJDUMP:-$(command -v llvm-objdump-19 || command -v llvm-objdump-14 || command -v llvm-objdump)}
 build() { # out, extra flags
-  "$CLANG" --target=wasm32 -O3 -msimd128 "${@:2}" -nostdlib -fno-builtin -ffast-math -fno-finite-math-only \
+  "$CLANG" --target=wasm32 -O3 -msimd128 -matomics "${@:2}" -nostdlib -fno-builtin -ffast-math -fno-finite-math-only \
     -Wl,--no-entry -Wl,--import-memory -Wl,-z,stack-size=0 ${CFLAGS:-} -o "$1" kernels.c
   node --experimental-wasm-relaxed-simd check-module.js "$1"
   if "$OBJDUMP" -d "$1" | grep -q 'global\.'; then echo "$1 uses a global (stack?): refused" >&2; exit 1; fi

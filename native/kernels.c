@@ -356,6 +356,13 @@ static void weighted_sum(const f32* p, const f32* vh, f32* oh, int Tk, int D, in
   }
 }
 
+/* head h of one query (qi, D floats) against n cached positions (row stride D) -> oi[h*hd : +hd] */
+static inline void attend_head(const f32* qi, const f32* kb, const f32* vb, const f32* mb, f32* oi, f32* scratch, int n, int D, int hd, f32 scale, int h) {
+  scores_into(qi + h * hd, kb + h * hd, mb, scratch, n, D, hd, scale);
+  softmax_inplace(scratch, n);
+  weighted_sum(scratch, vb + h * hd, oi + h * hd, n, D, hd);
+}
+
 /* Causal attention of T new queries per row against the cache: query i of row b sees positions
  * [0, past + i] of k/v [B, ldkv, D] (the new keys already written there at [past, past + T)).
  * q [B*T, D], mask [B, past + T] additive (padding) or 0, out [B*T, D], scratch >= past + T + 4 floats.
@@ -373,11 +380,7 @@ void attend(const f32* q, const f32* k, const f32* v, const f32* mask, f32* out,
       const f32* qi = q + (long)(bi * T + i) * D;
       f32* oi = out + (long)(bi * T + i) * D;
       int n = past + i + 1; /* causal: keys up to this query's own position */
-      for (int h = h0; h < h1; h++) {
-        scores_into(qi + h * hd, kb + h * hd, mb, scratch, n, D, hd, scale);
-        softmax_inplace(scratch, n);
-        weighted_sum(scratch, vb + h * hd, oi + h * hd, n, D, hd);
-      }
+      for (int h = h0; h < h1; h++) attend_head(qi, kb, vb, mb, oi, scratch, n, D, hd, scale, h);
     }
   }
 }
@@ -505,30 +508,33 @@ static void add_residual(f32* y, const f32* r, int M, int n, int ld) {
   }
 }
 
+/* panel p of y[:, 0:n] = act(x @ W + b) (+ r): every row of the 16 columns (or fewer, at the end) it holds */
+static void linear_panel(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int n, int ld, int ldx, int act, const f32* r, int p) {
+  /* 4-row tiles from 4 rows on (batched decode reads each panel once per 4 rows, not per row) */
+  int M4 = M & ~3;
+  const f32* wp = W + (long)p * K * 16;
+  int j = p * 16;
+  int nc = n - j < 16 ? n - j : 16;
+  const f32* bj = b ? b + j : 0;
+  int tiled = nc == 16 ? M4 : 0; /* a short last panel (the head's) takes the row path: y has no room past n */
+  if (tiled) panel_tiles(x, wp, bj, y + j, tiled, K, ld, ldx);
+  for (int m = tiled; m < M; m++) {
+    v128_t c0, c1, c2, c3;
+    panel_row(x + (long)m * ldx, wp, K, &c0, &c1, &c2, &c3);
+    f32* ym = y + (long)m * ld + j;
+    store4(ym, c0, bj, nc, act);
+    if (nc > 4) store4(ym + 4, c1, bj ? bj + 4 : 0, nc - 4, act);
+    if (nc > 8) store4(ym + 8, c2, bj ? bj + 8 : 0, nc - 8, act);
+    if (nc > 12) store4(ym + 12, c3, bj ? bj + 12 : 0, nc - 12, act);
+  }
+  if (tiled && act) for (int m = 0; m < tiled; m++) apply_act(y + (long)m * ld + j, nc, act);
+  if (r) add_residual(y + j, r + j, M, nc, ld); /* every row of this panel, tiled or not */
+}
+
 EXPORT(linear_p)
 void linear_p(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int n, int ld, int ldx, int act, const f32* r) {
   int panels = (n + 15) >> 4;
-  /* 4-row tiles from 4 rows on (batched decode reads each panel once per 4 rows, not per row) */
-  int M4 = M & ~3;
-  for (int p = 0; p < panels; p++) {
-    const f32* wp = W + (long)p * K * 16;
-    int j = p * 16;
-    int nc = n - j < 16 ? n - j : 16;
-    const f32* bj = b ? b + j : 0;
-    int tiled = nc == 16 ? M4 : 0; /* a short last panel (the head's) takes the row path: y has no room past n */
-    if (tiled) panel_tiles(x, wp, bj, y + j, tiled, K, ld, ldx);
-    for (int m = tiled; m < M; m++) {
-      v128_t c0, c1, c2, c3;
-      panel_row(x + (long)m * ldx, wp, K, &c0, &c1, &c2, &c3);
-      f32* ym = y + (long)m * ld + j;
-      store4(ym, c0, bj, nc, act);
-      if (nc > 4) store4(ym + 4, c1, bj ? bj + 4 : 0, nc - 4, act);
-      if (nc > 8) store4(ym + 8, c2, bj ? bj + 8 : 0, nc - 8, act);
-      if (nc > 12) store4(ym + 12, c3, bj ? bj + 12 : 0, nc - 12, act);
-    }
-    if (tiled && act) for (int m = 0; m < tiled; m++) apply_act(y + (long)m * ld + j, nc, act);
-    if (r) add_residual(y + j, r + j, M, nc, ld); /* every row of this panel, tiled or not */
-  }
+  for (int p = 0; p < panels; p++) linear_panel(x, W, b, y, M, K, n, ld, ldx, act, r, p);
 }
 
 /* out[i, 0:K] = W[0:K, ids[i]]: rows of the tied embedding, read from the head's panels */
@@ -757,4 +763,105 @@ void gather_q8(const i32* W, const f32* ws, const i32* ids, f32* out, int n, int
 EXPORT(copy_cols)
 void copy_cols(f32* dst, const f32* src, int M, int n, int ldd, int lds) {
   for (int m = 0; m < M; m++) copy_f32(dst + (long)m * ldd, src + (long)m * lds, n);
+}
+
+/* ---------- one transformer block of a decode step in one call ----------
+ *
+ * Every thread of the team runs block_decode at once (thread tid of nth) and they meet at a barrier
+ * between stages. One call per block instead of ~10 tfjs ops and 5 jobs posted and awaited from JS:
+ * the dispatch, the JS between the products and each job's start and end on the other threads are
+ * gone. Each piece of work calls the same code as the separate kernels (layer_norm, linear_panel,
+ * attend_head) in the same order per output element: the same bits, whichever thread computes it.
+ *
+ * A stage's pieces (rows, weight panels, or one head of one row) are cut into nth contiguous ranges,
+ * one per thread, each with its own counter: a thread streams its own range in order (one sequential
+ * read of the weights per thread), then takes what is left of the others' (a late or preempted thread
+ * does not hold the stage up by more than the piece it is on).
+ *
+ * ctl: CTL_INTS(nth) control words (zeroed by the caller; the weight table at CTL_TABLE), then the
+ * floats: h [B, D], qkv [B, 3D], a [B, D], x1 [B, D], h2 [B, D], f [B, F], a softmax row per thread. */
+#define CTL_BAR 0     /* threads arrived at the barrier */
+#define CTL_GEN 16    /* barrier generation (its own cache line) */
+#define CTL_ERR 32    /* set when a barrier gave up waiting */
+#define CTL_TABLE 48  /* ln_1 g, b; c_attn w, b; attn c_proj w, b; ln_2 g, b; c_fc w, b; mlp c_proj w, b */
+#define STAGES 7
+#define CTL_NEXT(nth, stage, owner) (64 + ((stage) * (nth) + (owner)) * 16) /* each counter on its own line */
+#define CTL_INTS(nth) (64 + STAGES * (nth) * 16)
+#define SPIN_LIMIT (1LL << 33) /* ~10 s of polling: a thread that never arrives (killed worker) */
+
+static int team_barrier(i32_t* ctl, int nth) {
+  if (nth == 1) return 1;
+  int gen = __atomic_load_n(ctl + CTL_GEN, __ATOMIC_ACQUIRE);
+  if (__atomic_fetch_add(ctl + CTL_BAR, 1, __ATOMIC_ACQ_REL) == nth - 1) {
+    __atomic_store_n(ctl + CTL_BAR, 0, __ATOMIC_RELAXED);
+    __atomic_fetch_add(ctl + CTL_GEN, 1, __ATOMIC_RELEASE);
+    return 1;
+  }
+  for (long long spins = 0; __atomic_load_n(ctl + CTL_GEN, __ATOMIC_ACQUIRE) == gen; spins++) {
+    if (spins > SPIN_LIMIT || __atomic_load_n(ctl + CTL_ERR, __ATOMIC_RELAXED)) {
+      __atomic_store_n(ctl + CTL_ERR, 1, __ATOMIC_RELAXED);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+/* The next piece of `total` for thread tid in stage `stage`: its own range first, then the others'
+ * in turn; -1 when none is left. *u is the range being taken from (0 = own), kept by the caller. */
+static inline int next_piece(i32_t* ctl, int stage, int total, int tid, int nth, int* u) {
+  while (*u < nth) {
+    int owner = tid + *u < nth ? tid + *u : tid + *u - nth;
+    int hi = (int)((long long)total * (owner + 1) / nth);
+    int c = (int)((long long)total * owner / nth) + __atomic_fetch_add(ctl + CTL_NEXT(nth, stage, owner), 1, __ATOMIC_RELAXED);
+    if (c < hi) return c;
+    (*u)++;
+  }
+  return -1;
+}
+#define FOR_PIECES(c, stage, total) for (int u_ = 0, c; (c = next_piece(ctl, (stage), (total), tid, nth, &u_)) >= 0;)
+
+EXPORT(block_decode)
+void block_decode(const f32* x, f32* y, i32_t* ctl, f32* kc, f32* vc, const f32* mask, int B, int past, int ldkv,
+                  int H, int D, int F, f32 eps, f32 scale, int act, int tid, int nth) {
+  const f32* const* P = (const f32* const*)(ctl + CTL_TABLE);
+  f32* h = (f32*)(ctl + CTL_INTS(nth));
+  f32* qkv = h + (long)B * D;
+  f32* a = qkv + 3L * B * D;
+  f32* x1 = a + (long)B * D;
+  f32* h2 = x1 + (long)B * D;
+  f32* f = h2 + (long)B * D;
+  int Tk = past + 1;
+  f32* soft = f + (long)B * F + (long)tid * ((Tk + 7) & ~3);
+  int hd = D / H;
+  int pd = (D + 15) >> 4, pf = (F + 15) >> 4; /* panels of a D- and an F-wide output */
+  /* h = ln_1(x) */
+  FOR_PIECES(m, 0, B) layer_norm(x + (long)m * D, P[0], P[1], h + (long)m * D, 1, D, eps);
+  if (!team_barrier(ctl, nth)) return;
+  /* qkv = h @ c_attn + b */
+  FOR_PIECES(p, 1, (3 * D + 15) >> 4) linear_panel(h, P[2], P[3], qkv, B, D, 3 * D, 3 * D, D, 0, 0, p);
+  if (!team_barrier(ctl, nth)) return;
+  /* per row and head: this position's key and value into the cache, then attention over [0, past] */
+  FOR_PIECES(c, 2, B * H) {
+    int bi = c / H, hh = c % H;
+    const f32* row = qkv + 3L * bi * D;
+    f32* kb = kc + (long)bi * ldkv * D;
+    f32* vb = vc + (long)bi * ldkv * D;
+    for (int j = hh * hd; j < (hh + 1) * hd; j++) {
+      kb[(long)past * D + j] = row[D + j];
+      vb[(long)past * D + j] = row[2 * D + j];
+    }
+    attend_head(row, kb, vb, mask ? mask + (long)bi * Tk : 0, a + (long)bi * D, soft, Tk, D, hd, scale, hh);
+  }
+  if (!team_barrier(ctl, nth)) return;
+  /* x1 = x + a @ c_proj + b */
+  FOR_PIECES(p, 3, pd) linear_panel(a, P[4], P[5], x1, B, D, D, D, D, 0, x, p);
+  if (!team_barrier(ctl, nth)) return;
+  /* h2 = ln_2(x1) */
+  FOR_PIECES(m, 4, B) layer_norm(x1 + (long)m * D, P[6], P[7], h2 + (long)m * D, 1, D, eps);
+  if (!team_barrier(ctl, nth)) return;
+  /* f = act(h2 @ c_fc + b) */
+  FOR_PIECES(p, 5, pf) linear_panel(h2, P[8], P[9], f, B, D, F, F, D, act, 0, p);
+  if (!team_barrier(ctl, nth)) return;
+  /* y = x1 + f @ c_proj + b */
+  FOR_PIECES(p, 6, pd) linear_panel(f, P[10], P[11], y, B, F, D, D, F, 0, x1, p);
 }

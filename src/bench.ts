@@ -7,6 +7,7 @@ import { Batch, Sequence } from './generate/generate';
 import * as tf from './tf';
 import { loadModel } from './index';
 import { EngineInfo, engineInfo } from './model/engines';
+import { blockRunsSoFar } from './model/wasm/instance';
 
 export interface BenchOptions {
   model?: string;
@@ -27,6 +28,8 @@ export interface BenchResult {
   threads: number;
   /** wasm: whether the fused multiply-add (relaxed SIMD) build of the kernels ran. */
   fma: boolean;
+  /** wasm: blocks that ran as one kernel (GPT2BlockDecode) in the timed run; 0 = every block ran op by op. */
+  fusedBlocks: number;
   /** What ran the model, and why a fast path was off (engineInfo() after the timed run). */
   engine: EngineInfo;
   nLayer: number;
@@ -81,13 +84,16 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchResult> {
       }
     };
     for (let i = 0; i < (o.warmup ?? 1); i++) await once(Math.min(4, newTokens));
+    const fusedBefore = blockRunsSoFar();
     const r = await once(newTokens);
+    const fusedBlocks = blockRunsSoFar() - fusedBefore;
     const engine = engineInfo();
     return {
       model: o.model ?? 'default',
       backend: currentBackend(),
       threads: engine.kernels.active ? engine.kernels.threads : 1,
       fma: engine.kernels.fma,
+      fusedBlocks,
       engine,
       nLayer: gpt.config.nLayer,
       nHead: gpt.config.nHead,

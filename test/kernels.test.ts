@@ -10,7 +10,8 @@ import { KV_GROW, cachePrefix } from '../src/model/engine';
 import { wasmEngine } from '../src/model/wasm/engine';
 import { F32PanelWeight } from '../src/model/params';
 import { packPanelsF32 } from '../src/model/quantize';
-import { KERNELS_BUILT_FOR, ensureKernelThread, memoryOf, setWasmKernelsDisabled, stopKernelThread, wasmKernelThreads, wasmKernelsActive } from '../src/model/wasm/instance';
+import { KVCache } from '../src/model/kvcache';
+import { KERNELS_BUILT_FOR, blockRunsSoFar, setBlockFusion, ensureKernelThread, memoryOf, setWasmKernelsDisabled, stopKernelThread, wasmKernelThreads, wasmKernelsActive } from '../src/model/wasm/instance';
 import { moveRows, runAttend } from '../src/model/wasm/register';
 import { KERNELS_FMA_WASM_BASE64, KERNELS_WASM_BASE64 } from '../src/model/wasm/kernels.wasm';
 import { KERNEL_ABI, argList, chunkLayout } from '../src/model/wasm/abi';
@@ -391,6 +392,7 @@ describe('kernel builds and thread counts', () => {
     const one = await greedyIn({ GPT2_TFJS_THREADS: '1' });
     const three = await greedyIn({ GPT2_TFJS_THREADS: '3' }, 4); // a team of two workers (on a 2-core machine: oversubscribed, still exact)
     const plain = await greedyIn({ GPT2_TFJS_FMA: '0', GPT2_TFJS_THREADS: '1' });
+    const opByOp = await greedyIn({ GPT2_TFJS_FUSED_BLOCK: '0' }); // decode blocks op by op instead of one kernel each
     expect(fast.backend).toMatch(cores >= 2 ? new RegExp(`threads=${Math.min(cores, 4)}`) : /threads=1/);
     expect(three.backend).toMatch(/threads=3/);
     expect(three.logits).toBe(one.logits);
@@ -401,7 +403,70 @@ describe('kernel builds and thread counts', () => {
     expect(one.logits).toBe(fast.logits); // the same build: every logit bit-identical whatever the thread count
     expect(one.tokens).toEqual(fast.tokens);
     expect(plain.tokens).toEqual(fast.tokens);
-  }, 90_000);
+    expect(opByOp.logits).toBe(fast.logits);
+    expect(opByOp.tokens).toEqual(fast.tokens);
+  }, 120_000);
+});
+
+describe('decode blocks as one kernel (GPT2BlockDecode)', () => {
+  /** Prefill, then `steps` decode steps; each step's last-position logits. */
+  async function decode(m: Awaited<ReturnType<typeof loadModel>>, fused: boolean, pad: number[], prompt: number[][], steps: number): Promise<Float32Array[]> {
+    setBlockFusion(fused);
+    const c = new KVCache([...pad]); // the cache keeps (and changes) the array it is given
+    try {
+      const out = [await m.model.step(prompt, c, { lastOnly: true })];
+      for (let i = 0; i < steps; i++) out.push(await m.model.step(prompt.map((_, b) => [(i * 31 + b * 7 + 5) % 50257]), c, { lastOnly: true }));
+      return out;
+    } finally {
+      c.dispose();
+      setBlockFusion(true);
+    }
+  }
+
+  test('the same bits as op by op: one row, three rows with padding, across the cache growth boundary; nothing left behind', async () => {
+    const m = await loadModel(undefined, { backend: 'wasm' }); // the bundled model: context 256, room for the cache to grow
+    const L = m.config.nLayer;
+    const steps = KV_GROW + 4; // the cache buffers grow once on the way
+    try {
+      for (const pad of [[0], [0, 2, 4]]) {
+        const prompt = pad.map((p, b) => Array.from({ length: 6 }, (_, i) => (i < p ? 0 : (i * 13 + b * 101 + 1) % 50257)));
+        const before = tf.memory().numTensors;
+        const runs = blockRunsSoFar();
+        const fused = await decode(m, true, pad, prompt, steps);
+        expect(blockRunsSoFar() - runs).toBe(steps * L); // every decode block, none of the prefill's
+        const plain = await decode(m, false, pad, prompt, steps);
+        expect(blockRunsSoFar() - runs).toBe(steps * L);
+        fused.forEach((f, i) => expectSameFloats(f, plain[i]));
+        expect(tf.memory().numTensors).toBe(before);
+      }
+    } finally {
+      m.dispose();
+    }
+  }, 60_000);
+
+  test('a decode step is one kernel per block plus the head; engineInfo says so; q8 models run op by op', async () => {
+    const m = await loadModel(TINY_DIR, { backend: 'wasm' });
+    const c = new KVCache([0]);
+    try {
+      await m.model.step([[1, 2, 3]], c);
+      const prof = await tf.profile(() => m.model.step([[4]], c, { lastOnly: true }));
+      const names = prof.kernels.map((k) => k.name);
+      expect(names.filter((n) => n === 'GPT2BlockDecode')).toHaveLength(m.config.nLayer);
+      expect(names.filter((n) => n === 'GPT2LinearP')).toHaveLength(1); // the head
+      expect(engineInfo().kernels.fusedBlocks).toBe(true);
+    } finally {
+      c.dispose();
+      m.dispose();
+    }
+    const q8 = await loadModel(TINY_DIR + '-q8', { backend: 'wasm' });
+    try {
+      const runs = blockRunsSoFar();
+      await q8.generate([1, 2, 3], { maxNewTokens: 4, temperature: 0 });
+      expect(blockRunsSoFar()).toBe(runs);
+    } finally {
+      q8.dispose();
+    }
+  }, 60_000);
 });
 
 describe('fallbacks that speak', () => {

@@ -447,6 +447,13 @@ describe('load, cancellation and lifecycle', () => {
 
   test('a request past requestTimeoutMs is cancelled with 504', async () => {
     const s = await startServer({ model: gpt, port: 0, requestTimeoutMs: 40, maxBatch: 1 });
+    // Each model step takes 5 ms or more: 60 tokens cannot finish within 40 ms however fast the host.
+    const stepParts = gpt.model.stepParts.bind(gpt.model);
+    const spy = jest.spyOn(gpt.model, 'stepParts').mockImplementation(async (...a: Parameters<typeof stepParts>) => {
+      const out = await stepParts(...a);
+      await new Promise((r) => setTimeout(r, 5));
+      return out;
+    });
     try {
       const r = await post({ prompt: [1], max_tokens: 60, temperature: 0 }, s);
       expect(r.status).toBe(504);
@@ -456,6 +463,7 @@ describe('load, cancellation and lifecycle', () => {
       expect((st.events[st.events.length - 1] as unknown as ErrorBody).error.code).toBe('timeout');
       await idle(s);
     } finally {
+      spy.mockRestore();
       await s.close();
     }
     expect(tf.memory().numTensors).toBe(baseline);

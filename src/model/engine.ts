@@ -12,7 +12,7 @@
 import * as tf from '../tf';
 import { Activation } from './config';
 import { activate } from './layers';
-import { PackedWeight, Uploader, Weight, hostUpload } from './params';
+import { BlockParams, PackedWeight, Uploader, Weight, hostUpload } from './params';
 
 /**
  * Additive attention mask value. Finite even where WebGL textures are float16 (max 65504), so
@@ -141,6 +141,12 @@ export interface Engine {
   /** Causal multi-head attention of q [N, d] against the first past + T positions of kv -> [N, d]. */
   attend(q: tf.Tensor2D, kv: LayerKV, ctx: AttnContext): tf.Tensor2D;
   readonly kv: KVOps;
+  /**
+   * A whole block as one fused kernel, where the engine has one for this step (the wasm kernels: a
+   * decode step's block, float32 weights); null = run the block op by op (layers.ts block). It computes
+   * exactly what layers.ts block does (tests: the same bits).
+   */
+  block?(x: tf.Tensor2D, p: BlockParams, part: { ctx: AttnContext; past: LayerKV | null }, eps: number, act: Activation): { x: tf.Tensor2D; kv: LayerKV } | null;
 }
 
 // ----------------------------------------------------------------------------- tf ops

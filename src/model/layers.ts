@@ -64,9 +64,12 @@ export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: Attn
 /**
  * Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). Each skip connection is handed to
  * the projection that ends its branch (the wasm kernels add it as they store the output: no separate
- * add, two tfjs ops fewer per block; the same float additions, so the same bits).
+ * add, two tfjs ops fewer per block; the same float additions, so the same bits). An engine may run
+ * the whole block as one kernel instead (Engine.block: the wasm kernels' decode block), computing the same.
  */
 export function block(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[], eps: number, act: Activation): { x: tf.Tensor2D; kvs: LayerKV[] } {
+  const fused = parts.length === 1 ? e.block?.(x, p, parts[0], eps, act) : null; // the engine's one-kernel block, where it has one
+  if (fused) return { x: fused.x, kvs: [fused.kv] };
   const { out: x1, kvs } = attention(e, layerNorm(e, x, p.ln_1, eps), p, parts, x); // x + attn(ln_1(x)): [N, d]
   return { x: mlp(e, layerNorm(e, x1, p.ln_2, eps), p, act, x1), kvs }; // x1 + mlp(ln_2(x1)): [N, d]
 }

@@ -11,9 +11,9 @@ import * as tf from '../../tf';
 import type { Engine, JoinPlan, KVOps, LayerKV } from '../engine';
 import { KV_GROW, cachePrefix, floatWeight, tfEngine } from '../engine';
 import { activate } from '../layers';
-import { WasmBackendLike, memoryOf, startKernels } from './instance';
+import { WasmBackendLike, blockFusionOn, memoryOf, startKernels } from './instance';
 import { F32PanelWeight, Q8Weight } from '../params';
-import { KernelActivation, moveRows, registerKernels, runAttend, runCacheRows, runGatherP, runGatherQ8, runLayerNorm, runLinear, runLinearP, runLinearQ8, runSplitCols, zeroWords } from './register';
+import { ACT_CODES, KernelActivation, moveRows, registerKernels, runAttend, runBlockDecode, runCacheRows, runGatherP, runGatherQ8, runLayerNorm, runLinear, runLinearP, runLinearQ8, runSplitCols, zeroWords } from './register';
 
 /** Extra rows a merged cache buffer keeps, so the next joining rows are copied in place. */
 const SPARE_ROWS = 3;
@@ -137,4 +137,21 @@ export const wasmEngine: Engine = {
     return runAttend(q, kv.k, kv.v, ctx.mask.padding(), { B: ctx.batch, T: ctx.steps, past: ctx.past, nHead: ctx.nHead, scale: 1 / Math.sqrt(hd) }); // [N, d]
   },
   kv: wasmKV,
+  block(x, p, { ctx, past }, eps, act) {
+    // A decode step (one new position per row) on float32 panel weights with a fused activation;
+    // anything else (prefill, int8 weights, exact-erf gelu, a first step with no cache) runs op by op.
+    const { attn, mlp } = p;
+    const ws = [attn.c_attn.w, attn.c_proj.w, mlp.c_fc.w, mlp.c_proj.w];
+    if (!blockFusionOn() || ctx.steps !== 1 || !past || act === 'gelu' || !ws.every((w) => w instanceof F32PanelWeight)) return null;
+    const [wa, wo, wf, wm] = ws as F32PanelWeight[];
+    const B = ctx.batch;
+    const kb = withRoom(past.k, ctx.past, 1); // [B', cap, d], cap > past
+    const vb = withRoom(past.v, ctx.past, 1);
+    if (kb.shape[0] < B) throw new Error(`gpt2-tfjs block: cache of ${kb.shape[0]} rows for ${B}`);
+    const y = runBlockDecode(x, kb, vb, ctx.mask.padding(), {
+      ln1g: p.ln_1.g, ln1b: p.ln_1.b, wa: wa.packed, ba: attn.c_attn.b, wo: wo.packed, bo: attn.c_proj.b,
+      ln2g: p.ln_2.g, ln2b: p.ln_2.b, wf: wf.packed, bf: mlp.c_fc.b, wm: wm.packed, bm: mlp.c_proj.b,
+    }, { past: ctx.past, nHead: ctx.nHead, nInner: wf.outDim, eps, act: ACT_CODES[act], scale: 1 / Math.sqrt(x.shape[1] / ctx.nHead) }); // [B, d]
+    return { x: y, kv: { k: kb, v: vb } };
+  },
 };

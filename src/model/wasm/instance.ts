@@ -42,6 +42,26 @@ let threadsWanted = 1;
 let unsharedReason: string | undefined;
 let backendVersion: string | null = null;
 const warned = new Set<string>();
+/**
+ * Whether a decode step's blocks run as one kernel each (GPT2BlockDecode) on float32 models. On unless
+ * GPT2_TFJS_FUSED_BLOCK=0 (for comparing against the op-by-op path; tests flip it with setBlockFusion).
+ */
+let blockFusion = typeof process === 'undefined' || process.env?.GPT2_TFJS_FUSED_BLOCK !== '0';
+let blockRuns = 0;
+
+export function setBlockFusion(on: boolean): void {
+  blockFusion = on;
+}
+export function blockFusionOn(): boolean {
+  return blockFusion;
+}
+/** Counts blocks run as one kernel (register.ts), so a benchmark or test can tell that the fused path engaged. */
+export function countBlockRun(): void {
+  blockRuns++;
+}
+export function blockRunsSoFar(): number {
+  return blockRuns;
+}
 
 const compiled = new Map<string, Promise<WebAssembly.Module>>(); // by variant and memory kind
 
@@ -252,6 +272,8 @@ export interface KernelStatus {
   threadReason?: string;
   /** The fused multiply-add (relaxed SIMD) build. */
   fma: boolean;
+  /** Decode blocks of float32 models run as one kernel each (off only with GPT2_TFJS_FUSED_BLOCK=0; q8 models run op by op). */
+  fusedBlocks: boolean;
   /** tfjs-backend-wasm version in use, and the one the kernels were built for. */
   backendVersion: string | null;
   builtFor: string;
@@ -276,6 +298,7 @@ export function kernelStatus(): KernelStatus {
     threadsWanted,
     ...(active && threads < threadsWanted ? { threadReason: threadOffReason ?? idle ?? 'unknown' } : {}),
     fma: active && wasmKernelsFma(),
+    fusedBlocks: active && blockFusion,
     backendVersion,
     builtFor: KERNELS_BUILT_FOR,
   };

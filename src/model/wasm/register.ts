@@ -15,12 +15,14 @@
  *   GPT2SplitCols  column blocks of a matrix (q|k|v) as separate tensors: strided copies in wasm (tfjs's
  *                  slice copies through JS typed arrays, several times slower on a shared heap)
  *   GPT2CacheRows  a new cache buffer assembled from rows of one or two others
+ *   GPT2BlockDecode one transformer block of a decode step (ln_1, c_attn, the cache write, attention,
+ *                  c_proj + x, ln_2, c_fc + act, c_proj + x1) in one call run by the whole team
  */
 import * as tf from '../../tf';
 import type { F32PanelWeight, Q8Weight } from '../params';
 import { KernelExports, call } from './abi';
-import { WasmBackendLike, activeKernels, threadFor } from './instance';
-import { runChunks } from './threads';
+import { WasmBackendLike, activeKernels, countBlockRun, memoryOf, threadFor } from './instance';
+import { runChunks, runTeamed } from './threads';
 
 export const ACT_CODES = { none: 0, gelu_new: 1, relu: 2 } as const;
 export type KernelActivation = keyof typeof ACT_CODES;
@@ -439,6 +441,77 @@ export function moveRows(buf: tf.Tensor3D, src: tf.Tensor3D, from: number[], to:
   });
 }
 
+// ----------------------------------------------------------------------------- GPT2BlockDecode
+
+/** The weights of a block, in the order of block_decode's table (kernels.c CTL_TABLE). */
+export const BLOCK_TABLE = ['ln1g', 'ln1b', 'wa', 'ba', 'wo', 'bo', 'ln2g', 'ln2b', 'wf', 'bf', 'wm', 'bm'] as const;
+type BlockInputs = 'x' | 'k' | 'v' | 'mask' | (typeof BLOCK_TABLE)[number];
+interface BlockAttrs {
+  past: number; // positions already in the cache: this step's key/value go to position `past`
+  nHead: number;
+  nInner: number; // c_fc's output width
+  eps: number;
+  act: number;
+  scale: number; // 1 / sqrt(head size), as GPT2Attend gets it
+}
+/** kernels.c: control words before the scratch floats (by thread count), the weight table's first word, the barrier's give-up flag. */
+const ctlInts = (nth: number) => 64 + 7 * nth * 16;
+const CTL_TABLE = 48;
+const CTL_ERR = 32;
+
+/**
+ * x [B, D] -> the block's output [B, D], writing this step's keys/values into the cache buffers k/v
+ * [B', cap, D] (cap > past) in place. The control words and the scratch are one buffer per call;
+ * every thread of the team runs block_decode (runTeamed). Should the team fail, or a barrier give up
+ * waiting for a thread, the team is abandoned and the block runs again here on one thread (every
+ * write of the kernel is repeatable: x is only read, the cache positions written are the same).
+ */
+function blockDecodeKernel(be: WasmBackendLike, inputs: Partial<Record<BlockInputs, tf.TensorInfo>>, { past, nHead, nInner, eps, act, scale }: BlockAttrs): tf.TensorInfo {
+  const x = inputs.x as tf.TensorInfo;
+  const kb = inputs.k as tf.TensorInfo;
+  const [B, D] = x.shape;
+  const out = be.makeOutput([B, D], 'float32');
+  const k = kernels();
+  const thread = threadFor(B * D * D * 12);
+  const most = thread ? thread.size + 1 : 1;
+  const scratch = be.makeOutput([ctlInts(most) + B * (7 * D + nInner) + most * ((past + 8) & ~3)], 'float32'); // before the claim: nothing can throw while the team is held
+  const pc = offset(be, scratch);
+  const table = BLOCK_TABLE.map((n) => (inputs[n] ? offset(be, inputs[n] as tf.TensorInfo) : 0));
+  const prepare = (nth: number) => {
+    call(k, 'zero_f32', { dst: pc, n: ctlInts(nth) });
+    new Int32Array((memoryOf(be) as WebAssembly.Memory).buffer, pc + 4 * CTL_TABLE, table.length).set(table);
+  };
+  const team = thread && thread.claim() ? thread : null;
+  const args = {
+    x: offset(be, x), y: offset(be, out), ctl: pc, k: offset(be, kb), v: offset(be, inputs.v as tf.TensorInfo), mask: inputs.mask ? offset(be, inputs.mask) : 0,
+    B, past, ldkv: kb.shape[1], H: nHead, D, F: nInner, eps, scale, act, tid: 0, nth: team ? team.size + 1 : 1,
+  };
+  const alone = () => {
+    prepare(1);
+    call(k, 'block_decode', { ...args, nth: 1 });
+  };
+  try {
+    prepare(args.nth);
+    runTeamed(k, 'block_decode', args, team, alone);
+    if (team && new Int32Array((memoryOf(be) as WebAssembly.Memory).buffer, pc + 4 * CTL_ERR, 1)[0]) {
+      team.abandon(); // a thread never reached a barrier
+      alone();
+    }
+  } finally {
+    be.disposeData(scratch.dataId);
+  }
+  countBlockRun();
+  return out;
+}
+
+/** The block's weights, as GPT2BlockDecode takes them. */
+export type BlockWeights = Record<(typeof BLOCK_TABLE)[number], tf.Tensor>;
+
+export function runBlockDecode(x: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, mask: tf.Tensor2D | null, w: BlockWeights, attrs: BlockAttrs): tf.Tensor2D {
+  const inputs: tf.NamedTensorMap = { x, k, v, ...(mask ? { mask } : {}), ...w };
+  return tf.engine().runKernel('GPT2BlockDecode', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
 /** Registers the kernels (once per process; the wasm backend must be registered). */
 export function registerKernels(): void {
   register<CacheRowsInputs, CacheRowsAttrs>('GPT2CacheRows', cacheRowsKernel);
@@ -451,4 +524,5 @@ export function registerKernels(): void {
   register<SplitInputs, SplitAttrs>('GPT2SplitCols', splitColsKernel);
   register<NormInputs, NormAttrs>('GPT2LayerNorm', layerNormKernel);
   register<AttendInputs, AttendAttrs>('GPT2Attend', attendKernel);
+  register<BlockInputs, BlockAttrs>('GPT2BlockDecode', blockDecodeKernel);
 }

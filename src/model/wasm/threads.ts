@@ -63,9 +63,14 @@ function start({ module, memory, ctrl, names, types }, reply) {
   let last = 0;
   reply({ ready: true });
   for (;;) {
-    const t0 = performance.now();
+    // Spin a little: the next job usually follows within microseconds. The clock is read once per 1024
+    // polls: each read allocates a number, and a worker polling it nonstop collected garbage every few
+    // decode steps, each collection waking V8's helper threads onto the cores the kernels run on.
+    let t0 = -1, polls = 0;
     while (Atomics.load(c, ${Slot.Seq}) === last) {
-      if (performance.now() - t0 < 2) continue; // spin a little: the next job usually follows within microseconds
+      if ((++polls & 1023) !== 0) continue;
+      if (t0 < 0) t0 = performance.now();
+      if (performance.now() - t0 < 2) continue;
       // idle: sleep until the next job; after a long idle, exit unless the caller holds the team right
       // now (the first worker to time out marks the team exited; the others see it and exit too)
       if (Atomics.wait(c, ${Slot.Seq}, last, IDLE_EXIT_MS) === 'timed-out') {
@@ -242,10 +247,12 @@ export class KernelTeam {
   /** Blocks until every worker finished the posted job (normally within microseconds of the caller), then releases the team. */
   wait(): void {
     const c = this.ctrl;
-    const t0 = performance.now();
-    for (;;) {
+    let t0 = -1;
+    for (let polls = 1; ; polls++) {
       const done = Atomics.load(c, Slot.Done);
       if (done === this.size) break;
+      if ((polls & 1023) !== 0) continue; // the clock once per 1024 polls (see the worker's loop)
+      if (t0 < 0) t0 = performance.now();
       const waited = performance.now() - t0;
       if (waited > 30_000 || this.broken) {
         this.broken = true;
@@ -258,6 +265,11 @@ export class KernelTeam {
       this.broken = true;
       throw new Error('gpt2-tfjs kernel worker failed');
     }
+  }
+
+  /** Marks the team unusable (a job it ran together went wrong); later calls run on one thread. */
+  abandon(): void {
+    this.broken = true;
   }
 
   async stop(): Promise<void> {
@@ -293,4 +305,31 @@ export function runChunks<K extends KernelName>(k: KernelExports, name: K, args:
     // if a worker failed, every chunk is redone here (each chunk writes only its own slot)
     if (shared) thread.waitOr(() => { for (let ch = 0; ch < spec.count; ch++) invoke(f, chunkArgs(a, base, steps, ch, extentIndex, size, total)); });
   }
+}
+
+/**
+ * Runs a kernel that splits its own work (block_decode): every thread of a claimed team runs it once,
+ * at the same time, as thread `tid` of `nth` (its chunk index is its tid; the threads meet at barriers
+ * in memory, so none can take a second chunk before all have taken one). Without a team it runs once
+ * here with nth 1 (the caller passes that nth in `args`). `redo` runs when a worker failed: it must
+ * compute the whole job again on this thread (the kernel's writes are repeatable).
+ */
+export function runTeamed<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>, team: KernelTeam | null, redo: () => void): void {
+  const base = argList(name, args);
+  const f = k[name];
+  if (!team) {
+    invoke(f, base);
+    return;
+  }
+  const count = team.size + 1;
+  const layout = chunkLayout(name, { count, step: { tid: 1 } as Partial<KernelArgs<K>> });
+  const a = base.slice();
+  let failed = false;
+  team.post(name, base, count, layout, undefined);
+  try {
+    for (let ch = team.takeChunk(); ch < count; ch = team.takeChunk()) invoke(f, chunkArgs(a, base, layout.steps, ch, -1, 0, 0));
+  } finally {
+    team.waitOr(() => (failed = true));
+  }
+  if (failed) redo();
 }
