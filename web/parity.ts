@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { BackendName, EngineInfo, GPT2, GenerateOptions, engineInfo, loadModel, setBackend } from '../src/index';
-import { setWasmKernelsDisabled } from '../src/model/wasm/instance';
+import { blockRunsSoFar, setWasmKernelsDisabled } from '../src/model/wasm/instance';
 
 interface TinyFixture {
   fullLogits: { file: string; ids: number[]; shape: [number, number] };
@@ -34,6 +34,8 @@ export interface ParityReport extends EnvReport {
   argmaxMismatches: { case: number; t: number; want: number; got: number; margin: number }[];
   /** viaForward (re-running the whole sequence per token) only when asked: slow on SwiftShader. */
   greedy: { want: number[]; viaForward: number[] | null; viaGenerate: number[] }[];
+  /** Blocks that ran as one kernel (GPT2BlockDecode) during the greedy generations: > 0 on wasm. */
+  fusedBlockRuns: number;
   tensorsBefore: number;
   tensorsAfter: number;
   ms: number;
@@ -158,6 +160,7 @@ async function parityRun(backend: BackendName, options: { viaForward?: boolean }
     }
 
     const greedy: ParityReport['greedy'] = [];
+    const fusedBefore = blockRunsSoFar();
     for (const g of fx.greedy) {
       let viaForward: number[] | null = null;
       if (options.viaForward) {
@@ -178,6 +181,7 @@ async function parityRun(backend: BackendName, options: { viaForward?: boolean }
       caseLogsumexpMaxDiff,
       argmaxMismatches,
       greedy,
+      fusedBlockRuns: blockRunsSoFar() - fusedBefore,
       tensorsBefore,
       tensorsAfter: tf.memory().numTensors,
       ms: performance.now() - t0,

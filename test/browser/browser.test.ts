@@ -106,6 +106,9 @@ suite('in headless Chromium', () => {
       // and, the page being cross-origin isolated, on two threads (a Web Worker beside the page)
       const threads = Math.min(2, r.hardwareConcurrency);
       if (backend === 'wasm') expect(r.engine.kernels).toMatchObject({ active: true, fma: true, threads, threadsWanted: threads });
+      // decode blocks ran as one kernel each on wasm (a silent fall back to op by op would fail here)
+      if (backend === 'wasm') expect(r.fusedBlockRuns).toBeGreaterThan(0);
+      else expect(r.fusedBlockRuns).toBe(0);
       expect(r.crossOriginIsolated).toBe(true);
       if (backend === 'webgl') expect(r.webglRenderFloat32).toBe(true);
       expect(r.fullMaxDiff).toBeLessThanOrEqual(TOLERANCE[backend]);
