@@ -814,6 +814,9 @@ static inline int next_piece(i32_t* ctl, int stage, int total, int tid, int nth,
     int hi = (int)((long long)total * (owner + 1) / nth);
     int c = (int)((long long)total * owner / nth) + __atomic_fetch_add(ctl + CTL_NEXT(nth, stage, owner), 1, __ATOMIC_RELAXED);
     if (c < hi) return c;
+#ifdef NO_STEAL
+    return -1;
+#endif
     (*u)++;
   }
   return -1;
@@ -841,6 +844,7 @@ void block_decode(const f32* x, f32* y, i32_t* ctl, f32* kc, f32* vc, const f32*
   FOR_PIECES(p, 1, (3 * D + 15) >> 4) linear_panel(h, P[2], P[3], qkv, B, D, 3 * D, 3 * D, D, 0, 0, p);
   if (!team_barrier(ctl, nth)) return;
   /* per row and head: this position's key and value into the cache, then attention over [0, past] */
+#ifndef SKIP_ATTN
   FOR_PIECES(c, 2, B * H) {
     int bi = c / H, hh = c % H;
     const f32* row = qkv + 3L * bi * D;
@@ -852,6 +856,7 @@ void block_decode(const f32* x, f32* y, i32_t* ctl, f32* kc, f32* vc, const f32*
     }
     attend_head(row, kb, vb, mask ? mask + (long)bi * Tk : 0, a + (long)bi * D, soft, Tk, D, hd, scale, hh);
   }
+#endif
   if (!team_barrier(ctl, nth)) return;
   /* x1 = x + a @ c_proj + b */
   FOR_PIECES(p, 3, pd) linear_panel(a, P[4], P[5], x1, B, D, D, D, D, 0, x, p);
