@@ -63,6 +63,8 @@ export interface BenchReport extends EnvReport {
   /** Kernel threads used (wasm; 1 elsewhere), and whether the fused multiply-add build ran. */
   threads: number;
   fma: boolean;
+  /** Blocks that ran as one kernel (GPT2BlockDecode) in the timed runs; 0 = every block op by op. */
+  fusedBlocks: number;
   nLayer: number;
   nHead: number;
   nEmbd: number;
@@ -247,7 +249,9 @@ async function bench(backend: BackendName, modelUrl: string, promptTokens = 32, 
     };
     await run(); // shader compilation and texture pools on the GPU backends
     const runs: { ttft: number; decode: number }[] = [];
+    const fusedBefore = blockRunsSoFar();
     for (let i = 0; i < repeats; i++) runs.push(await run());
+    const fusedBlocks = blockRunsSoFar() - fusedBefore;
     const ttft = median(runs.map((r) => r.ttft));
     const decode = median(runs.map((r) => r.decode));
     const params = c.vocabSize * c.nEmbd + c.nPositions * c.nEmbd + c.nLayer * (12 * c.nEmbd * c.nEmbd + 13 * c.nEmbd);
@@ -257,6 +261,7 @@ async function bench(backend: BackendName, modelUrl: string, promptTokens = 32, 
       model: modelUrl,
       threads: e.engine.kernels.active ? e.engine.kernels.threads : 1,
       fma: e.engine.kernels.fma,
+      fusedBlocks,
       nLayer: c.nLayer,
       nHead: c.nHead,
       nEmbd: c.nEmbd,
