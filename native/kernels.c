@@ -782,28 +782,40 @@ void copy_cols(f32* dst, const f32* src, int M, int n, int ldd, int lds) {
  * floats: h [B, D], qkv [B, 3D], a [B, D], x1 [B, D], h2 [B, D], f [B, F], a softmax row per thread. */
 #define CTL_BAR 0     /* threads arrived at the barrier */
 #define CTL_GEN 16    /* barrier generation (its own cache line) */
-#define CTL_ERR 32    /* set when a barrier gave up waiting */
+#define CTL_ERR 32    /* set when a barrier gave up waiting, or the caller's part failed */
 #define CTL_TABLE 48  /* ln_1 g, b; c_attn w, b; attn c_proj w, b; ln_2 g, b; c_fc w, b; mlp c_proj w, b */
 #define STAGES 7
 #define CTL_NEXT(nth, stage, owner) (64 + ((stage) * (nth) + (owner)) * 16) /* each counter on its own line */
 #define CTL_INTS(nth) (64 + STAGES * (nth) * 16)
-#define SPIN_LIMIT (1LL << 33) /* ~10 s of polling: a thread that never arrives (killed worker) */
+#define CTL_SLEEP 40   /* threads blocked in the barrier's wait (same line as CTL_ERR: both rare) */
+#define SPINS 65536    /* polls (~0.1 ms) before a thread that may block waits instead */
+#define WAITS 10000    /* 1 ms waits (or SPINS polls each, for a thread that may not block): ~10 s, then give up */
 
-static int team_barrier(i32_t* ctl, int nth) {
+/* All nth threads meet here. A thread polls for a while, then (where it may block: not a browser's main
+ * thread) sleeps in memory.atomic.wait so that a preempted partner gets the core back sooner; the last to
+ * arrive wakes sleepers. Returns 0 (and sets CTL_ERR, which the others see) when a thread never comes. */
+static int team_barrier(i32_t* ctl, int nth, int may_block) {
   if (nth == 1) return 1;
   int gen = __atomic_load_n(ctl + CTL_GEN, __ATOMIC_ACQUIRE);
   if (__atomic_fetch_add(ctl + CTL_BAR, 1, __ATOMIC_ACQ_REL) == nth - 1) {
     __atomic_store_n(ctl + CTL_BAR, 0, __ATOMIC_RELAXED);
-    __atomic_fetch_add(ctl + CTL_GEN, 1, __ATOMIC_RELEASE);
+    __atomic_fetch_add(ctl + CTL_GEN, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(ctl + CTL_SLEEP, __ATOMIC_SEQ_CST)) __builtin_wasm_memory_atomic_notify(ctl + CTL_GEN, nth);
     return 1;
   }
-  for (long long spins = 0; __atomic_load_n(ctl + CTL_GEN, __ATOMIC_ACQUIRE) == gen; spins++) {
-    if (spins > SPIN_LIMIT || __atomic_load_n(ctl + CTL_ERR, __ATOMIC_RELAXED)) {
-      __atomic_store_n(ctl + CTL_ERR, 1, __ATOMIC_RELAXED);
-      return 0;
+  for (int round = 0; round < WAITS; round++) {
+    for (int spin = 0; spin < SPINS; spin++) {
+      if (__atomic_load_n(ctl + CTL_GEN, __ATOMIC_ACQUIRE) != gen) return 1;
+      if (__atomic_load_n(ctl + CTL_ERR, __ATOMIC_RELAXED)) return 0;
+    }
+    if (may_block) {
+      __atomic_fetch_add(ctl + CTL_SLEEP, 1, __ATOMIC_SEQ_CST);
+      __builtin_wasm_memory_atomic_wait32(ctl + CTL_GEN, gen, 1000000LL); /* returns at once if GEN moved */
+      __atomic_fetch_sub(ctl + CTL_SLEEP, 1, __ATOMIC_SEQ_CST);
     }
   }
-  return 1;
+  __atomic_store_n(ctl + CTL_ERR, 1, __ATOMIC_RELAXED);
+  return 0;
 }
 
 /* The next piece of `total` for thread tid in stage `stage`: its own range first, then the others'
@@ -825,7 +837,7 @@ static inline int next_piece(i32_t* ctl, int stage, int total, int tid, int nth,
 
 EXPORT(block_decode)
 void block_decode(const f32* x, f32* y, i32_t* ctl, f32* kc, f32* vc, const f32* mask, int B, int past, int ldkv,
-                  int H, int D, int F, f32 eps, f32 scale, int act, int tid, int nth) {
+                  int H, int D, int F, f32 eps, f32 scale, int act, int tid, int nth, int may_block) {
   const f32* const* P = (const f32* const*)(ctl + CTL_TABLE);
   f32* h = (f32*)(ctl + CTL_INTS(nth));
   f32* qkv = h + (long)B * D;
@@ -839,10 +851,10 @@ void block_decode(const f32* x, f32* y, i32_t* ctl, f32* kc, f32* vc, const f32*
   int pd = (D + 15) >> 4, pf = (F + 15) >> 4; /* panels of a D- and an F-wide output */
   /* h = ln_1(x) */
   FOR_PIECES(m, 0, B) layer_norm(x + (long)m * D, P[0], P[1], h + (long)m * D, 1, D, eps);
-  if (!team_barrier(ctl, nth)) return;
+  if (!team_barrier(ctl, nth, may_block)) return;
   /* qkv = h @ c_attn + b */
   FOR_PIECES(p, 1, (3 * D + 15) >> 4) linear_panel(h, P[2], P[3], qkv, B, D, 3 * D, 3 * D, D, 0, 0, p);
-  if (!team_barrier(ctl, nth)) return;
+  if (!team_barrier(ctl, nth, may_block)) return;
   /* per row and head: this position's key and value into the cache, then attention over [0, past] */
 #ifndef SKIP_ATTN
   FOR_PIECES(c, 2, B * H) {
@@ -857,16 +869,16 @@ void block_decode(const f32* x, f32* y, i32_t* ctl, f32* kc, f32* vc, const f32*
     attend_head(row, kb, vb, mask ? mask + (long)bi * Tk : 0, a + (long)bi * D, soft, Tk, D, hd, scale, hh);
   }
 #endif
-  if (!team_barrier(ctl, nth)) return;
+  if (!team_barrier(ctl, nth, may_block)) return;
   /* x1 = x + a @ c_proj + b */
   FOR_PIECES(p, 3, pd) linear_panel(a, P[4], P[5], x1, B, D, D, D, D, 0, x, p);
-  if (!team_barrier(ctl, nth)) return;
+  if (!team_barrier(ctl, nth, may_block)) return;
   /* h2 = ln_2(x1) */
   FOR_PIECES(m, 4, B) layer_norm(x1 + (long)m * D, P[6], P[7], h2 + (long)m * D, 1, D, eps);
-  if (!team_barrier(ctl, nth)) return;
+  if (!team_barrier(ctl, nth, may_block)) return;
   /* f = act(h2 @ c_fc + b) */
   FOR_PIECES(p, 5, pf) linear_panel(h2, P[8], P[9], f, B, D, F, F, D, act, 0, p);
-  if (!team_barrier(ctl, nth)) return;
+  if (!team_barrier(ctl, nth, may_block)) return;
   /* y = x1 + f @ c_proj + b */
   FOR_PIECES(p, 6, pd) linear_panel(f, P[10], P[11], y, B, F, D, D, F, 0, x1, p);
 }

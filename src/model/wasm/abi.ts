@@ -41,11 +41,12 @@ export const KERNEL_ABI = {
   /**
    * One decode block (T = 1 per row), run by every thread of the team at once (thread tid of nth):
    * x [B, D] -> y [B, D], this position's keys/values written into k/v [B, ldkv, D] at `past`; ctl:
-   * control words, the weight table and the scratch (kernels.c, block_decode).
+   * control words, the weight table and the scratch (kernels.c, block_decode); may_block: this thread may
+   * sleep in a barrier (0 on a browser's main thread, where memory.atomic.wait traps).
    */
   block_decode: [
     ['x', 'ptr'], ['y', 'ptr'], ['ctl', 'ptr'], ['k', 'ptr'], ['v', 'ptr'], ['mask', 'ptr'], ['B', 'i32'], ['past', 'i32'], ['ldkv', 'i32'],
-    ['H', 'i32'], ['D', 'i32'], ['F', 'i32'], ['eps', 'f32'], ['scale', 'f32'], ['act', 'i32'], ['tid', 'i32'], ['nth', 'i32'],
+    ['H', 'i32'], ['D', 'i32'], ['F', 'i32'], ['eps', 'f32'], ['scale', 'f32'], ['act', 'i32'], ['tid', 'i32'], ['nth', 'i32'], ['may_block', 'i32'],
   ],
 } as const satisfies Record<string, readonly (readonly [string, ArgType])[]>;
 
@@ -83,7 +84,7 @@ export function invoke(f: (...args: number[]) => void, a: readonly number[]): vo
     case 10: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
     case 11: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10]);
     case 15: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14]);
-    case 17: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16]);
+    case 18: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17]);
     default: return f(...a);
   }
 }

@@ -474,29 +474,36 @@ function blockDecodeKernel(be: WasmBackendLike, inputs: Partial<Record<BlockInpu
   const k = kernels();
   const thread = threadFor(B * D * D * 12);
   const most = thread ? thread.size + 1 : 1;
-  const scratch = be.makeOutput([ctlInts(most) + B * (7 * D + nInner) + most * ((past + 8) & ~3)], 'float32'); // before the claim: nothing can throw while the team is held
-  const pc = offset(be, scratch);
-  const table = BLOCK_TABLE.map((n) => (inputs[n] ? offset(be, inputs[n] as tf.TensorInfo) : 0));
-  const prepare = (nth: number) => {
-    call(k, 'zero_f32', { dst: pc, n: ctlInts(nth) });
-    new Int32Array((memoryOf(be) as WebAssembly.Memory).buffer, pc + 4 * CTL_TABLE, table.length).set(table);
-  };
-  const team = thread && thread.claim() ? thread : null;
-  const args = {
-    x: offset(be, x), y: offset(be, out), ctl: pc, k: offset(be, kb), v: offset(be, inputs.v as tf.TensorInfo), mask: inputs.mask ? offset(be, inputs.mask) : 0,
-    B, past, ldkv: kb.shape[1], H: nHead, D, F: nInner, eps, scale, act, tid: 0, nth: team ? team.size + 1 : 1,
-  };
-  const alone = () => {
-    prepare(1);
-    call(k, 'block_decode', { ...args, nth: 1 });
-  };
+  const scratch = be.makeOutput([ctlInts(most) + B * (7 * D + nInner) + most * ((past + 8) & ~3)], 'float32');
   try {
-    prepare(args.nth);
-    runTeamed(k, 'block_decode', args, team, alone);
-    if (team && new Int32Array((memoryOf(be) as WebAssembly.Memory).buffer, pc + 4 * CTL_ERR, 1)[0]) {
+    // everything that can throw happens before the team is claimed (a throw while it is held would
+    // leave it claimed: every later kernel on one thread, the workers never idle-exiting)
+    const pc = offset(be, scratch);
+    const table = BLOCK_TABLE.map((n) => (inputs[n] ? offset(be, inputs[n] as tf.TensorInfo) : 0));
+    const memory = memoryOf(be) as WebAssembly.Memory;
+    const ctlView = (at: number, n: number) => new Int32Array(memory.buffer, pc + 4 * at, n);
+    const prepare = (nth: number) => {
+      call(k, 'zero_f32', { dst: pc, n: ctlInts(nth) });
+      ctlView(CTL_TABLE, table.length).set(table);
+    };
+    const args = {
+      x: offset(be, x), y: offset(be, out), ctl: pc, k: offset(be, kb), v: offset(be, inputs.v as tf.TensorInfo), mask: inputs.mask ? offset(be, inputs.mask) : 0,
+      B, past, ldkv: kb.shape[1], H: nHead, D, F: nInner, eps, scale, act, tid: 0, nth: 1, may_block: 0,
+    };
+    const alone = () => {
+      prepare(1);
+      call(k, 'block_decode', { ...args, nth: 1 });
+    };
+    prepare(most); // control words for any thread count up to `most`
+    const team = thread && thread.claim() ? thread : null;
+    runTeamed(k, 'block_decode', { ...args, nth: team ? team.size + 1 : 1 }, team, alone, () => Atomics.store(ctlView(CTL_ERR, 1), 0, 1));
+    if (team && Atomics.load(ctlView(CTL_ERR, 1), 0)) {
       team.abandon(); // a thread never reached a barrier
       alone();
     }
+  } catch (e) {
+    be.disposeData(out.dataId);
+    throw e;
   } finally {
     be.disposeData(scratch.dataId);
   }

@@ -311,23 +311,35 @@ export function runChunks<K extends KernelName>(k: KernelExports, name: K, args:
  * Runs a kernel that splits its own work (block_decode): every thread of a claimed team runs it once,
  * at the same time, as thread `tid` of `nth` (its chunk index is its tid; the threads meet at barriers
  * in memory, so none can take a second chunk before all have taken one). Without a team it runs once
- * here with nth 1 (the caller passes that nth in `args`). `redo` runs when a worker failed: it must
- * compute the whole job again on this thread (the kernel's writes are repeatable).
+ * here with nth 1 (the caller passes that nth in `args`). A `may_block` argument is 1 for the workers
+ * and, for this thread, whether it may sleep (not a browser's main thread). `redo` runs when a worker
+ * failed: it must compute the whole job again on this thread (the kernel's writes are repeatable).
+ * `abort` runs when this thread's own part threw, before waiting for the others: it must make them
+ * stop waiting for it (block_decode: its give-up flag).
  */
-export function runTeamed<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>, team: KernelTeam | null, redo: () => void): void {
+export function runTeamed<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>, team: KernelTeam | null, redo: () => void, abort?: () => void): void {
   const base = argList(name, args);
   const f = k[name];
   if (!team) {
     invoke(f, base);
     return;
   }
+  const blockAt = KERNEL_ABI[name].findIndex(([a]) => a === 'may_block');
+  if (blockAt >= 0) base[blockAt] = 1; // workers may always sleep
   const count = team.size + 1;
   const layout = chunkLayout(name, { count, step: { tid: 1 } as Partial<KernelArgs<K>> });
   const a = base.slice();
   let failed = false;
   team.post(name, base, count, layout, undefined);
   try {
-    for (let ch = team.takeChunk(); ch < count; ch = team.takeChunk()) invoke(f, chunkArgs(a, base, layout.steps, ch, -1, 0, 0));
+    for (let ch = team.takeChunk(); ch < count; ch = team.takeChunk()) {
+      chunkArgs(a, base, layout.steps, ch, -1, 0, 0);
+      if (blockAt >= 0) a[blockAt] = canBlock ? 1 : 0;
+      invoke(f, a);
+    }
+  } catch (e) {
+    abort?.();
+    throw e;
   } finally {
     team.waitOr(() => (failed = true));
   }
