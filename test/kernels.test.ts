@@ -423,12 +423,12 @@ describe('decode blocks as one kernel (GPT2BlockDecode)', () => {
     }
   }
 
-  test('the same bits as op by op: one row, three rows with padding, across the cache growth boundary; nothing left behind', async () => {
+  test('the same bits as op by op: one row, three and five rows with padding (five: the 4-row register tiles), across the cache growth boundary; nothing left behind', async () => {
     const m = await loadModel(undefined, { backend: 'wasm' }); // the bundled model: context 256, room for the cache to grow
     const L = m.config.nLayer;
     const steps = KV_GROW + 4; // the cache buffers grow once on the way
     try {
-      for (const pad of [[0], [0, 2, 4]]) {
+      for (const pad of [[0], [0, 2, 4], [0, 1, 0, 3, 2]]) {
         const prompt = pad.map((p, b) => Array.from({ length: 6 }, (_, i) => (i < p ? 0 : (i * 13 + b * 101 + 1) % 50257)));
         const before = tf.memory().numTensors;
         const runs = blockRunsSoFar();
