@@ -789,7 +789,7 @@ void copy_cols(f32* dst, const f32* src, int M, int n, int ldd, int lds) {
 #define CTL_INTS(nth) (64 + STAGES * (nth) * 16)
 #define CTL_SLEEP 40   /* threads blocked in the barrier's wait (same line as CTL_ERR: both rare) */
 #define SPINS 65536    /* polls (~0.1 ms) before a thread that may block waits instead */
-#define WAITS 10000    /* 1 ms waits (or SPINS polls each, for a thread that may not block): ~10 s, then give up */
+#define WAITS 10000    /* rounds of SPINS polls and a 1 ms wait: ~10 s, then give up (16x the rounds, no waits, for a thread that may not block) */
 
 /* All nth threads meet here. A thread polls for a while, then (where it may block: not a browser's main
  * thread) sleeps in memory.atomic.wait so that a preempted partner gets the core back sooner; the last to
@@ -803,7 +803,7 @@ static int team_barrier(i32_t* ctl, int nth, int may_block) {
     if (__atomic_load_n(ctl + CTL_SLEEP, __ATOMIC_SEQ_CST)) __builtin_wasm_memory_atomic_notify(ctl + CTL_GEN, nth);
     return 1;
   }
-  for (int round = 0; round < WAITS; round++) {
+  for (int round = 0, rounds = may_block ? WAITS : 16 * WAITS; round < rounds; round++) {
     for (int spin = 0; spin < SPINS; spin++) {
       if (__atomic_load_n(ctl + CTL_GEN, __ATOMIC_ACQUIRE) != gen) return 1;
       if (__atomic_load_n(ctl + CTL_ERR, __ATOMIC_RELAXED)) return 0;

@@ -42,6 +42,9 @@ function withRoom(buf: tf.Tensor3D, len: number, n: number): tf.Tensor3D {
   return tf.pad(cachePrefix(buf, len), [[0, 0], [0, n + KV_GROW], [0, 0]]); // [B, len, d] -> [B, len + n + KV_GROW, d]
 }
 
+/** 1 / sqrt(head size): the score scale both attention kernels get (the same float, so the same bits). */
+const attnScale = (d: number, nHead: number) => 1 / Math.sqrt(d / nHead);
+
 const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
 
 const wasmKV: KVOps = {
@@ -137,8 +140,7 @@ export const wasmEngine: Engine = {
   },
   layerNorm: runLayerNorm,
   attend(q, kv, ctx) {
-    const hd = q.shape[1] / ctx.nHead;
-    return runAttend(q, kv.k, kv.v, ctx.mask.padding(), { B: ctx.batch, T: ctx.steps, past: ctx.past, nHead: ctx.nHead, scale: 1 / Math.sqrt(hd) }); // [N, d]
+    return runAttend(q, kv.k, kv.v, ctx.mask.padding(), { B: ctx.batch, T: ctx.steps, past: ctx.past, nHead: ctx.nHead, scale: attnScale(q.shape[1], ctx.nHead) }); // [N, d]
   },
   kv: wasmKV,
   block(x, p, { ctx, past }, eps, act) {
@@ -155,7 +157,7 @@ export const wasmEngine: Engine = {
     const y = runBlockDecode(x, kb, vb, ctx.mask.padding(), {
       ln1g: p.ln_1.g, ln1b: p.ln_1.b, wa: wa.packed, ba: attn.c_attn.b, wo: wo.packed, bo: attn.c_proj.b,
       ln2g: p.ln_2.g, ln2b: p.ln_2.b, wf: wf.packed, bf: mlp.c_fc.b, wm: wm.packed, bm: mlp.c_proj.b,
-    }, { past: ctx.past, nHead: ctx.nHead, nInner: wf.outDim, eps, act: ACT_CODES[act], scale: 1 / Math.sqrt(x.shape[1] / ctx.nHead) }); // [B, d]
+    }, { past: ctx.past, nHead: ctx.nHead, nInner: wf.outDim, eps, act: ACT_CODES[act], scale: attnScale(x.shape[1], ctx.nHead) }); // [B, d]
     return { x: y, kv: { k: kb, v: vb } };
   },
 };

@@ -480,11 +480,11 @@ function blockDecodeKernel(be: WasmBackendLike, inputs: Partial<Record<BlockInpu
     // leave it claimed: every later kernel on one thread, the workers never idle-exiting)
     const pc = offset(be, scratch);
     const table = BLOCK_TABLE.map((n) => (inputs[n] ? offset(be, inputs[n] as tf.TensorInfo) : 0));
-    const memory = memoryOf(be) as WebAssembly.Memory;
-    const ctlView = (at: number, n: number) => new Int32Array(memory.buffer, pc + 4 * at, n);
+    // the control words, one view for the call (nothing allocates in the backend's memory meanwhile)
+    const ctl = new Int32Array((memoryOf(be) as WebAssembly.Memory).buffer, pc, ctlInts(most));
     const prepare = (nth: number) => {
       call(k, 'zero_f32', { dst: pc, n: ctlInts(nth) });
-      ctlView(CTL_TABLE, table.length).set(table);
+      ctl.set(table, CTL_TABLE);
     };
     const args = {
       x: offset(be, x), y: offset(be, out), ctl: pc, k: offset(be, kb), v: offset(be, inputs.v as tf.TensorInfo), mask: inputs.mask ? offset(be, inputs.mask) : 0,
@@ -496,8 +496,8 @@ function blockDecodeKernel(be: WasmBackendLike, inputs: Partial<Record<BlockInpu
     };
     prepare(most); // control words for any thread count up to `most`
     const team = thread && thread.claim() ? thread : null;
-    runTeamed(k, 'block_decode', { ...args, nth: team ? team.size + 1 : 1 }, team, alone, () => Atomics.store(ctlView(CTL_ERR, 1), 0, 1));
-    if (team && Atomics.load(ctlView(CTL_ERR, 1), 0)) {
+    runTeamed(k, 'block_decode', { ...args, nth: team ? team.size + 1 : 1 }, team, alone, () => Atomics.store(ctl, CTL_ERR, 1));
+    if (team && Atomics.load(ctl, CTL_ERR)) {
       team.abandon(); // a thread never reached a barrier
       alone();
     }

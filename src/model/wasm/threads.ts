@@ -317,6 +317,17 @@ export function runChunks<K extends KernelName>(k: KernelExports, name: K, args:
  * `abort` runs when this thread's own part threw, before waiting for the others: it must make them
  * stop waiting for it (block_decode: its give-up flag).
  */
+/** Per kernel, once: where its `may_block` argument is, and the chunk layout that steps `tid` by 1. */
+const teamLayouts = new Map<KernelName, { blockAt: number; layout: { steps: number[]; extentIndex: number } }>();
+function teamLayout(name: KernelName): { blockAt: number; layout: { steps: number[]; extentIndex: number } } {
+  let t = teamLayouts.get(name);
+  if (!t) {
+    t = { blockAt: KERNEL_ABI[name].findIndex(([a]) => a === 'may_block'), layout: chunkLayout(name, { count: 0, step: { tid: 1 } as Partial<KernelArgs<typeof name>> }) };
+    teamLayouts.set(name, t);
+  }
+  return t;
+}
+
 export function runTeamed<K extends KernelName>(k: KernelExports, name: K, args: KernelArgs<K>, team: KernelTeam | null, redo: () => void, abort?: () => void): void {
   const base = argList(name, args);
   const f = k[name];
@@ -324,10 +335,9 @@ export function runTeamed<K extends KernelName>(k: KernelExports, name: K, args:
     invoke(f, base);
     return;
   }
-  const blockAt = KERNEL_ABI[name].findIndex(([a]) => a === 'may_block');
+  const { blockAt, layout } = teamLayout(name);
   if (blockAt >= 0) base[blockAt] = 1; // workers may always sleep
   const count = team.size + 1;
-  const layout = chunkLayout(name, { count, step: { tid: 1 } as Partial<KernelArgs<K>> });
   const a = base.slice();
   let failed = false;
   team.post(name, base, count, layout, undefined);
