@@ -58,12 +58,17 @@ export async function loadTransformer(source: FileSource, opts: LoadOptions = {}
   const config: GPT2Config = parseConfig(await readConfigJson(source), source.describe('config.json'));
   // One reused read buffer, and tables over 16 MB in parts (the 154 MB wte goes into the head part by
   // part): the load holds no whole-tensor host copies beside the backend's memory.
-  const weights = streamWeights(source, opts.onProgress, stream);
-  // With the wasm kernels the weights are packed for them at load (float32 panels, or int8 ones for q8).
-  const kernels = wasmKernelsActive();
-  if (config.quantization && !kernels) warnOnce(`${source.describe('')} is a q8 model: ${engineInfo().q8.reason ?? ''} (4x the memory, float speed)`);
-  const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights, { int8Kernels: kernels, panels: kernels, upload: currentEngine().upload });
-  return new GPT2Model(config, params);
+  const lent = stream.reuse ? (currentEngine().loadBuffer?.() ?? null) : null; // the read buffer, in the backend's memory where it can be
+  try {
+    const weights = streamWeights(source, opts.onProgress, lent ? { ...stream, buffer: lent.get } : stream);
+    // With the wasm kernels the weights are packed for them at load (float32 panels, or int8 ones for q8).
+    const kernels = wasmKernelsActive();
+    if (config.quantization && !kernels) warnOnce(`${source.describe('')} is a q8 model: ${engineInfo().q8.reason ?? ''} (4x the memory, float speed)`);
+    const params = await buildParams(config, opts.validate ? checkFinite(weights) : weights, { int8Kernels: kernels, panels: kernels, upload: currentEngine().upload });
+    return new GPT2Model(config, params);
+  } finally {
+    lent?.dispose();
+  }
 }
 
 export function resolveSource(dirOrUrl: string | undefined, opts: Pick<LoadOptions, 'cacheDir' | 'signal' | 'timeoutMs'> = {}): FileSource {

@@ -196,7 +196,16 @@ export class Batch {
   readonly rows: Sequence[] = [];
   private readonly cache = new KVCache([]);
   private readonly joining: Joining[] = [];
+  /** Every step's logits land here: each row samples from them before the next step (see StepOptions.into). */
+  private logits = new Float32Array(0);
   constructor(private readonly model: GPT2Model) {}
+
+  /** The logits buffer, grown to hold `rows` rows. */
+  private logitsFor(rows: number): Float32Array {
+    const n = rows * this.model.config.vocabSize;
+    if (this.logits.length < n) this.logits = new Float32Array(n);
+    return this.logits;
+  }
 
   get size(): number {
     return this.rows.length;
@@ -224,7 +233,7 @@ export class Batch {
     }
     const own = new KVCache([0]);
     try {
-      const logits = await this.model.step([seq.context], own, { lastOnly: true });
+      const logits = await this.model.step([seq.context], own, { lastOnly: true, into: this.logitsFor(1) });
       seq.accept(logits);
       if (seq.done) return;
       this.cache.append(own);
@@ -260,7 +269,7 @@ export class Batch {
     }
     const composition = { decodeRows: this.rows.length, prefillTokens: fed.reduce((t, f) => t + f.n, 0) };
     if (!parts.length) return composition;
-    const logits = await this.model.stepParts(parts, { lastOnly: true });
+    const logits = await this.model.stepParts(parts, { lastOnly: true, into: this.logitsFor(this.rows.length + fed.length) });
     const V = this.model.config.vocabSize;
     const rowLogits = this.rows.length ? (logits.shift() as Float32Array) : null;
     this.rows.forEach((r, b) => {

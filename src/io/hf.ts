@@ -94,6 +94,11 @@ export interface StreamOptions {
   reuse?: boolean;
   /** Float tensors of 2+ dims larger than this many bytes arrive in parts of whole rows (`part`). */
   chunkBytes?: number;
+  /**
+   * With `reuse`: where the reused buffer lives, for a buffer of at least n bytes (default: a host
+   * array, grown by half again, so a few sizes settle it). The wasm engine lends one from its memory.
+   */
+  buffer?: (n: number) => Uint8Array;
 }
 
 const FLOAT_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
@@ -134,11 +139,11 @@ export async function* streamTensors(
     headers.push({ file, header });
   }
   let buf = new Uint8Array(0);
-  /** The reused read buffer, with room for n bytes (grown by half again, so a few sizes settle it). */
-  const scratch = (n: number): Uint8Array => {
+  /** The reused read buffer, with room for n bytes. */
+  const scratch = opts.buffer ?? ((n: number): Uint8Array => {
     if (buf.byteLength < n) buf = new Uint8Array(Math.max(n, Math.floor(buf.byteLength * 1.5)));
     return buf;
-  };
+  });
   let loadedBytes = 0;
   for (const { file, header } of headers) {
     loadedBytes += header.dataStart;

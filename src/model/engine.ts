@@ -132,10 +132,19 @@ export interface Engine {
    * backend's memory is reachable the data is written there directly, with no host-side staging copy.
    */
   upload: Uploader;
+  /**
+   * A read buffer for the load, lent from the backend's own memory (null or absent: the loader keeps
+   * its own host array). Freed by `dispose`, its room is reused by the generation's KV cache and
+   * activations, where a host array would sit in the process until the garbage collector ran.
+   */
+  loadBuffer?(): LoadBuffer | null;
   /** Rows `ids` of the tied embedding, read from the head [d, vocab]: -> [N, d]. */
   embed(headT: Weight, ids: tf.Tensor1D): tf.Tensor2D;
-  /** A float32 tensor's values, copied to the host (the step's logits). */
-  read(t: tf.Tensor): Promise<Float32Array>;
+  /**
+   * A float32 tensor's values, copied to the host (the step's logits): into `into` when it is given
+   * and large enough (the result is then a view of it), else into a new array.
+   */
+  read(t: tf.Tensor, into?: Float32Array): Promise<Float32Array>;
   /** (x - mean) / sqrt(var + eps) * g + b over the last axis (biased variance, as torch). */
   layerNorm(x: tf.Tensor2D, g: tf.Tensor1D, b: tf.Tensor1D, eps: number): tf.Tensor2D;
   /** Causal multi-head attention of q [N, d] against the first past + T positions of kv -> [N, d]. */
@@ -183,6 +192,12 @@ export function floatWeight(w: Weight): tf.Tensor2D {
   return w instanceof PackedWeight ? w.float() : w;
 }
 
+/** See Engine.loadBuffer: `get(n)` is a view of at least n bytes, valid until the next get or dispose. */
+export interface LoadBuffer {
+  get(n: number): Uint8Array;
+  dispose(): void;
+}
+
 export const tfEngine: Engine = {
   name: 'tf-ops',
   linear(x, w, b, act = 'none', residual = null) {
@@ -195,8 +210,12 @@ export const tfEngine: Engine = {
     return tf.split(x, parts, 1) as tf.Tensor2D[];
   },
   upload: hostUpload,
-  async read(t) {
-    return (await t.data()) as Float32Array;
+  async read(t, into) {
+    const data = (await t.data()) as Float32Array;
+    if (!into || into.length < data.length) return data;
+    const out = into.subarray(0, data.length);
+    out.set(data);
+    return out;
   },
   embed(headT, ids) {
     return tf.transpose(tf.gather(floatWeight(headT), ids, 1)); // [d, V] -> [d, N] -> [N, d]

@@ -23,6 +23,12 @@ export interface StepPart {
 export interface StepOptions {
   /** Only the last position of each row needs logits (generation); skips the head for the rest. */
   lastOnly?: boolean;
+  /**
+   * Logits go into this array when it holds them all (the results are then views of it, valid until
+   * the caller reuses it): a generation loop that samples each step at once reuses one buffer instead
+   * of leaving a ~200 KB array per row per step to the garbage collector.
+   */
+  into?: Float32Array;
 }
 
 export class GPT2Model {
@@ -150,7 +156,7 @@ export class GPT2Model {
     });
     let all: Float32Array;
     try {
-      all = await e.read(logits);
+      all = await e.read(logits, opts.into);
     } finally {
       logits.dispose();
     }

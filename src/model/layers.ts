@@ -45,7 +45,9 @@ export interface AttnPart {
  */
 export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[], residual: tf.Tensor2D | null = null): { out: tf.Tensor2D; kvs: LayerKV[] } {
   const d = x.shape[1];
-  const [q, k, v] = e.split(e.linear(x, p.attn.c_attn.w, p.attn.c_attn.b), 3); // [N, d] -> [N, 3d] -> 3 × [N, d]
+  const qkv = e.linear(x, p.attn.c_attn.w, p.attn.c_attn.b); // [N, d] -> [N, 3d]
+  const [q, k, v] = e.split(qkv, 3); // -> 3 × [N, d]
+  qkv.dispose(); // freed now, not at the end of the block: a long prefill's peak memory is one block's activations
   const outs: tf.Tensor2D[] = [];
   const kvs: LayerKV[] = [];
   let row = 0;
@@ -70,6 +72,11 @@ export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: Attn
 export function block(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[], eps: number, act: Activation): { x: tf.Tensor2D; kvs: LayerKV[] } {
   const fused = parts.length === 1 ? e.block?.(x, p, parts[0], eps, act) : null; // the engine's one-kernel block, where it has one
   if (fused) return { x: fused.x, kvs: [fused.kv] };
-  const { out: x1, kvs } = attention(e, layerNorm(e, x, p.ln_1, eps), p, parts, x); // x + attn(ln_1(x)): [N, d]
-  return { x: mlp(e, layerNorm(e, x1, p.ln_2, eps), p, act, x1), kvs }; // x1 + mlp(ln_2(x1)): [N, d]
+  // Each branch in a tidy of its own, so its intermediates are freed before the next branch allocates.
+  const [x1, ...kv] = tf.tidy(() => {
+    const a = attention(e, layerNorm(e, x, p.ln_1, eps), p, parts, x); // x + attn(ln_1(x)): [N, d]
+    return [a.out, ...a.kvs.flatMap((l) => [l.k, l.v])];
+  }) as [tf.Tensor2D, ...tf.Tensor3D[]];
+  const kvs = parts.map((_, i) => ({ k: kv[2 * i], v: kv[2 * i + 1] }));
+  return { x: tf.tidy(() => mlp(e, layerNorm(e, x1, p.ln_2, eps), p, act, x1)), kvs }; // x1 + mlp(ln_2(x1)): [N, d]
 }

@@ -10,7 +10,7 @@
 import { GPT2Error } from '../errors';
 import { BYTE_TO_CHAR, vocabStringToBytes } from './bytes';
 import { MergeBPE } from './merge';
-import { BPEData, EOS_TOKEN, bad } from './parse';
+import { BPEData, BPESource, EOS_TOKEN, bad, sourceOfData } from './parse';
 import { Utf8StreamDecoder, decodeUtf8 } from './stream';
 import type { EncodeOptions, StreamDecoder, Tokenizer } from './types';
 
@@ -41,35 +41,58 @@ class GPT2Tokenizer implements Tokenizer {
   private readonly bpe: MergeBPE;
   /** piece -> ids, for pieces seen before (most words of a text repeat) */
   private readonly cache = new Map<string, number[]>();
-  /** id -> bytes it decodes to (undefined for ids absent from the files) */
-  private readonly idBytes: (Uint8Array | undefined)[];
+  /** every token's bytes, back to back: id's are table[start[id], end[id]) (start -1: no such id) */
+  private readonly table: Uint8Array;
+  private readonly start: Int32Array;
+  private readonly end: Int32Array;
   private readonly specialIds: ReadonlyMap<string, number>;
   private readonly specialSplit: RegExp | null;
 
-  constructor(data: BPEData) {
-    const { vocab, merges, specialTokens, files } = data;
+  constructor(src: BPESource) {
+    const { specialTokens, files } = src;
 
-    // id -> bytes for decode. Special tokens decode to their literal text.
+    // id -> bytes for decode, packed into one byte table (a Uint8Array per id cost ~9 MB of JS heap for
+    // GPT-2's 50 257 tokens). Special tokens decode to their literal text.
     let maxId = -1;
-    const idBytes: (Uint8Array | undefined)[] = [];
-    for (const [token, id] of vocab) {
-      const bytes = specialTokens.has(token) ? utf8Encoder.encode(token) : vocabStringToBytes(token);
-      if (bytes === undefined) {
-        throw bad(files.vocab, `token ${JSON.stringify(token)} (id ${id}) is not in GPT-2's byte-level alphabet`);
-      }
-      idBytes[id] = bytes;
+    let total = 0;
+    src.forEachToken((token, id) => {
+      if (specialTokens.has(token)) return;
+      total += token.length; // every byte-level character is one byte
       maxId = Math.max(maxId, id);
-    }
+    });
+    const specialBytes = new Map<string, Uint8Array>();
     for (const [text, id] of specialTokens) {
-      const inVocab = vocab.get(text);
+      const inVocab = src.idOf(text);
       if (inVocab !== undefined && inVocab !== id) {
         throw bad(files.vocab, `special token ${JSON.stringify(text)} has id ${id} but the vocab says ${inVocab}`);
       }
-      if (inVocab === undefined && idBytes[id] !== undefined) {
+      const bytes = utf8Encoder.encode(text);
+      specialBytes.set(text, bytes);
+      total += bytes.length;
+      maxId = Math.max(maxId, id);
+    }
+    const table = new Uint8Array(total);
+    const start = new Int32Array(maxId + 2).fill(-1); // start[id] = -1: no such id
+    const end = new Int32Array(maxId + 1);
+    let at = 0;
+    src.forEachToken((token, id) => {
+      if (specialTokens.has(token)) return;
+      if (!vocabStringToBytes(token, table, at)) {
+        throw bad(files.vocab, `token ${JSON.stringify(token)} (id ${id}) is not in GPT-2's byte-level alphabet`);
+      }
+      start[id] = at;
+      at += token.length;
+      end[id] = at;
+    });
+    for (const [text, id] of specialTokens) {
+      if (src.idOf(text) === undefined && start[id] !== -1) {
         throw bad(files.vocab, `special token ${JSON.stringify(text)} reuses id ${id}, which belongs to another token`);
       }
-      idBytes[id] = utf8Encoder.encode(text);
-      maxId = Math.max(maxId, id);
+      const bytes = specialBytes.get(text) as Uint8Array;
+      table.set(bytes, at);
+      start[id] = at;
+      at += bytes.length;
+      end[id] = at;
     }
     const eos = specialTokens.get(EOS_TOKEN);
     if (eos === undefined) throw bad(files.vocab, `no ${EOS_TOKEN} token, which every GPT-2 vocab has`);
@@ -77,27 +100,34 @@ class GPT2Tokenizer implements Tokenizer {
     // Merge rules as ids, in priority order (a pair listed twice takes its later index, as in encoder.py).
     const byteIds = new Int32Array(256);
     for (let b = 0; b < 256; b++) {
-      const id = vocab.get(BYTE_TO_CHAR[b]);
+      const id = src.idOf(BYTE_TO_CHAR[b]);
       if (id === undefined) {
         throw bad(files.vocab, `no token for byte 0x${b.toString(16).padStart(2, '0')} (${JSON.stringify(BYTE_TO_CHAR[b])}), so some text could not be encoded`);
       }
       byteIds[b] = id;
     }
-    const rules = merges.map(([left, right], i): [number, number, number] => {
-      const where = `merge #${i + 1} ("${left} ${right}")`;
-      const l = vocab.get(left);
-      const r = vocab.get(right);
+    const n = src.mergeCount;
+    const rules = { left: new Int32Array(n), right: new Int32Array(n), merged: new Int32Array(n) };
+    src.forEachMerge((left, right, i) => {
+      const l = src.idOf(left);
+      const r = src.idOf(right);
       if (l === undefined || r === undefined) {
-        throw bad(files.merges, `${where} uses ${JSON.stringify(l === undefined ? left : right)}, which is not in the vocab (${files.vocab})`);
+        throw bad(files.merges, `merge #${i + 1} ("${left} ${right}") uses ${JSON.stringify(l === undefined ? left : right)}, which is not in the vocab (${files.vocab})`);
       }
-      const m = vocab.get(left + right);
-      if (m === undefined) throw bad(files.merges, `${where} makes ${JSON.stringify(left + right)}, which is not in the vocab (${files.vocab})`);
-      return [l, r, m];
+      const m = src.idOf(left + right);
+      if (m === undefined) throw bad(files.merges, `merge #${i + 1} ("${left} ${right}") makes ${JSON.stringify(left + right)}, which is not in the vocab (${files.vocab})`);
+      rules.left[i] = l;
+      rules.right[i] = r;
+      rules.merged[i] = m;
     });
     this.bpe = new MergeBPE(rules, byteIds);
-    this.idBytes = idBytes;
+    this.table = table;
+    this.start = start;
+    this.end = end;
     this.vocabSize = maxId + 1;
-    this.maxTokenBytes = idBytes.reduce((m, b) => Math.max(m, b?.length ?? 0), 1);
+    let longest = 1;
+    for (let id = 0; id <= maxId; id++) if (start[id] >= 0) longest = Math.max(longest, end[id] - start[id]);
+    this.maxTokenBytes = longest;
     this.eosTokenId = eos;
     this.specialIds = specialTokens;
     // Longest first, so a special token that is a prefix of another never shadows it.
@@ -141,11 +171,11 @@ class GPT2Tokenizer implements Tokenizer {
   }
 
   private bytesOf = (id: number): Uint8Array => {
-    const bytes = Number.isInteger(id) ? this.idBytes[id] : undefined;
-    if (bytes === undefined) {
+    const s = Number.isInteger(id) && id >= 0 && id < this.vocabSize ? this.start[id] : -1;
+    if (s < 0) {
       throw new GPT2Error('BAD_INPUT', `token id ${id} is not in the vocabulary (ids 0..${this.vocabSize - 1})`);
     }
-    return bytes;
+    return this.table.subarray(s, this.end[id]);
   };
 
   decode(ids: readonly number[]): string {
@@ -171,5 +201,10 @@ class GPT2Tokenizer implements Tokenizer {
 
 /** Builds a tokenizer from parsed files, validating that vocab and merges fit together. */
 export function createTokenizer(data: BPEData): Tokenizer {
-  return new GPT2Tokenizer(data);
+  return new GPT2Tokenizer(sourceOfData(data));
+}
+
+/** Builds a tokenizer straight from files as parse.ts reads them (no Map or pair arrays in between). */
+export function tokenizerFromSource(src: BPESource): Tokenizer {
+  return new GPT2Tokenizer(src);
 }

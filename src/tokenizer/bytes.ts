@@ -23,15 +23,23 @@ function byteToChar(): string[] {
 
 export const BYTE_TO_CHAR: readonly string[] = byteToChar();
 
-const CHAR_TO_BYTE: ReadonlyMap<string, number> = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
+/** char code -> byte, -1 for characters outside the map (every mapped char is below U+0144). */
+const CODE_TO_BYTE: Int16Array = (() => {
+  const t = new Int16Array(0x200).fill(-1);
+  BYTE_TO_CHAR.forEach((c, b) => (t[c.charCodeAt(0)] = b));
+  return t;
+})();
 
-/** Bytes of a byte-level vocab string, or undefined if it contains a character outside the map. */
-export function vocabStringToBytes(token: string): Uint8Array | undefined {
-  const out = new Uint8Array(token.length); // every mapped char is one UTF-16 unit
+/**
+ * Writes the bytes of a byte-level vocab string into out[at..at + token.length) (one byte per
+ * character); false if it contains a character outside the map.
+ */
+export function vocabStringToBytes(token: string, out: Uint8Array, at: number): boolean {
   for (let i = 0; i < token.length; i++) {
-    const b = CHAR_TO_BYTE.get(token[i]);
-    if (b === undefined) return undefined;
-    out[i] = b;
+    const c = token.charCodeAt(i);
+    const b = c < CODE_TO_BYTE.length ? CODE_TO_BYTE[c] : -1;
+    if (b < 0) return false;
+    out[at + i] = b;
   }
-  return out;
+  return true;
 }

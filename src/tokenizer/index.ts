@@ -13,8 +13,8 @@
  */
 import { GPT2Error } from '../errors';
 import { FileSource, openSource } from '../io/source';
-import { createTokenizer } from './bpe';
-import { BPEData, bpeDataFromTokenizerJson, bpeDataFromVocabAndMerges } from './parse';
+import { tokenizerFromSource } from './bpe';
+import { bpeSourceFromTokenizerJson, bpeSourceFromVocabAndMerges } from './parse';
 import type { Tokenizer } from './types';
 
 export type { EncodeOptions, StreamDecoder, Tokenizer } from './types';
@@ -40,7 +40,7 @@ export interface TokenizerFileTexts {
 
 /** From a Hugging Face `tokenizer.json`. `file` names it in error messages. */
 export function tokenizerFromTokenizerJson(text: string, file = 'tokenizer.json'): Tokenizer {
-  return createTokenizer(bpeDataFromTokenizerJson(text, file));
+  return tokenizerFromSource(bpeSourceFromTokenizerJson(text, file));
 }
 
 /** From `vocab.json` + `merges.txt`, or equally OpenAI's `encoder.json` + `vocab.bpe`. */
@@ -49,7 +49,7 @@ export function tokenizerFromVocabAndMerges(
   mergesTxt: string,
   files: { vocab: string; merges: string } = { vocab: 'vocab.json', merges: 'merges.txt' },
 ): Tokenizer {
-  return createTokenizer(bpeDataFromVocabAndMerges(vocabJson, mergesTxt, files));
+  return tokenizerFromSource(bpeSourceFromVocabAndMerges(vocabJson, mergesTxt, files));
 }
 
 /** `present`: names found, so half a pair can be named (the usual mistake is a missing merges file). */

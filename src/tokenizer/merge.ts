@@ -104,16 +104,13 @@ export class MergeBPE {
   private readonly merged: Int32Array;
 
   /**
-   * `rules[i]` = [left id, right id, merged id] of merge rule i (priority order);
+   * Merge rule i (priority order) joins ids `rules.left[i]` and `rules.right[i]` into `rules.merged[i]`;
    * `byteIds[b]` = the id of the single-byte token for byte b.
    */
-  constructor(rules: readonly (readonly [number, number, number])[], private readonly byteIds: Int32Array) {
-    this.pairs = new PairTable(rules.length);
-    this.merged = new Int32Array(rules.length);
-    rules.forEach(([l, r, m], i) => {
-      this.pairs.set(l, r, i);
-      this.merged[i] = m;
-    });
+  constructor(rules: { left: Int32Array; right: Int32Array; merged: Int32Array }, private readonly byteIds: Int32Array) {
+    this.pairs = new PairTable(rules.merged.length);
+    this.merged = rules.merged;
+    for (let i = 0; i < rules.merged.length; i++) this.pairs.set(rules.left[i], rules.right[i], i);
   }
 
   /** encoder.py's loop, verbatim: lowest rule among adjacent pairs, every occurrence left to right. */

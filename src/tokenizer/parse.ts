@@ -43,64 +43,121 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function vocabFromObject(obj: unknown, file: string, what: string): Map<string, number> {
+/**
+ * Checks a token -> id object (ids non-negative integers, each used once) without building a Map:
+ * GPT-2's 50 257 entries as Map + entry arrays were ~15 MB of objects alive at once at load, enough to
+ * grow V8's young generation (and the process's RSS) for the rest of its life. Returns the token list.
+ */
+function checkVocabObject(obj: unknown, file: string, what: string): { obj: Record<string, unknown>; tokens: string[] } {
   if (!isRecord(obj)) throw bad(file, `${what} must be a JSON object of token -> id`);
-  const vocab = new Map<string, number>();
-  const owner = new Map<number, string>();
-  for (const [token, id] of Object.entries(obj)) {
+  const tokens = Object.keys(obj);
+  if (tokens.length === 0) throw bad(file, `${what} is empty`);
+  const ids = new Float64Array(tokens.length);
+  for (let i = 0; i < tokens.length; i++) {
+    const id = obj[tokens[i]];
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) {
-      throw bad(file, `${what}: id of token ${JSON.stringify(token)} is ${JSON.stringify(id)}, not a non-negative integer`);
+      throw bad(file, `${what}: id of token ${JSON.stringify(tokens[i])} is ${JSON.stringify(id)}, not a non-negative integer`);
     }
-    const prev = owner.get(id);
-    // Two strings for one id would make decode ambiguous.
-    if (prev !== undefined) throw bad(file, `${what}: id ${id} is used by both ${JSON.stringify(prev)} and ${JSON.stringify(token)}`);
-    owner.set(id, token);
-    vocab.set(token, id);
+    ids[i] = id;
   }
-  if (vocab.size === 0) throw bad(file, `${what} is empty`);
-  return vocab;
+  // Two strings for one id would make decode ambiguous.
+  ids.sort();
+  for (let i = 1; i < ids.length; i++) {
+    if (ids[i] === ids[i - 1]) {
+      const both = tokens.filter((t) => obj[t] === ids[i]);
+      throw bad(file, `${what}: id ${ids[i]} is used by both ${JSON.stringify(both[0])} and ${JSON.stringify(both[1])}`);
+    }
+  }
+  return { obj, tokens };
 }
 
-/** `vocab.json` / `encoder.json`: a flat object of byte-level token string -> id. */
-export function parseVocabJson(text: string, file: string): Map<string, number> {
-  return vocabFromObject(parseJson(text, file), file, 'vocab');
-}
-
-/** `merges.txt` / `vocab.bpe`: optional `#version` header, then one "left right" pair per line. */
-export function parseMergesTxt(text: string, file: string): [string, string][] {
+/**
+ * `merges.txt` / `vocab.bpe`: optional `#version` header, then one "left right" pair per line.
+ * Validates the file in place (no array of lines, no array per line) and counts its rules; with
+ * `each`, also hands over each rule's two tokens in order.
+ */
+function scanMerges(text: string, file: string, each?: (left: string, right: string, i: number) => void): number {
   if (text.trim() === '') throw bad(file, 'file is empty');
-  const lines = text.split('\n');
-  const merges: [string, string][] = [];
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i].replace(/\r$/, '');
-    if (line === '' || (i === 0 && line.startsWith('#version'))) continue;
-    // Byte-level tokens never contain a space (it is mapped to 'Ġ'), so exactly one separator.
-    const parts = line.split(' ');
-    if (parts.length !== 2 || parts[0] === '' || parts[1] === '') {
-      throw bad(file, `line ${i + 1} is ${JSON.stringify(line)}, expected two tokens separated by one space`);
+  let n = 0;
+  for (let pos = 0, i = 0; pos < text.length; i++) {
+    let nl = text.indexOf('\n', pos);
+    if (nl < 0) nl = text.length;
+    const end = nl > pos && text.charCodeAt(nl - 1) === 13 ? nl - 1 : nl; // a CRLF file
+    if (end > pos && !(i === 0 && text.startsWith('#version', pos))) {
+      // Byte-level tokens never contain a space (it is mapped to 'Ġ'), so exactly one separator.
+      const sp = text.indexOf(' ', pos);
+      if (sp <= pos || sp >= end - 1 || text.lastIndexOf(' ', end - 1) !== sp) {
+        throw bad(file, `line ${i + 1} is ${JSON.stringify(text.slice(pos, end))}, expected two tokens separated by one space`);
+      }
+      each?.(text.slice(pos, sp), text.slice(sp + 1, end), n);
+      n++;
     }
-    merges.push([parts[0], parts[1]]);
+    pos = nl + 1;
   }
-  if (merges.length === 0) throw bad(file, 'contains no merges');
-  return merges;
+  if (n === 0) throw bad(file, 'contains no merges');
+  return n;
 }
 
-/** The vocab.json + merges.txt (or encoder.json + vocab.bpe) pair. */
-export function bpeDataFromVocabAndMerges(
-  vocabText: string,
-  mergesText: string,
-  files: { vocab: string; merges: string },
-): BPEData {
-  const vocab = parseVocabJson(vocabText, files.vocab);
-  const merges = parseMergesTxt(mergesText, files.merges);
-  // These layouts have no list of special tokens; GPT-2's only one lives in the vocab itself.
-  const eos = vocab.get(EOS_TOKEN);
-  const specialTokens = new Map<string, number>(eos === undefined ? [] : [[EOS_TOKEN, eos]]);
-  return { vocab, merges, specialTokens, files };
+/**
+ * What a tokenizer is built from: BPEData, or — when read from files — a view over the parsed vocab
+ * object and the merges text that materialises no Map and no pair arrays (see checkVocabObject).
+ */
+export interface BPESource {
+  /** every (token, id) of the vocab */
+  forEachToken(f: (token: string, id: number) => void): void;
+  idOf(token: string): number | undefined;
+  /** merge rules, highest priority first */
+  readonly mergeCount: number;
+  forEachMerge(f: (left: string, right: string, i: number) => void): void;
+  readonly specialTokens: ReadonlyMap<string, number>;
+  readonly files: { readonly vocab: string; readonly merges: string };
 }
 
-/** Hugging Face `tokenizer.json` (tokenizers >= 0.20 writes merges as pairs, older as "a b"). */
-export function bpeDataFromTokenizerJson(text: string, file: string): BPEData {
+export function sourceOfData(d: BPEData): BPESource {
+  return {
+    forEachToken: (f) => d.vocab.forEach((id, token) => f(token, id)),
+    idOf: (token) => d.vocab.get(token),
+    mergeCount: d.merges.length,
+    forEachMerge: (f) => d.merges.forEach(([l, r], i) => f(l, r, i)),
+    specialTokens: d.specialTokens,
+    files: d.files,
+  };
+}
+
+const hasOwn = (o: object, k: string) => Object.prototype.hasOwnProperty.call(o, k);
+
+/** A vocab object already checked by checkVocabObject, as BPESource's vocab half. */
+function objectVocab(obj: Record<string, unknown>, tokens: string[]): Pick<BPESource, 'forEachToken' | 'idOf'> {
+  return {
+    forEachToken: (f) => tokens.forEach((t) => f(t, obj[t] as number)),
+    idOf: (token) => {
+      const id = obj[token];
+      return typeof id === 'number' && hasOwn(obj, token) ? id : undefined;
+    },
+  };
+}
+
+/** GPT-2's only special token, where a layout has no list of them: it lives in the vocab itself. */
+function eosOnly(idOf: (t: string) => number | undefined): Map<string, number> {
+  const eos = idOf(EOS_TOKEN);
+  return new Map<string, number>(eos === undefined ? [] : [[EOS_TOKEN, eos]]);
+}
+
+/** The vocab.json + merges.txt (or encoder.json + vocab.bpe) pair, as a BPESource. */
+export function bpeSourceFromVocabAndMerges(vocabText: string, mergesText: string, files: { vocab: string; merges: string }): BPESource {
+  const { obj, tokens } = checkVocabObject(parseJson(vocabText, files.vocab), files.vocab, 'vocab');
+  const vocab = objectVocab(obj, tokens);
+  return {
+    ...vocab,
+    mergeCount: scanMerges(mergesText, files.merges),
+    forEachMerge: (f) => void scanMerges(mergesText, files.merges, f),
+    specialTokens: eosOnly(vocab.idOf),
+    files,
+  };
+}
+
+/** Hugging Face `tokenizer.json`, as a BPESource (the parsed JSON is the store: no copies of vocab or merges). */
+export function bpeSourceFromTokenizerJson(text: string, file: string): BPESource {
   const root = parseJson(text, file);
   if (!isRecord(root) || !isRecord(root.model)) throw bad(file, 'missing the "model" object');
   const model = root.model;
@@ -112,19 +169,19 @@ export function bpeDataFromTokenizerJson(text: string, file: string): BPEData {
     // GPT-2 checkpoints are trained without it; honouring it silently would shift every id.
     throw bad(file, 'pre_tokenizer.add_prefix_space is true, which GPT-2 does not use');
   }
-  const vocab = vocabFromObject(model.vocab, file, 'model.vocab');
-  if (!Array.isArray(model.merges)) throw bad(file, 'model.merges must be an array');
-  const merges: [string, string][] = [];
-  model.merges.forEach((m: unknown, i: number) => {
-    let pair: unknown[] | undefined;
-    if (typeof m === 'string') pair = m.split(' ');
-    else if (Array.isArray(m)) pair = m;
+  const { obj, tokens } = checkVocabObject(model.vocab, file, 'model.vocab');
+  const vocab = objectVocab(obj, tokens);
+  const list = model.merges;
+  if (!Array.isArray(list)) throw bad(file, 'model.merges must be an array');
+  const pairOf = (m: unknown, i: number): [string, string] => {
+    const pair = typeof m === 'string' ? m.split(' ') : Array.isArray(m) ? m : undefined;
     if (!pair || pair.length !== 2 || typeof pair[0] !== 'string' || typeof pair[1] !== 'string' || pair[0] === '' || pair[1] === '') {
       throw bad(file, `model.merges[${i}] is ${JSON.stringify(m)}, expected "a b" or ["a", "b"]`);
     }
-    merges.push([pair[0], pair[1]]);
-  });
-  if (merges.length === 0) throw bad(file, 'model.merges is empty');
+    return pair as [string, string];
+  };
+  list.forEach(pairOf); // checked up front, so every error surfaces at parse time
+  if (list.length === 0) throw bad(file, 'model.merges is empty');
 
   const specialTokens = new Map<string, number>();
   const added = root.added_tokens ?? [];
@@ -137,7 +194,16 @@ export function bpeDataFromTokenizerJson(text: string, file: string): BPEData {
     // which is what lets "<|endoftext|>" in user text stay ordinary text by default.
     specialTokens.set(t.content, t.id);
   });
-  const eos = vocab.get(EOS_TOKEN);
+  const eos = vocab.idOf(EOS_TOKEN);
   if (eos !== undefined && !specialTokens.has(EOS_TOKEN)) specialTokens.set(EOS_TOKEN, eos);
-  return { vocab, merges, specialTokens, files: { vocab: file, merges: file } };
+  return {
+    ...vocab,
+    mergeCount: list.length,
+    forEachMerge: (f) => list.forEach((m: unknown, i: number) => {
+      const [l, r] = pairOf(m, i);
+      f(l, r, i);
+    }),
+    specialTokens,
+    files: { vocab: file, merges: file },
+  };
 }

@@ -8,7 +8,7 @@
  *   KVCache), rows that join or leave a batch are moved in place where they fit.
  */
 import * as tf from '../../tf';
-import type { Engine, JoinPlan, KVOps, LayerKV } from '../engine';
+import type { Engine, JoinPlan, KVOps, LayerKV, LoadBuffer } from '../engine';
 import { KV_GROW, cachePrefix, floatWeight, tfEngine } from '../engine';
 import { activate } from '../layers';
 import { WasmBackendLike, blockFusionOn, memoryOf, startKernels } from './instance';
@@ -49,8 +49,11 @@ const range = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from 
 
 const wasmKV: KVOps = {
   write(prev, k, v, past) {
-    if (!prev) return { k, v };
     const T = k.shape[1];
+    // A first write (prefill) goes straight into buffers with room for the decode steps: handing back
+    // the exact-size k/v meant the first decode step padded every layer's cache while the whole
+    // exact-size set was still alive (+19 MB of memory touched for a 256-token prompt on 124M).
+    if (!prev) return { k: withRoom(k, T, 1), v: withRoom(v, T, 1) };
     const kb = withRoom(prev.k, past, T); // [B, cap, d]
     const vb = withRoom(prev.v, past, T);
     const rows = range(k.shape[0]);
@@ -101,6 +104,28 @@ export const wasmEngine: Engine = {
     return residual ? (tf.add(z, residual) as tf.Tensor2D) : z;
   },
   split: runSplitCols,
+  loadBuffer(): LoadBuffer | null {
+    const be = tf.engine().backend as unknown as WasmBackendLike;
+    // Only on a shared memory: an unshared one detaches its views when it grows, as each weight's
+    // upload may make it do between a read into the buffer and its use.
+    if (!(memoryOf(be)?.buffer instanceof SharedArrayBuffer)) return null;
+    let t: tf.Tensor | null = null;
+    return {
+      get(n) {
+        if (!t || t.size * 4 < n) {
+          t?.dispose();
+          t = null;
+          t = tf.engine().makeTensorFromTensorInfo(be.makeOutput([Math.ceil(n / 4)], 'int32'));
+        }
+        const at = be.dataIdMap.get(t.dataId)?.memoryOffset as number;
+        return new Uint8Array((memoryOf(be) as WebAssembly.Memory).buffer, at, n);
+      },
+      dispose() {
+        t?.dispose();
+        t = null;
+      },
+    };
+  },
   async upload(shape, dtype, fill) {
     // Allocated in the backend's memory with no values (tf.zeros would build a zeroed host array of the
     // whole size and copy it in: 2.6 s and a transient 154 MB for the 124M head), zeroed and written in place.
@@ -123,13 +148,13 @@ export const wasmEngine: Engine = {
     }
     return t;
   },
-  async read(t) {
+  async read(t, into) {
     // tfjs-backend-wasm's readSync copies through a Uint8Array slice, byte by byte on a shared memory
     // (~0.4 ms for the 124M logits, every decode step), and so does a float32 view's slice() (413 µs);
     // set() into a fresh array copies the block at once (25 µs; micro-benchmark, 50257 floats)
     const v = t.dtype === 'float32' ? heapView(t, Float32Array) : null;
-    if (!v) return tfEngine.read(t);
-    const out = new Float32Array(v.length);
+    if (!v) return tfEngine.read(t, into);
+    const out = into && into.length >= v.length ? into.subarray(0, v.length) : new Float32Array(v.length);
     out.set(v);
     return out;
   },
