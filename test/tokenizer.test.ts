@@ -11,6 +11,9 @@ import {
   tokenizerFromTokenizerJson,
   tokenizerFromVocabAndMerges,
 } from '../src/tokenizer';
+import { CompiledBPE, compileSource } from '../src/tokenizer/bpe';
+import { compileVocabAndMerges } from '../src/tokenizer/compact';
+import { bpeSourceFromVocabAndMerges } from '../src/tokenizer/parse';
 import { EncoderPy, GPT2_DIR } from './tokenizer.reference';
 import { caught, corpusPath } from './helpers';
 
@@ -261,6 +264,47 @@ describe('file layouts', () => {
     expect(await hasTokenizerFiles(half)).toBe(false);
     expect(await caught(loadTokenizer(half))).toMatchObject({ code: 'MISSING_FILE', message: expect.stringMatching(/found vocab\.json but not merges\.txt/) });
     expect(caught(() => tokenizerFromFiles({ 'vocab.json': vocabText }))).toMatchObject({ code: 'MISSING_FILE', message: expect.stringMatching(/found vocab\.json but not merges\.txt/) });
+  });
+});
+
+describe('vocab + merges compiled from their bytes (compact.ts)', () => {
+  const bytes = (text: string) => new TextEncoder().encode(text);
+  /** Every id's bytes, the rules and the byte ids: what the tokenizer uses (the table's order may differ). */
+  const summary = (c: CompiledBPE) => ({
+    tokens: Array.from(c.end, (e, id) => (c.start[id] < 0 ? null : Buffer.from(c.table.subarray(c.start[id], e)).toString('hex'))),
+    rules: [Array.from(c.rules.left), Array.from(c.rules.right), Array.from(c.rules.merged)],
+    byteIds: Array.from(c.byteIds),
+    eos: c.eos,
+    special: [...c.specialTokens],
+  });
+  const general = (v: string, m: string) => summary(compileSource(bpeSourceFromVocabAndMerges(v, m, { vocab: 'vocab.json', merges: 'merges.txt' })));
+  // OpenAI's encoder.json as json.dump(ensure_ascii=True) writes it: every non-ASCII character as \uXXXX
+  const escaped = vocabText.replace(/[\u007f-\uffff]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
+
+  it.each([
+    ['GPT-2 vocab.json + merges.txt (UTF-8)', vocabText, mergesText],
+    ['GPT-2 encoder.json with \\u escapes', escaped, mergesText],
+    ['CRLF merges, no #version line', vocabText, mergesText.split('\n').slice(1).join('\r\n')],
+  ])('%s: the same tokenizer data as the general path, with no fallback', (_name, v, m) => {
+    const fast = compileVocabAndMerges(bytes(v), bytes(m));
+    expect(fast).not.toBeNull(); // the fast path engages on the layouts real checkpoints ship
+    expect(summary(fast as CompiledBPE)).toEqual(general(v, m));
+  });
+
+  it('hands anything outside the plain layout to the general path, which loads what it accepts', async () => {
+    // valid JSON the byte reader does not take: an id written as 0.0
+    const odd = vocabText.replace('"!": 0,', '"!": 0.0,');
+    expect(odd).not.toBe(vocabText);
+    expect(compileVocabAndMerges(bytes(odd), bytes(mergesText))).toBeNull();
+    const t = await loadTokenizer(tmpDir({ 'vocab.json': odd, 'merges.txt': mergesText }));
+    expect(t.encode('hello world!')).toEqual(tok.encode('hello world!'));
+    // and every malformed file of 'bad files' below: null here, then the general path's error
+    for (const v of [vocabText.slice(0, 5000), '', '[1, 2]', '{"a": 1.5}', vocabText.replace('"\\"": 1,', '"\\"": 0,')]) {
+      expect(compileVocabAndMerges(bytes(v), bytes(mergesText))).toBeNull();
+    }
+    for (const m of ['', '#version: 0.2\n', 'abc\n', 'Ġt zzqx\n', 'Ġthe Ġthe\n', 'a  b\n', ' a\n']) {
+      expect(compileVocabAndMerges(bytes(vocabText), bytes(m))).toBeNull();
+    }
   });
 });
 

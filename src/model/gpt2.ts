@@ -68,9 +68,11 @@ export class GPT2Model {
   private hidden(e: Engine, ids: Int32Array, pos: Int32Array, parts: { ctx: AttnContext; cache: KVCache | null }[]): { x: tf.Tensor2D; kvs: LayerKV[][] } {
     const c = this.config;
     const p = this.params;
-    const idx = tf.tensor1d(ids, 'int32');
-    const tokEmb = p.wte ? tf.gather(p.wte, idx) : e.embed(p.headT, idx); // [N] -> [N, d]
-    let x = tf.add(tokEmb, tf.gather(p.wpe, tf.tensor1d(pos, 'int32'))) as tf.Tensor2D; // [N, d]
+    let x = tf.tidy(() => {
+      const idx = tf.tensor1d(ids, 'int32');
+      const tokEmb = p.wte ? tf.gather(p.wte, idx) : e.embed(p.headT, idx); // [N] -> [N, d]
+      return tf.add(tokEmb, tf.gather(p.wpe, tf.tensor1d(pos, 'int32'))) as tf.Tensor2D; // [N, d]
+    });
     const kvs: LayerKV[][] = parts.map(() => []);
     for (let l = 0; l < c.nLayer; l++) {
       // A tidy per block: its intermediates are freed before the next block runs, so a long prefill
@@ -80,7 +82,7 @@ export class GPT2Model {
         const r = block(e, prev, p.h[l], parts.map(({ ctx, cache }) => ({ ctx, past: cache?.layers?.[l] ?? null })), c.layerNormEpsilon, c.activation); // [N, d]
         return [r.x, ...r.kvs.flatMap((kv) => [kv.k, kv.v])];
       });
-      if (l > 0) prev.dispose(); // the embedding sum stays for the step's tidy to free
+      prev.dispose(); // each block's input is freed once the next has it (a long prefill holds one at a time)
       x = out[0] as tf.Tensor2D;
       parts.forEach((_, i) => kvs[i].push({ k: out[1 + 2 * i] as tf.Tensor3D, v: out[2 + 2 * i] as tf.Tensor3D }));
     }

@@ -24,7 +24,7 @@ function byteToChar(): string[] {
 export const BYTE_TO_CHAR: readonly string[] = byteToChar();
 
 /** char code -> byte, -1 for characters outside the map (every mapped char is below U+0144). */
-const CODE_TO_BYTE: Int16Array = (() => {
+export const CODE_TO_BYTE: Int16Array = (() => {
   const t = new Int16Array(0x200).fill(-1);
   BYTE_TO_CHAR.forEach((c, b) => (t[c.charCodeAt(0)] = b));
   return t;

@@ -13,7 +13,8 @@
  */
 import { GPT2Error } from '../errors';
 import { FileSource, openSource } from '../io/source';
-import { tokenizerFromSource } from './bpe';
+import { tokenizerFromCompiled, tokenizerFromSource } from './bpe';
+import { compileVocabAndMerges } from './compact';
 import { bpeSourceFromTokenizerJson, bpeSourceFromVocabAndMerges } from './parse';
 import type { Tokenizer } from './types';
 
@@ -113,6 +114,11 @@ export async function loadTokenizer(dirOrUrl: string | FileSource): Promise<Toke
   const src = typeof dirOrUrl === 'string' ? openSource(dirOrUrl) : dirOrUrl;
   const { layout, present } = await findLayout(src);
   if (layout === undefined) throw missing(typeof dirOrUrl === 'string' ? dirOrUrl : src.describe('.'), (name) => present.has(name));
+  if (layout.length === 2) {
+    // vocab + merges: compiled from the bytes where the files are plain (compact.ts), else parsed as text
+    const compiled = compileVocabAndMerges(await src.read(layout[0]), await src.read(layout[1]));
+    if (compiled) return tokenizerFromCompiled(compiled);
+  }
   const texts: TokenizerFileTexts = {};
   for (const name of layout) texts[name as keyof TokenizerFileTexts] = await src.readText(name);
   return tokenizerFromFiles(texts, (name) => src.describe(name));
