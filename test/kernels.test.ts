@@ -3,7 +3,9 @@
  * backend; the shared-memory rewrite of tfjs-backend-wasm's binary; the second kernel thread.
  * (The model-level parity suites run through these kernels too: on wasm they are the default path.)
  */
+import * as fs from 'fs';
 import * as os from 'os';
+import * as path from 'path';
 import * as tf from '../src/tf';
 import { setBackend } from '../src/backend';
 import { KV_GROW, cachePrefix } from '../src/model/engine';
@@ -156,6 +158,34 @@ describe('wasm kernels', () => {
       const geluRef = tf.mul(ref, tf.sigmoid(tf.mul(ref, tf.add(tf.mul(tf.square(ref), 0.044715 * c), c))));
       check(kernelLinear(x, w, b, 'gelu_new'), geluRef);
     });
+  });
+
+  test('a load reads through a buffer lent from the wasm memory and frees it, also when the load fails', async () => {
+    const lent = jest.spyOn(wasmEngine, 'loadBuffer');
+    const before = tf.memory().numTensors;
+    try {
+      const gpt = await loadModel(TINY_DIR, { backend: 'wasm' });
+      expect(lent).toHaveBeenCalledTimes(1);
+      expect(lent.mock.results[0].value).not.toBeNull(); // the shared memory lends it (a host array otherwise)
+      const greedy = await gpt.generate([1, 2, 3], { maxNewTokens: 4, temperature: 0 });
+      expect(greedy.tokens).toHaveLength(4);
+      gpt.dispose();
+      expect(tf.memory().numTensors).toBe(before);
+      // a weights file cut short: BAD_WEIGHTS, and neither the buffer nor any weight is left behind
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gpt2-cut-'));
+      try {
+        fs.copyFileSync(path.join(TINY_DIR, 'config.json'), path.join(dir, 'config.json'));
+        const w = fs.readFileSync(path.join(TINY_DIR, 'model.safetensors'));
+        fs.writeFileSync(path.join(dir, 'model.safetensors'), w.subarray(0, w.length - 1000));
+        expect(await caught(loadModel(dir, { backend: 'wasm' }))).toMatchObject({ code: 'BAD_WEIGHTS' });
+        expect(lent).toHaveBeenCalledTimes(2);
+        expect(tf.memory().numTensors).toBe(before);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    } finally {
+      lent.mockRestore();
+    }
   });
 
   test('the tied embedding read from the float head panels equals a gather from the [d, V] head', () => {

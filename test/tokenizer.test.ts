@@ -12,8 +12,8 @@ import {
   tokenizerFromVocabAndMerges,
 } from '../src/tokenizer';
 import { CompiledBPE, compileSource } from '../src/tokenizer/bpe';
-import { compileVocabAndMerges } from '../src/tokenizer/compact';
-import { bpeSourceFromVocabAndMerges } from '../src/tokenizer/parse';
+import { compileTokenizerJson, compileVocabAndMerges } from '../src/tokenizer/compact';
+import { bpeSourceFromTokenizerJson, bpeSourceFromVocabAndMerges } from '../src/tokenizer/parse';
 import { EncoderPy, GPT2_DIR } from './tokenizer.reference';
 import { caught, corpusPath } from './helpers';
 
@@ -289,6 +289,31 @@ describe('vocab + merges compiled from their bytes (compact.ts)', () => {
     const fast = compileVocabAndMerges(bytes(v), bytes(m));
     expect(fast).not.toBeNull(); // the fast path engages on the layouts real checkpoints ship
     expect(summary(fast as CompiledBPE)).toEqual(general(v, m));
+  });
+
+  it.each([
+    ['merges as "a b"', false],
+    ['merges as ["a", "b"]', true],
+  ])('tokenizer.json (%s): the same data as the general path, with no fallback', (_name, pairs) => {
+    const text = hfTokenizerJson(pairs as boolean);
+    const fast = compileTokenizerJson(bytes(text));
+    expect(fast).not.toBeNull();
+    expect(summary(fast as CompiledBPE)).toEqual(summary(compileSource(bpeSourceFromTokenizerJson(text, 'tokenizer.json'))));
+  });
+
+  it('tokenizer.json outside the plain form goes to the general path: bad files, odd ids, unusual added tokens', () => {
+    const good = hfTokenizerJson(true);
+    for (const t of [
+      good.slice(0, 100000),
+      good.replace('"add_prefix_space":false', '"add_prefix_space":true'),
+      good.replace('"merges":[[', '"merges":[7,['),
+      good.replace('"type":"BPE"', '"type":"WordPiece"'),
+      good.replace('"!":0,', '"!":0.0,'),
+      good.replace('"content":"<|endoftext|>"', '"content":"<|end of text|>"'),
+    ]) {
+      expect(t).not.toBe(good);
+      expect(compileTokenizerJson(bytes(t))).toBeNull();
+    }
   });
 
   it('hands anything outside the plain layout to the general path, which loads what it accepts', async () => {

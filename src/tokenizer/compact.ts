@@ -56,13 +56,19 @@ function charAt(b: Uint8Array, p: number, end: number): number {
   return got < 0 ? -1 : p;
 }
 
+/** With stringAt's `split`: where (in output bytes) its one space was, -1 if none. */
+let spaceAt = -1;
+
 /**
  * The JSON string whose opening quote is at b[p - 1], as byte-level bytes into out[o..]: returns the
- * position after the closing quote (its length in `got`), or -1.
+ * position after the closing quote (its length in `got`), or -1. With `split`, one space (outside the
+ * byte-level alphabet: a merge rule's separator) is allowed and not written; spaceAt says where.
  */
-function stringAt(b: Uint8Array, p: number, out: Uint8Array, o: number): number {
+function stringAt(b: Uint8Array, p: number, out: Uint8Array, o: number, split = false): number {
   let n = 0;
+  spaceAt = -1;
   for (;;) {
+    if (o + n >= out.length && b[p] !== QUOTE) return -1;
     if (p >= b.length) return -1;
     const c = b[p];
     if (c === QUOTE) {
@@ -87,8 +93,13 @@ function stringAt(b: Uint8Array, p: number, out: Uint8Array, o: number): number 
         p += 2;
       } else return -1; // \b \f \n \r \t: control characters, outside the alphabet
       const byte = byteOf(code);
-      if (byte < 0) return -1;
-      out[o + n++] = byte;
+      if (byte < 0) {
+        if (!(split && code === 0x20 && spaceAt < 0)) return -1;
+        spaceAt = n;
+      } else out[o + n++] = byte;
+    } else if (split && c === 0x20 && spaceAt < 0) {
+      spaceAt = n;
+      p++;
     } else {
       if (c < 0x20) return -1;
       p = charAt(b, p, b.length);
@@ -148,13 +159,22 @@ class BytesIndex {
   }
 }
 
-/** See the module comment. `vocab`: vocab.json / encoder.json; `merges`: merges.txt / vocab.bpe. */
-export function compileVocabAndMerges(vocab: Uint8Array, merges: Uint8Array): CompiledBPE | null {
-  // vocab: { "token": id, ... }
-  let p = skipWs(vocab, 0);
-  if (vocab[p] !== 0x7b) return null;
-  p = skipWs(vocab, p + 1);
-  const keys = new Uint8Array(vocab.length); // each key byte takes at least one file byte
+/** A vocab object read by readVocab: every key's byte-level bytes, indexed, and id -> bytes. */
+interface Vocab {
+  keys: Uint8Array;
+  k: number;
+  ids: Int32Array;
+  index: BytesIndex;
+  start: Int32Array;
+  end: Int32Array;
+}
+
+/** The JSON object { "token": id, ... } filling b[from, to) exactly, or null. */
+function readVocab(b: Uint8Array, from: number, to: number): Vocab | null {
+  let p = skipWs(b, from);
+  if (b[p] !== 0x7b) return null;
+  p = skipWs(b, p + 1);
+  const keys = new Uint8Array(to - from); // each key byte takes at least one file byte
   let cap = 1 << 16;
   let kStart = new Int32Array(cap);
   let kLen = new Int32Array(cap);
@@ -163,37 +183,37 @@ export function compileVocabAndMerges(vocab: Uint8Array, merges: Uint8Array): Co
   let k = 0;
   let maxId = -1;
   for (;;) {
-    if (vocab[p] !== QUOTE) return null; // also an empty object: the general path says so
-    p = stringAt(vocab, p + 1, keys, k);
-    if (p < 0) return null;
+    if (b[p] !== QUOTE) return null; // also an empty object: the general path says so
+    p = stringAt(b, p + 1, keys, k);
+    if (p < 0 || p > to) return null;
     if (n === cap) {
       cap *= 2;
       const grow = (a: Int32Array) => {
-        const b = new Int32Array(cap);
-        b.set(a);
-        return b;
+        const c = new Int32Array(cap);
+        c.set(a);
+        return c;
       };
       [kStart, kLen, ids] = [grow(kStart), grow(kLen), grow(ids)];
     }
     kStart[n] = k;
     kLen[n] = got;
     k += got;
-    p = skipWs(vocab, p);
-    if (vocab[p] !== 0x3a) return null;
-    p = intAt(vocab, skipWs(vocab, p + 1));
+    p = skipWs(b, p);
+    if (b[p] !== 0x3a) return null;
+    p = intAt(b, skipWs(b, p + 1));
     if (p < 0) return null;
     ids[n++] = got;
     maxId = Math.max(maxId, got);
-    p = skipWs(vocab, p);
-    if (vocab[p] === 0x2c) {
-      p = skipWs(vocab, p + 1);
+    p = skipWs(b, p);
+    if (b[p] === 0x2c) {
+      p = skipWs(b, p + 1);
       continue;
     }
-    if (vocab[p] !== 0x7d) return null;
-    p = skipWs(vocab, p + 1);
+    if (b[p] !== 0x7d) return null;
+    p = skipWs(b, p + 1);
     break;
   }
-  if (p !== vocab.length || maxId >= 4 * n + 1024) return null; // trailing bytes; ids far sparser than GPT-2's
+  if (p !== to || maxId >= 4 * n + 1024) return null; // trailing bytes; ids far sparser than GPT-2's
   const index = new BytesIndex(keys, kStart, kLen, n);
   const start = new Int32Array(maxId + 2).fill(-1);
   const end = new Int32Array(maxId + 1);
@@ -202,11 +222,61 @@ export function compileVocabAndMerges(vocab: Uint8Array, merges: Uint8Array): Co
     start[ids[i]] = kStart[i];
     end[ids[i]] = kStart[i] + kLen[i];
   }
-  // Special: <|endoftext|> is printable ASCII, which the byte-level alphabet keeps as itself, so its
-  // key bytes are also the text it decodes to.
-  const eosBytes = Uint8Array.from(EOS_TOKEN, (c) => c.charCodeAt(0));
-  const eosAt = index.find(eosBytes, 0, eosBytes.length);
-  if (eosAt < 0) return null;
+  return { keys, k, ids, index, start, end };
+}
+
+/** Collects merge rules as ids; `pair` holds left then right, decoded next to each other (the merged token is both at once). */
+class Rules {
+  left: Int32Array;
+  right: Int32Array;
+  merged: Int32Array;
+  m = 0;
+  /** room for any GPT-2 token twice over; a longer one makes stringAt give up (the general path takes it) */
+  pair = new Uint8Array(4096);
+  constructor(private readonly v: Vocab, capacity: number) {
+    this.left = new Int32Array(capacity);
+    this.right = new Int32Array(capacity);
+    this.merged = new Int32Array(capacity);
+  }
+  room(n: number): void {
+    if (this.pair.length < n) this.pair = new Uint8Array(2 * n);
+  }
+  /** The rule whose left side is pair[0, a) and right side pair[a, c): false if a token is unknown. */
+  add(a: number, c: number): boolean {
+    const { index, ids } = this.v;
+    if (a === 0 || c === a) return false;
+    const l = index.find(this.pair, 0, a);
+    const r = index.find(this.pair, a, c - a);
+    const mg = index.find(this.pair, 0, c);
+    if (l < 0 || r < 0 || mg < 0) return false;
+    if (this.m === this.left.length) {
+      const grow = (x: Int32Array) => {
+        const y = new Int32Array(2 * x.length + 16);
+        y.set(x);
+        return y;
+      };
+      [this.left, this.right, this.merged] = [grow(this.left), grow(this.right), grow(this.merged)];
+    }
+    this.left[this.m] = ids[l];
+    this.right[this.m] = ids[r];
+    this.merged[this.m] = ids[mg];
+    this.m++;
+    return true;
+  }
+}
+
+/** The compiled form, once vocab and rules are read; specials: text -> id, each in the vocab under that id. */
+function finish(v: Vocab, rules: Rules, specials: Map<string, number>): CompiledBPE | null {
+  const { index, ids } = v;
+  // Specials here are printable ASCII, which the byte-level alphabet keeps as itself: their key bytes
+  // are also the text they decode to.
+  for (const [text, id] of specials) {
+    if (!/^[\x21-\x7e]+$/.test(text)) return null;
+    const at = index.find(Uint8Array.from(text, (c) => c.charCodeAt(0)), 0, text.length);
+    if (at < 0 || ids[at] !== id) return null;
+  }
+  const eos = specials.get(EOS_TOKEN);
+  if (eos === undefined || rules.m === 0) return null;
   const byteIds = new Int32Array(256);
   const one = new Uint8Array(1);
   for (let b = 0; b < 256; b++) {
@@ -215,15 +285,31 @@ export function compileVocabAndMerges(vocab: Uint8Array, merges: Uint8Array): Co
     if (e < 0) return null;
     byteIds[b] = ids[e];
   }
+  return {
+    table: v.keys.slice(0, v.k),
+    start: v.start,
+    end: v.end,
+    rules: { left: rules.left.slice(0, rules.m), right: rules.right.slice(0, rules.m), merged: rules.merged.slice(0, rules.m) },
+    byteIds,
+    specialTokens: specials,
+    eos,
+  };
+}
 
+/** <|endoftext|>, where a layout has no list of special tokens: GPT-2's only one, in the vocab itself. */
+function eosOf(v: Vocab): Map<string, number> {
+  const at = v.index.find(Uint8Array.from(EOS_TOKEN, (c) => c.charCodeAt(0)), 0, EOS_TOKEN.length);
+  return new Map(at < 0 ? [] : [[EOS_TOKEN, v.ids[at]]]);
+}
+
+/** See the module comment. `vocab`: vocab.json / encoder.json; `merges`: merges.txt / vocab.bpe. */
+export function compileVocabAndMerges(vocab: Uint8Array, merges: Uint8Array): CompiledBPE | null {
+  const v = readVocab(vocab, 0, vocab.length);
+  if (!v) return null;
   // merges: optional "#version" first line, then "left right" per line (as parse.ts's scanMerges)
   let lines = 1;
   for (let i = 0; i < merges.length; i++) if (merges[i] === 0x0a) lines++;
-  const left = new Int32Array(lines);
-  const right = new Int32Array(lines);
-  const merged = new Int32Array(lines);
-  let pair = new Uint8Array(256);
-  let m = 0;
+  const rules = new Rules(v, lines);
   const version = Uint8Array.from('#version', (c) => c.charCodeAt(0));
   for (let q = 0, line = 0; q < merges.length; line++) {
     let nl = merges.indexOf(0x0a, q);
@@ -231,8 +317,8 @@ export function compileVocabAndMerges(vocab: Uint8Array, merges: Uint8Array): Co
     const e = nl > q && merges[nl - 1] === 0x0d ? nl - 1 : nl;
     const isVersion = line === 0 && e - q >= version.length && version.every((c, i) => merges[q + i] === c);
     if (e > q && !isVersion) {
-      if (pair.length < e - q) pair = new Uint8Array(2 * (e - q));
-      // left side, then right side, decoded next to each other: the merged token is both at once
+      rules.room(e - q);
+      const pair = rules.pair;
       let a = 0;
       let r = q;
       while (r < e && merges[r] !== 0x20) {
@@ -247,26 +333,142 @@ export function compileVocabAndMerges(vocab: Uint8Array, merges: Uint8Array): Co
         if (r < 0) return null;
         pair[c++] = got;
       }
-      if (a === 0 || c === a) return null;
-      const l = index.find(pair, 0, a);
-      const rt = index.find(pair, a, c - a);
-      const mg = index.find(pair, 0, c);
-      if (l < 0 || rt < 0 || mg < 0) return null;
-      left[m] = ids[l];
-      right[m] = ids[rt];
-      merged[m] = ids[mg];
-      m++;
+      if (!rules.add(a, c)) return null;
     }
     q = nl + 1;
   }
-  if (m === 0) return null;
-  return {
-    table: keys.slice(0, k),
-    start,
-    end,
-    rules: { left: left.slice(0, m), right: right.slice(0, m), merged: merged.slice(0, m) },
-    byteIds,
-    specialTokens: new Map([[EOS_TOKEN, ids[eosAt]]]),
-    eos: ids[eosAt],
-  };
+  return finish(v, rules, eosOf(v));
+}
+
+/**
+ * The end of the JSON value starting at b[p] (after whitespace), or -1; on the way, the spans of the
+ * values at paths model.vocab and model.merges (depth 2) go into `spans`.
+ */
+function skipValue(b: Uint8Array, p: number, path: string, spans: Map<string, [number, number]>): number {
+  p = skipWs(b, p);
+  const c = b[p];
+  if (c === QUOTE) {
+    for (p++; p < b.length; p++) {
+      if (b[p] === BACKSLASH) p++;
+      else if (b[p] === QUOTE) return p + 1;
+    }
+    return -1;
+  }
+  if (c === 0x7b || c === 0x5b) {
+    const close = c === 0x7b ? 0x7d : 0x5d;
+    const from = p;
+    p = skipWs(b, p + 1);
+    if (b[p] === close) p++;
+    else {
+      for (;;) {
+        let key = '';
+        if (c === 0x7b) {
+          if (b[p] !== QUOTE) return -1;
+          const k0 = p + 1;
+          p = skipValue(b, p, '', spans);
+          if (p < 0) return -1;
+          // keys on the way to model.vocab / model.merges are plain ASCII; others are never looked at
+          if ((path === '' || path === 'model') && p - k0 - 1 < 16) key = String.fromCharCode(...b.subarray(k0, p - 1));
+          p = skipWs(b, p);
+          if (b[p] !== 0x3a) return -1;
+          p++;
+        }
+        const sub = path === '' ? key : path === 'model' ? `model.${key}` : '#';
+        p = skipValue(b, p, c === 0x7b ? sub : '#', spans);
+        if (p < 0) return -1;
+        p = skipWs(b, p);
+        if (b[p] === 0x2c) {
+          p = skipWs(b, p + 1);
+          continue;
+        }
+        if (b[p] !== close) return -1;
+        p++;
+        break;
+      }
+    }
+    if (path === 'model.vocab' || path === 'model.merges') spans.set(path, [from, p]);
+    return p;
+  }
+  // number, true, false, null
+  const from = p;
+  while (p < b.length && b[p] !== 0x2c && b[p] !== 0x7d && b[p] !== 0x5d && b[p] > 0x20) p++;
+  return p > from ? p : -1;
+}
+
+/**
+ * Hugging Face tokenizer.json from its bytes: model.vocab and model.merges are read as the plain
+ * files are (no strings, no Map); the rest of the file — small — goes through JSON.parse with those two
+ * values cut out. Null for anything the general path should judge.
+ */
+export function compileTokenizerJson(bytes: Uint8Array): CompiledBPE | null {
+  const spans = new Map<string, [number, number]>();
+  const endAt = skipValue(bytes, 0, '', spans);
+  if (endAt < 0 || skipWs(bytes, endAt) !== bytes.length) return null;
+  const vs = spans.get('model.vocab');
+  const ms = spans.get('model.merges');
+  if (!vs || !ms || bytes[ms[0]] !== 0x5b) return null;
+  // the rest, with the two big values replaced by empty ones
+  const [first, second] = vs[0] < ms[0] ? [vs, ms] : [ms, vs];
+  const dec = new TextDecoder();
+  const rest =
+    dec.decode(bytes.subarray(0, first[0])) + (first === vs ? '{}' : '[]') +
+    dec.decode(bytes.subarray(first[1], second[0])) + (second === vs ? '{}' : '[]') +
+    dec.decode(bytes.subarray(second[1]));
+  let root: { model?: { type?: unknown }; pre_tokenizer?: { add_prefix_space?: unknown } | null; added_tokens?: unknown };
+  try {
+    root = JSON.parse(rest);
+  } catch {
+    return null;
+  }
+  if (typeof root !== 'object' || root === null || typeof root.model !== 'object' || root.model === null) return null;
+  if (root.model.type !== undefined && root.model.type !== 'BPE') return null;
+  if (root.pre_tokenizer && root.pre_tokenizer.add_prefix_space === true) return null;
+  const added = root.added_tokens ?? [];
+  if (!Array.isArray(added)) return null;
+  const specials = new Map<string, number>();
+  for (const t of added as { content?: unknown; id?: unknown }[]) {
+    if (typeof t !== 'object' || t === null || typeof t.content !== 'string' || typeof t.id !== 'number' || !Number.isInteger(t.id) || t.id < 0) return null;
+    specials.set(t.content, t.id);
+  }
+  const v = readVocab(bytes, vs[0], vs[1]);
+  if (!v) return null;
+  if (!specials.has(EOS_TOKEN)) for (const [t, id] of eosOf(v)) specials.set(t, id);
+  // merges: ["a b", ...] or [["a", "b"], ...]
+  const rules = new Rules(v, 1 << 16);
+  let p = skipWs(bytes, ms[0] + 1);
+  if (bytes[p] === 0x5d) return null;
+  for (;;) {
+    if (bytes[p] === QUOTE) {
+      // "a b": the one space (outside the byte-level alphabet) separates the sides
+      p = stringAt(bytes, p + 1, rules.pair, 0, true);
+      if (p < 0 || spaceAt < 0) return null;
+      if (!rules.add(spaceAt, got)) return null;
+    } else if (bytes[p] === 0x5b) {
+      // ["a", "b"]
+      p = skipWs(bytes, p + 1);
+      if (bytes[p] !== QUOTE) return null;
+      p = stringAt(bytes, p + 1, rules.pair, 0);
+      if (p < 0) return null;
+      const a = got;
+      p = skipWs(bytes, p);
+      if (bytes[p] !== 0x2c) return null;
+      p = skipWs(bytes, p + 1);
+      if (bytes[p] !== QUOTE) return null;
+      p = stringAt(bytes, p + 1, rules.pair, a);
+      if (p < 0) return null;
+      const c = a + got;
+      p = skipWs(bytes, p);
+      if (bytes[p] !== 0x5d) return null;
+      p++;
+      if (!rules.add(a, c)) return null;
+    } else return null;
+    p = skipWs(bytes, p);
+    if (bytes[p] === 0x2c) {
+      p = skipWs(bytes, p + 1);
+      continue;
+    }
+    if (bytes[p] !== 0x5d || p + 1 !== ms[1]) return null;
+    break;
+  }
+  return finish(v, rules, specials);
 }

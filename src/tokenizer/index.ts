@@ -9,12 +9,14 @@
  * port of encoder.py and against js-tiktoken by property tests; on tinyshakespeare it is faster than
  * gpt-tokenizer in the same run (bench/tokenizer.ts). Hand-written here too: file parsing and
  * validation (parse.ts), GPT-2's exact split regex and special tokens (bpe.ts), streaming decode
- * (stream.ts). gpt-tokenizer stays a dev dependency, as the speed yardstick.
+ * (stream.ts), and a reader that compiles the plain vocab + merges files straight from their bytes
+ * (compact.ts: JSON.parse and a Map of 50 257 strings left ~20 MB resident in a generating process;
+ * anything unusual goes through parse.ts). gpt-tokenizer stays a dev dependency, as the speed yardstick.
  */
 import { GPT2Error } from '../errors';
 import { FileSource, openSource } from '../io/source';
 import { tokenizerFromCompiled, tokenizerFromSource } from './bpe';
-import { compileVocabAndMerges } from './compact';
+import { compileTokenizerJson, compileVocabAndMerges } from './compact';
 import { bpeSourceFromTokenizerJson, bpeSourceFromVocabAndMerges } from './parse';
 import type { Tokenizer } from './types';
 
@@ -114,11 +116,9 @@ export async function loadTokenizer(dirOrUrl: string | FileSource): Promise<Toke
   const src = typeof dirOrUrl === 'string' ? openSource(dirOrUrl) : dirOrUrl;
   const { layout, present } = await findLayout(src);
   if (layout === undefined) throw missing(typeof dirOrUrl === 'string' ? dirOrUrl : src.describe('.'), (name) => present.has(name));
-  if (layout.length === 2) {
-    // vocab + merges: compiled from the bytes where the files are plain (compact.ts), else parsed as text
-    const compiled = compileVocabAndMerges(await src.read(layout[0]), await src.read(layout[1]));
-    if (compiled) return tokenizerFromCompiled(compiled);
-  }
+  // compiled from the bytes where the files are plain (compact.ts), else parsed as text
+  const compiled = layout.length === 2 ? compileVocabAndMerges(await src.read(layout[0]), await src.read(layout[1])) : compileTokenizerJson(await src.read(layout[0]));
+  if (compiled) return tokenizerFromCompiled(compiled);
   const texts: TokenizerFileTexts = {};
   for (const name of layout) texts[name as keyof TokenizerFileTexts] = await src.readText(name);
   return tokenizerFromFiles(texts, (name) => src.describe(name));
