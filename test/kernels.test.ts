@@ -171,13 +171,15 @@ describe('wasm kernels', () => {
       expect(greedy.tokens).toHaveLength(4);
       gpt.dispose();
       expect(tf.memory().numTensors).toBe(before);
-      // a weights file cut short: BAD_WEIGHTS, and neither the buffer nor any weight is left behind
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gpt2-cut-'));
+      // a load that fails part way (a NaN in the file's last tensor, found by validate): neither the
+      // buffer nor any weight is left behind
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gpt2-nan-'));
       try {
         fs.copyFileSync(path.join(TINY_DIR, 'config.json'), path.join(dir, 'config.json'));
-        const w = fs.readFileSync(path.join(TINY_DIR, 'model.safetensors'));
-        fs.writeFileSync(path.join(dir, 'model.safetensors'), w.subarray(0, w.length - 1000));
-        expect(await caught(loadModel(dir, { backend: 'wasm' }))).toMatchObject({ code: 'BAD_WEIGHTS' });
+        const w = Buffer.from(fs.readFileSync(path.join(TINY_DIR, 'model.safetensors')));
+        w.writeFloatLE(NaN, w.length - 4);
+        fs.writeFileSync(path.join(dir, 'model.safetensors'), w);
+        expect(await caught(loadModel(dir, { backend: 'wasm', validate: true }))).toMatchObject({ code: 'NON_FINITE' });
         expect(lent).toHaveBeenCalledTimes(2);
         expect(tf.memory().numTensors).toBe(before);
       } finally {
