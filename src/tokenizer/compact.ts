@@ -159,6 +159,13 @@ class BytesIndex {
   }
 }
 
+/** `a`'s values in a new array of `cap`. */
+function grown(a: Int32Array, cap: number): Int32Array {
+  const b = new Int32Array(cap);
+  b.set(a);
+  return b;
+}
+
 /** A vocab object read by readVocab: every key's byte-level bytes, indexed, and id -> bytes. */
 interface Vocab {
   keys: Uint8Array;
@@ -188,12 +195,7 @@ function readVocab(b: Uint8Array, from: number, to: number): Vocab | null {
     if (p < 0 || p > to) return null;
     if (n === cap) {
       cap *= 2;
-      const grow = (a: Int32Array) => {
-        const c = new Int32Array(cap);
-        c.set(a);
-        return c;
-      };
-      [kStart, kLen, ids] = [grow(kStart), grow(kLen), grow(ids)];
+      [kStart, kLen, ids] = [grown(kStart, cap), grown(kLen, cap), grown(ids, cap)];
     }
     kStart[n] = k;
     kLen[n] = got;
@@ -250,12 +252,8 @@ class Rules {
     const mg = index.find(this.pair, 0, c);
     if (l < 0 || r < 0 || mg < 0) return false;
     if (this.m === this.left.length) {
-      const grow = (x: Int32Array) => {
-        const y = new Int32Array(2 * x.length + 16);
-        y.set(x);
-        return y;
-      };
-      [this.left, this.right, this.merged] = [grow(this.left), grow(this.right), grow(this.merged)];
+      const cap = 2 * this.m + 16;
+      [this.left, this.right, this.merged] = [grown(this.left, cap), grown(this.right, cap), grown(this.merged, cap)];
     }
     this.left[this.m] = ids[l];
     this.right[this.m] = ids[r];

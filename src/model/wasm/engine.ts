@@ -114,7 +114,7 @@ export const wasmEngine: Engine = {
       get(n) {
         if (!t || t.size * 4 < n) {
           t?.dispose();
-          t = null;
+          t = null; // a failed allocation below leaves nothing to dispose twice
           t = tf.engine().makeTensorFromTensorInfo(be.makeOutput([Math.ceil(n / 4)], 'int32'));
         }
         const at = be.dataIdMap.get(t.dataId)?.memoryOffset as number;
