@@ -160,7 +160,7 @@ class BytesIndex {
 }
 
 /** `a`'s values in a new array of `cap`. */
-function grown(a: Int32Array, cap: number): Int32Array {
+function grown(a: Int32Array, cap: number) {
   const b = new Int32Array(cap);
   b.set(a);
   return b;
