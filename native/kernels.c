@@ -452,18 +452,21 @@ static inline void store4(f32* y, v128_t v, const f32* b, int nc, int act) {
     if (last && bh) { lo = wasm_f32x4_add(lo, wasm_v128_load(bh)); hi = wasm_f32x4_add(hi, wasm_v128_load(bh + 4)); } \
     wasm_v128_store(yr, lo); wasm_v128_store((yr) + 4, hi);                           \
   } while (0)
-static void panel_tiles(const f32* x, const f32* wp, const f32* b, f32* y, int M4, int K, int ld, int ldx) {
+static void panel_tiles(const f32* x, const f32* wp, const f32* b, f32* y, int M, int K, int ld, int ldx) {
   for (int h = 0; h < 2; h++) {
     const f32* wh = wp + 8 * h;
     const f32* bh = b ? b + 8 * h : 0;
     for (int k0 = 0; k0 < K; k0 += PKC) {
       int k1 = k0 + PKC < K ? k0 + PKC : K;
       int last = k1 == K;
-      for (int m = 0; m < M4; m += 4) {
+      for (int m = 0; m < M; m += 4) {
+        /* a last tile of 1-3 rows repeats its last row in the missing ones: the same inputs, the same
+         * sums, stored twice to the same place (a remainder row on its own read the whole panel from L2) */
+        int r1 = m + 1 < M ? 1 : 0, r2 = m + 2 < M ? 2 : r1, r3 = m + 3 < M ? 3 : r2;
         f32* y0 = y + (long)m * ld + 8 * h;
-        f32* y1 = y0 + ld;
-        f32* y2 = y1 + ld;
-        f32* y3 = y2 + ld;
+        f32* y1 = y0 + (long)r1 * ld;
+        f32* y2 = y0 + (long)r2 * ld;
+        f32* y3 = y0 + (long)r3 * ld;
         v128_t a00, a01, a10, a11, a20, a21, a30, a31;
         if (k0 == 0) {
           a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = wasm_f32x4_splat(0.0f);
@@ -474,9 +477,9 @@ static void panel_tiles(const f32* x, const f32* wp, const f32* b, f32* y, int M
           a30 = wasm_v128_load(y3); a31 = wasm_v128_load(y3 + 4);
         }
         const f32* x0 = x + (long)m * ldx;
-        const f32* x1 = x0 + ldx;
-        const f32* x2 = x1 + ldx;
-        const f32* x3 = x2 + ldx;
+        const f32* x1 = x0 + (long)r1 * ldx;
+        const f32* x2 = x0 + (long)r2 * ldx;
+        const f32* x3 = x0 + (long)r3 * ldx;
         const f32* w = wh + (long)k0 * 16;
         for (int k = k0; k < k1; k++, w += 16) {
           v128_t w0 = wasm_v128_load(w), w1 = wasm_v128_load(w + 4);
@@ -510,13 +513,14 @@ static void add_residual(f32* y, const f32* r, int M, int n, int ld) {
 
 /* panel p of y[:, 0:n] = act(x @ W + b) (+ r): every row of the 16 columns (or fewer, at the end) it holds */
 static void linear_panel(const f32* x, const f32* W, const f32* b, f32* y, int M, int K, int n, int ld, int ldx, int act, const f32* r, int p) {
-  /* 4-row tiles from 4 rows on (batched decode reads each panel once per 4 rows, not per row) */
-  int M4 = M & ~3;
+  /* 4-row tiles from 4 rows on (batched decode reads each panel once per 4 rows, not per row), a last
+   * tile of 2-3 rows too (measured, 124M decode: 7 rows 46 -> 39 ms); a lone last row, and one to three
+   * rows in all, go row by row (a tile multiplies 4 rows: 5 rows took 34 ms so, 36 with a tile) */
   const f32* wp = W + (long)p * K * 16;
   int j = p * 16;
   int nc = n - j < 16 ? n - j : 16;
   const f32* bj = b ? b + j : 0;
-  int tiled = nc == 16 ? M4 : 0; /* a short last panel (the head's) takes the row path: y has no room past n */
+  int tiled = nc == 16 && M >= 4 ? (M & 3) == 1 ? M - 1 : M : 0; /* a short last panel (the head's) takes the row path: y has no room past n */
   if (tiled) panel_tiles(x, wp, bj, y + j, tiled, K, ld, ldx);
   for (int m = tiled; m < M; m++) {
     v128_t c0, c1, c2, c3;
@@ -765,13 +769,20 @@ void copy_cols(f32* dst, const f32* src, int M, int n, int ldd, int lds) {
   for (int m = 0; m < M; m++) copy_f32(dst + (long)m * ldd, src + (long)m * lds, n);
 }
 
-/* ---------- one transformer block of a decode step in one call ----------
+/* ---------- one transformer block of a step in one call ----------
  *
- * Every thread of the team runs block_decode at once (thread tid of nth) and they meet at a barrier
+ * Every thread of the team runs block_step at once (thread tid of nth) and they meet at a barrier
  * between stages. One call per block instead of ~10 tfjs ops and 5 jobs posted and awaited from JS:
  * the dispatch, the JS between the products and each job's start and end on the other threads are
  * gone. Each piece of work calls the same code as the separate kernels (layer_norm, linear_panel,
  * attend_head) in the same order per output element: the same bits, whichever thread computes it.
+ *
+ * The N rows are any mix: a batch's decode rows (one new position each, each with its own cache row)
+ * and the positions of prompt chunks (several rows on one cache row, at consecutive positions). Row n's
+ * descriptor (desc[4n..4n+3]) says where its cache row starts (keys, values: [cap, D] each), its
+ * position there (its key/value are written at pos, it attends to [0, pos]) and its additive mask row
+ * (>= pos + 1 floats, or 0). Every row's key/value is written before any row attends, so a prompt
+ * position sees the chunk's earlier positions, as the separate kernels' causal attention does.
  *
  * A stage's pieces (rows, weight panels, or one head of one row) are cut into nth contiguous ranges,
  * one per thread, each with its own counter: a thread streams its own range in order (one sequential
@@ -779,12 +790,13 @@ void copy_cols(f32* dst, const f32* src, int M, int n, int ldd, int lds) {
  * does not hold the stage up by more than the piece it is on).
  *
  * ctl: CTL_INTS(nth) control words (zeroed by the caller; the weight table at CTL_TABLE), then the
- * floats: h [B, D], qkv [B, 3D], a [B, D], x1 [B, D], h2 [B, D], f [B, F], a softmax row per thread. */
+ * floats: h [N, D], qkv [N, 3D], a [N, D], x1 [N, D], h2 [N, D], f [N, F], a softmax row of
+ * (maxTk + 7) & ~3 floats per thread (maxTk: the most positions a row attends to). */
 #define CTL_BAR 0     /* threads arrived at the barrier */
 #define CTL_GEN 16    /* barrier generation (its own cache line) */
 #define CTL_ERR 32    /* set when a barrier gave up waiting, or the caller's part failed */
 #define CTL_TABLE 48  /* ln_1 g, b; c_attn w, b; attn c_proj w, b; ln_2 g, b; c_fc w, b; mlp c_proj w, b */
-#define STAGES 7
+#define STAGES 8
 #define CTL_NEXT(nth, stage, owner) (64 + ((stage) * (nth) + (owner)) * 16) /* each counter on its own line */
 #define CTL_INTS(nth) (64 + STAGES * (nth) * 16)
 #define CTL_SLEEP 40   /* threads blocked in the barrier's wait (same line as CTL_ERR: both rare) */
@@ -835,50 +847,57 @@ static inline int next_piece(i32_t* ctl, int stage, int total, int tid, int nth,
 }
 #define FOR_PIECES(c, stage, total) for (int u_ = 0, c; (c = next_piece(ctl, (stage), (total), tid, nth, &u_)) >= 0;)
 
-EXPORT(block_decode)
-void block_decode(const f32* x, f32* y, i32_t* ctl, f32* kc, f32* vc, const f32* mask, int B, int past, int ldkv,
-                  int H, int D, int F, f32 eps, f32 scale, int act, int tid, int nth, int may_block) {
+EXPORT(block_step)
+void block_step(const f32* x, f32* y, i32_t* ctl, const i32_t* desc, int N, int maxTk,
+                int H, int D, int F, f32 eps, f32 scale, int act, int tid, int nth, int may_block) {
   const f32* const* P = (const f32* const*)(ctl + CTL_TABLE);
   f32* h = (f32*)(ctl + CTL_INTS(nth));
-  f32* qkv = h + (long)B * D;
-  f32* a = qkv + 3L * B * D;
-  f32* x1 = a + (long)B * D;
-  f32* h2 = x1 + (long)B * D;
-  f32* f = h2 + (long)B * D;
-  int Tk = past + 1;
-  f32* soft = f + (long)B * F + (long)tid * ((Tk + 7) & ~3);
+  f32* qkv = h + (long)N * D;
+  f32* a = qkv + 3L * N * D;
+  f32* x1 = a + (long)N * D;
+  f32* h2 = x1 + (long)N * D;
+  f32* f = h2 + (long)N * D;
+  f32* soft = f + (long)N * F + (long)tid * ((maxTk + 7) & ~3);
   int hd = D / H;
   int pd = (D + 15) >> 4, pf = (F + 15) >> 4; /* panels of a D- and an F-wide output */
+#define ROW_K(n) ((f32*)(__SIZE_TYPE__)(unsigned)desc[4 * (n)])
+#define ROW_V(n) ((f32*)(__SIZE_TYPE__)(unsigned)desc[4 * (n) + 1])
+#define ROW_POS(n) desc[4 * (n) + 2]
+#define ROW_MASK(n) ((const f32*)(__SIZE_TYPE__)(unsigned)desc[4 * (n) + 3])
   /* h = ln_1(x) */
-  FOR_PIECES(m, 0, B) layer_norm(x + (long)m * D, P[0], P[1], h + (long)m * D, 1, D, eps);
+  FOR_PIECES(m, 0, N) layer_norm(x + (long)m * D, P[0], P[1], h + (long)m * D, 1, D, eps);
   if (!team_barrier(ctl, nth, may_block)) return;
   /* qkv = h @ c_attn + b */
-  FOR_PIECES(p, 1, (3 * D + 15) >> 4) linear_panel(h, P[2], P[3], qkv, B, D, 3 * D, 3 * D, D, 0, 0, p);
+  FOR_PIECES(p, 1, (3 * D + 15) >> 4) linear_panel(h, P[2], P[3], qkv, N, D, 3 * D, 3 * D, D, 0, 0, p);
   if (!team_barrier(ctl, nth, may_block)) return;
-  /* per row and head: this position's key and value into the cache, then attention over [0, past] */
+  /* every row's key and value into its cache row at its position */
+  FOR_PIECES(n, 2, N) {
+    const f32* row = qkv + 3L * n * D;
+    copy_f32(ROW_K(n) + (long)ROW_POS(n) * D, row + D, D);
+    copy_f32(ROW_V(n) + (long)ROW_POS(n) * D, row + 2 * D, D);
+  }
+  if (!team_barrier(ctl, nth, may_block)) return;
+  /* per row and head: attention over [0, pos] */
 #ifndef SKIP_ATTN
-  FOR_PIECES(c, 2, B * H) {
-    int bi = c / H, hh = c % H;
-    const f32* row = qkv + 3L * bi * D;
-    f32* kb = kc + (long)bi * ldkv * D;
-    f32* vb = vc + (long)bi * ldkv * D;
-    for (int j = hh * hd; j < (hh + 1) * hd; j++) {
-      kb[(long)past * D + j] = row[D + j];
-      vb[(long)past * D + j] = row[2 * D + j];
-    }
-    attend_head(row, kb, vb, mask ? mask + (long)bi * Tk : 0, a + (long)bi * D, soft, Tk, D, hd, scale, hh);
+  FOR_PIECES(c, 3, N * H) {
+    int n = c / H, hh = c % H;
+    attend_head(qkv + 3L * n * D, ROW_K(n), ROW_V(n), ROW_MASK(n), a + (long)n * D, soft, ROW_POS(n) + 1, D, hd, scale, hh);
   }
 #endif
+#undef ROW_K
+#undef ROW_V
+#undef ROW_POS
+#undef ROW_MASK
   if (!team_barrier(ctl, nth, may_block)) return;
   /* x1 = x + a @ c_proj + b */
-  FOR_PIECES(p, 3, pd) linear_panel(a, P[4], P[5], x1, B, D, D, D, D, 0, x, p);
+  FOR_PIECES(p, 4, pd) linear_panel(a, P[4], P[5], x1, N, D, D, D, D, 0, x, p);
   if (!team_barrier(ctl, nth, may_block)) return;
   /* h2 = ln_2(x1) */
-  FOR_PIECES(m, 4, B) layer_norm(x1 + (long)m * D, P[6], P[7], h2 + (long)m * D, 1, D, eps);
+  FOR_PIECES(m, 5, N) layer_norm(x1 + (long)m * D, P[6], P[7], h2 + (long)m * D, 1, D, eps);
   if (!team_barrier(ctl, nth, may_block)) return;
   /* f = act(h2 @ c_fc + b) */
-  FOR_PIECES(p, 5, pf) linear_panel(h2, P[8], P[9], f, B, D, F, F, D, act, 0, p);
+  FOR_PIECES(p, 6, pf) linear_panel(h2, P[8], P[9], f, N, D, F, F, D, act, 0, p);
   if (!team_barrier(ctl, nth, may_block)) return;
   /* y = x1 + f @ c_proj + b */
-  FOR_PIECES(p, 6, pd) linear_panel(f, P[10], P[11], y, B, F, D, D, F, 0, x1, p);
+  FOR_PIECES(p, 7, pd) linear_panel(f, P[10], P[11], y, N, F, D, D, F, 0, x1, p);
 }

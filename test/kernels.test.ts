@@ -9,7 +9,7 @@ import * as path from 'path';
 import * as tf from '../src/tf';
 import { setBackend } from '../src/backend';
 import { KV_GROW, cachePrefix } from '../src/model/engine';
-import { wasmEngine } from '../src/model/wasm/engine';
+import { MAX_FUSED_ROWS, wasmEngine } from '../src/model/wasm/engine';
 import { F32PanelWeight } from '../src/model/params';
 import { packPanelsF32 } from '../src/model/quantize';
 import { KVCache } from '../src/model/kvcache';
@@ -440,7 +440,7 @@ describe('kernel builds and thread counts', () => {
   }, 120_000);
 });
 
-describe('decode blocks as one kernel (GPT2BlockDecode)', () => {
+describe('blocks as one kernel (GPT2BlockStep)', () => {
   /** Prefill, then `steps` decode steps; each step's last-position logits. */
   async function decode(m: Awaited<ReturnType<typeof loadModel>>, fused: boolean, pad: number[], prompt: number[][], steps: number): Promise<Float32Array[]> {
     setBlockFusion(fused);
@@ -455,7 +455,7 @@ describe('decode blocks as one kernel (GPT2BlockDecode)', () => {
     }
   }
 
-  test('the same bits as op by op: one row, three and five rows with padding (five: the 4-row register tiles), across the cache growth boundary; nothing left behind', async () => {
+  test('the same bits as op by op: one row, three and five rows with padding (five: the 4-row register tiles), prefill and decode, across the cache growth boundary; nothing left behind', async () => {
     const m = await loadModel(undefined, { backend: 'wasm' }); // the bundled model: context 256, room for the cache to grow
     const L = m.config.nLayer;
     const steps = KV_GROW + 4; // the cache buffers grow once on the way
@@ -465,11 +465,62 @@ describe('decode blocks as one kernel (GPT2BlockDecode)', () => {
         const before = tf.memory().numTensors;
         const runs = blockRunsSoFar();
         const fused = await decode(m, true, pad, prompt, steps);
-        expect(blockRunsSoFar() - runs).toBe(steps * L); // every decode block, none of the prefill's
+        expect(blockRunsSoFar() - runs).toBe((steps + 1) * L); // every block: the prefill's and every decode step's
         const plain = await decode(m, false, pad, prompt, steps);
-        expect(blockRunsSoFar() - runs).toBe(steps * L);
+        expect(blockRunsSoFar() - runs).toBe((steps + 1) * L);
         fused.forEach((f, i) => expectSameFloats(f, plain[i]));
         expect(tf.memory().numTensors).toBe(before);
+      }
+    } finally {
+      m.dispose();
+    }
+  }, 60_000);
+
+  test('a mixed step (decode rows + prompt chunks, split across steps) is one kernel per block with the same bits as op by op; a prefill past MAX_FUSED_ROWS runs op by op', async () => {
+    const m = await loadModel(undefined, { backend: 'wasm' }); // the bundled model
+    const L = m.config.nLayer;
+    /** Two running rows (one padded) and two prompts fed in chunks beside them: every step's logits. */
+    const run = async (fused: boolean): Promise<Float32Array[]> => {
+      setBlockFusion(fused);
+      const batch = new KVCache([0, 2]);
+      const a = new KVCache([0]);
+      const b = new KVCache([0]);
+      const out: Float32Array[] = [];
+      const copy = (x: Float32Array[]) => x.forEach((l) => out.push(l.slice()));
+      try {
+        copy([await m.model.step([[5, 6, 7, 8], [0, 0, 9, 10]], batch, { lastOnly: true })]);
+        const promptA = Array.from({ length: 9 }, (_, i) => (i * 37 + 3) % 50257);
+        const promptB = Array.from({ length: 3 }, (_, i) => (i * 91 + 1) % 50257);
+        // step 1: rows + A[0:4] + B (whole); step 2: rows + A[4:9]; step 3: rows + a decode-style chunk of A
+        copy(await m.model.stepParts([{ ids: [[11], [12]], cache: batch }, { ids: [promptA.slice(0, 4)], cache: a }, { ids: [promptB], cache: b }], { lastOnly: true }));
+        copy(await m.model.stepParts([{ ids: [[13], [14]], cache: batch }, { ids: [promptA.slice(4)], cache: a }]));
+        copy(await m.model.stepParts([{ ids: [[15], [16]], cache: batch }, { ids: [[17]], cache: a }, { ids: [[18]], cache: b }], { lastOnly: true }));
+        return out;
+      } finally {
+        for (const c of [batch, a, b]) c.dispose();
+        setBlockFusion(true);
+      }
+    };
+    try {
+      const before = tf.memory().numTensors;
+      const runs = blockRunsSoFar();
+      const fused = await run(true);
+      expect(blockRunsSoFar() - runs).toBe(4 * L); // the prefill and the three mixed steps, every block fused
+      const plain = await run(false);
+      expect(blockRunsSoFar() - runs).toBe(4 * L);
+      expect(fused).toHaveLength(plain.length);
+      fused.forEach((f, i) => expectSameFloats(f, plain[i]));
+      expect(tf.memory().numTensors).toBe(before);
+      // a prefill of more rows than MAX_FUSED_ROWS holds one branch's activations at a time: op by op
+      const c = new KVCache([0]);
+      try {
+        const at = blockRunsSoFar();
+        await m.model.step([Array.from({ length: MAX_FUSED_ROWS + 1 }, (_, i) => (i * 13) % 50257)], c, { lastOnly: true });
+        expect(blockRunsSoFar()).toBe(at);
+        await m.model.step([[1]], c, { lastOnly: true });
+        expect(blockRunsSoFar()).toBe(at + L);
+      } finally {
+        c.dispose();
       }
     } finally {
       m.dispose();
@@ -483,7 +534,7 @@ describe('decode blocks as one kernel (GPT2BlockDecode)', () => {
       await m.model.step([[1, 2, 3]], c);
       const prof = await tf.profile(() => m.model.step([[4]], c, { lastOnly: true }));
       const names = prof.kernels.map((k) => k.name);
-      expect(names.filter((n) => n === 'GPT2BlockDecode')).toHaveLength(m.config.nLayer);
+      expect(names.filter((n) => n === 'GPT2BlockStep')).toHaveLength(m.config.nLayer);
       expect(names.filter((n) => n === 'GPT2LinearP')).toHaveLength(1); // the head
       expect(engineInfo().kernels.fusedBlocks).toBe(true);
     } finally {

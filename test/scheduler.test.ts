@@ -141,7 +141,18 @@ describe('StepBudget: the prompt share of a step, from measured step times', () 
     b.record(1, 3, 38);
     expect(b.next(1)).toBe(3); // sizes 2 and 4 extrapolate 7 ms a row: size 5 (45 ms) does not fit
     expect(b.next(2)).toBe(3); // 2 rows: no plain step timed, but a step of 2 rows (1 + 1 token, 24 ms) was: sizes 3-5 fit 48 ms
-    expect(b.next(5)).toBe(0); // 5 rows: nothing of that size timed, a plain step first
+    expect(b.next(5)).toBe(3); // 5 rows: no step of 5 timed; the 4-row step's 38 ms bounds a plain one from below (76 ms): sizes 6-8 fit, 9 is past exploring
+    const fresh = new StepBudget(2, 64);
+    fresh.record(3, 0, 30);
+    expect(fresh.next(2)).toBe(0); // nothing timed at or below 2 rows: a plain step first
+  });
+
+  test('the plain step is the one the running rows will see once the joining sequences are in', () => {
+    const b = new StepBudget(1.5, 64);
+    for (const [n, ms] of [[1, 16], [2, 19], [4, 26], [8, 40], [12, 54], [16, 68]] as const) b.record(n, 0, ms);
+    expect(b.next(1)).toBe(1); // alone: within 24 ms, one more row (19 ms)
+    expect(b.next(1, 8)).toBe(11); // 8 rows once joined: within 60 ms, up to 12 rows (54 ms)
+    expect(b.next(7, 8)).toBe(5); // the same bound beside 7 running rows
   });
 
   test('the largest share whose measured step (or the next larger measured one) stays within stretch x a plain step', () => {

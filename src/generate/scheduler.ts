@@ -72,57 +72,71 @@ export const DEFAULT_PREFILL_CHUNK = SERVER_DEFAULTS.prefillChunk;
 /**
  * How many prompt tokens may ride in the next step beside `rows` running rows, from measured step
  * times. A step's cost is not linear in its rows: the weights stream from memory once per step (a
- * decode row's whole cost) and each further row adds compute, in jumps where the kernels change tiling
- * (on the 2-core host one decode row + 3 prompt tokens took about 2x one decode row, not 1.2x). So
- * steps are timed by their total rows (decode rows + prompt tokens), and the budget is the largest
- * prompt share whose measured (or next larger measured) step stays within `stretch` x a plain decode
- * step of `rows`. Past the largest measured size the time is extrapolated from the two largest (never
- * beyond twice the largest, so one wrong guess costs one step), and the table grows as it is used.
- * Noise only ever adds time, so each size keeps a low estimate (a new time replaces it when lower, and
- * raises it by at most 2% when higher), and every 16th mixed step tries one token more than the budget,
- * so a size that once measured slow is measured again.
+ * decode row's whole cost) and each further row adds compute, in jumps where the kernels change tiling.
+ * Decode rows and prompt positions cost alike (the wasm kernels run a mixed step as one kernel per
+ * block, as a plain one), so steps are timed by their total rows, and the budget is the largest prompt
+ * share whose measured (or next larger measured) step stays within `stretch` x a plain step. The plain
+ * step is the one the running rows will see anyway once the sequences joining now are in (`rowsAfter`;
+ * not measured: the largest measured size below it): admitting them faster does not make their streams
+ * slower than that. Past the largest measured size the time is extrapolated from the two largest (never
+ * beyond twice the largest, so one wrong guess costs one step), and the table grows as it is used. Noise only ever adds time, so each size
+ * keeps a low estimate (a new time replaces it when lower, and raises it by at most 2% when higher),
+ * and every 16th mixed step tries one token more than the budget, so a size that once measured slow is
+ * measured again.
  */
 export class StepBudget {
-  /** Low estimates (ms): plain decode steps by rows, and any step by total rows. */
-  private readonly decode = new Map<number, number>();
+  /** Low estimates (ms) of a step's time by its total rows (decode rows + prompt tokens). */
   private readonly total = new Map<number, number>();
+  private sizes: number[] = [];
   private mixed = 0;
 
   constructor(readonly stretch: number, readonly max: number) {}
 
   record(decodeRows: number, prefillTokens: number, ms: number): void {
     if (!decodeRows) return; // prompt-only steps (no stream waits on them) size nothing here
-    const avg = (m: Map<number, number>, k: number): void => {
-      const old = m.get(k);
-      m.set(k, old === undefined ? ms : Math.min(ms, 1.02 * old));
-    };
-    if (!prefillTokens) avg(this.decode, decodeRows);
-    avg(this.total, decodeRows + prefillTokens);
+    const n = decodeRows + prefillTokens;
+    const old = this.total.get(n);
+    this.total.set(n, old === undefined ? ms : Math.min(ms, 1.02 * old));
+    if (old === undefined) this.sizes = [...this.total.keys()].sort((a, b) => a - b);
+  }
+
+  /** A plain step of n rows, low: measured, else the largest measured size below it; undefined below every measured size. */
+  private plain(n: number): number | undefined {
+    let at: number | undefined;
+    for (const x of this.sizes) if (x <= n) at = this.total.get(x);
+    return at;
   }
 
   /**
-   * Prompt tokens for the next step beside `rows` running rows: 0 while no step of about that size has
-   * been timed (that step is then plain, to time it), else 1..max.
+   * A step of n rows, high: measured, else the next larger measured size (time grows with rows, in
+   * jumps where the tiling changes), else past the largest extrapolated from the two largest (one size
+   * known: -Infinity, tried); undefined past twice the largest (not explored yet).
    */
-  next(rows: number): number {
-    // a plain step's time: the lower of the plain steps' and any step of that many rows' estimates (a
-    // first plain step slowed by warm-up then does not set the target for as long as prompts keep coming)
-    const plain = Math.min(this.decode.get(rows) ?? Infinity, this.total.get(rows) ?? Infinity);
-    if (plain === Infinity) return 0;
-    const target = this.stretch * plain;
-    const sizes = [...this.total.keys()].sort((a, b) => a - b);
+  private cost(n: number): number | undefined {
+    const { sizes, total } = this;
+    const above = sizes.find((x) => x >= n);
+    if (above !== undefined) return total.get(above);
     const largest = sizes[sizes.length - 1];
-    const [a, b] = sizes.length >= 2 ? [sizes[sizes.length - 2], largest] : [largest, largest];
-    const slope = b > a ? Math.max(0, ((this.total.get(b) as number) - (this.total.get(a) as number)) / (b - a)) : NaN;
+    if (largest === undefined || n > Math.max(largest + 1, 2 * largest)) return undefined;
+    if (sizes.length < 2) return -Infinity;
+    const a = sizes[sizes.length - 2];
+    const slope = Math.max(0, ((total.get(largest) as number) - (total.get(a) as number)) / (largest - a));
+    return (total.get(largest) as number) + slope * (n - largest);
+  }
+
+  /**
+   * Prompt tokens for the next step beside `rows` running rows, `rowsAfter` (>= rows) of them once the
+   * joining sequences are in: 0 while no step of about that size has been timed (that step is then
+   * plain, to time it), else 1..max.
+   */
+  next(rows: number, rowsAfter = rows): number {
+    const plain = this.plain(Math.max(rows, rowsAfter));
+    if (plain === undefined) return 0;
+    const target = this.stretch * plain;
     let n = 0;
     for (let k = 1; k <= this.max; k++) {
-      const m = rows + k;
-      let at = this.total.get(m) ?? this.total.get(sizes.find((x) => x > m) ?? -1); // the next larger measured step bounds it
-      if (at === undefined) {
-        if (m > Math.max(largest + 1, 2 * largest)) break; // explore at most to twice the largest measured size
-        at = Number.isNaN(slope) ? undefined : (this.total.get(largest) as number) + slope * (m - largest);
-      }
-      if (at !== undefined && at > target) break;
+      const at = this.cost(rows + k);
+      if (at === undefined || at > target) break;
       n = k;
     }
     if (++this.mixed % 16 === 0 && n < this.max) n++; // now and then one more: re-measures a size that once ran slow
@@ -281,7 +295,7 @@ export class Scheduler {
         // With rows running, at most `prefillChunk` prompt tokens ride in a step, so their next token is
         // never held up by more than that; with none running, prompts go in as fast as they can.
         const t0 = performance.now();
-        step = await this.batch.step({ prefillBudget: this.rows.length ? this.budget.next(this.rows.length) : MAX_PREFILL_TOKENS });
+        step = await this.batch.step({ prefillBudget: this.rows.length ? this.budget.next(this.rows.length, Math.min(this.maxBatch, this.rows.length + this.admitting.length)) : MAX_PREFILL_TOKENS });
         this.budget.record(step.decodeRows, step.prefillTokens, performance.now() - t0);
       } catch (err) {
         // A failed step leaves the caches unusable: fail its rows (running and joining), start a fresh batch.

@@ -151,11 +151,12 @@ export interface Engine {
   attend(q: tf.Tensor2D, kv: LayerKV, ctx: AttnContext): tf.Tensor2D;
   readonly kv: KVOps;
   /**
-   * A whole block as one fused kernel, where the engine has one for this step (the wasm kernels: a
-   * decode step's block, float32 weights); null = run the block op by op (layers.ts block). It computes
-   * exactly what layers.ts block does (tests: the same bits).
+   * A whole block as one fused kernel, where the engine has one for this step (the wasm kernels:
+   * float32 weights, decode rows and prompt chunks of a bounded step); null = run the block op by op
+   * (layers.ts block). It computes exactly what layers.ts block does (tests: the same bits), and returns
+   * each part's keys/values as it would.
    */
-  block?(x: tf.Tensor2D, p: BlockParams, part: { ctx: AttnContext; past: LayerKV | null }, eps: number, act: Activation): { x: tf.Tensor2D; kv: LayerKV } | null;
+  block?(x: tf.Tensor2D, p: BlockParams, parts: readonly { ctx: AttnContext; past: LayerKV | null }[], eps: number, act: Activation): { x: tf.Tensor2D; kvs: LayerKV[] } | null;
 }
 
 // ----------------------------------------------------------------------------- tf ops

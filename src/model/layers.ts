@@ -67,11 +67,11 @@ export function attention(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: Attn
  * Pre-LN transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). Each skip connection is handed to
  * the projection that ends its branch (the wasm kernels add it as they store the output: no separate
  * add, two tfjs ops fewer per block; the same float additions, so the same bits). An engine may run
- * the whole block as one kernel instead (Engine.block: the wasm kernels' decode block), computing the same.
+ * the whole block as one kernel instead (Engine.block: the wasm kernels' block over a step's rows), computing the same.
  */
 export function block(e: Engine, x: tf.Tensor2D, p: BlockParams, parts: AttnPart[], eps: number, act: Activation): { x: tf.Tensor2D; kvs: LayerKV[] } {
-  const fused = parts.length === 1 ? e.block?.(x, p, parts[0], eps, act) : null; // the engine's one-kernel block, where it has one
-  if (fused) return { x: fused.x, kvs: [fused.kv] };
+  const fused = e.block?.(x, p, parts, eps, act); // the engine's one-kernel block, where it has one
+  if (fused) return fused;
   // Each branch in a tidy of its own, so its intermediates are freed before the next branch allocates.
   const [x1, ...kv] = tf.tidy(() => {
     const a = attention(e, layerNorm(e, x, p.ln_1, eps), p, parts, x); // x + attn(ln_1(x)): [N, d]

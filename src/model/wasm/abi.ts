@@ -39,13 +39,15 @@ export const KERNEL_ABI = {
   copy_cols: [['dst', 'ptr'], ['src', 'ptr'], ['M', 'i32'], ['n', 'i32'], ['ldd', 'i32'], ['lds', 'i32']],
   zero_f32: [['dst', 'ptr'], ['n', 'i32']],
   /**
-   * One decode block (T = 1 per row), run by every thread of the team at once (thread tid of nth):
-   * x [B, D] -> y [B, D], this position's keys/values written into k/v [B, ldkv, D] at `past`; ctl:
-   * control words, the weight table and the scratch (kernels.c, block_decode); may_block: this thread may
-   * sleep in a barrier (0 on a browser's main thread, where memory.atomic.wait traps).
+   * One transformer block over N rows, run by every thread of the team at once (thread tid of nth): x [N, D]
+   * -> y [N, D]; desc: 4 ints per row (its cache row's keys and values [cap, D], its position there, its
+   * mask row or 0): each row's key/value is written at its position and it attends to [0, pos] (decode
+   * rows and prompt chunks alike); maxTk: the most positions a row attends to; ctl: control words, the
+   * weight table and the scratch (kernels.c, block_step); may_block: this thread may sleep in a barrier
+   * (0 on a browser's main thread, where memory.atomic.wait traps).
    */
-  block_decode: [
-    ['x', 'ptr'], ['y', 'ptr'], ['ctl', 'ptr'], ['k', 'ptr'], ['v', 'ptr'], ['mask', 'ptr'], ['B', 'i32'], ['past', 'i32'], ['ldkv', 'i32'],
+  block_step: [
+    ['x', 'ptr'], ['y', 'ptr'], ['ctl', 'ptr'], ['desc', 'ptr'], ['N', 'i32'], ['maxTk', 'i32'],
     ['H', 'i32'], ['D', 'i32'], ['F', 'i32'], ['eps', 'f32'], ['scale', 'f32'], ['act', 'i32'], ['tid', 'i32'], ['nth', 'i32'], ['may_block', 'i32'],
   ],
 } as const satisfies Record<string, readonly (readonly [string, ArgType])[]>;

@@ -15,8 +15,10 @@
  *   GPT2SplitCols  column blocks of a matrix (q|k|v) as separate tensors: strided copies in wasm (tfjs's
  *                  slice copies through JS typed arrays, several times slower on a shared heap)
  *   GPT2CacheRows  a new cache buffer assembled from rows of one or two others
- *   GPT2BlockDecode one transformer block of a decode step (ln_1, c_attn, the cache write, attention,
- *                  c_proj + x, ln_2, c_fc + act, c_proj + x1) in one call run by the whole team
+ *   GPT2CacheNew   a new cache buffer, its positions to be written by GPT2BlockStep
+ *   GPT2BlockStep  one transformer block (ln_1, c_attn, the cache writes, attention, c_proj + x, ln_2,
+ *                  c_fc + act, c_proj + x1) over a step's rows, decode rows and prompt chunks alike, in
+ *                  one call run by the whole team
  */
 import * as tf from '../../tf';
 import type { F32PanelWeight, Q8Weight } from '../params';
@@ -411,6 +413,19 @@ export function runCacheRows(a: tf.Tensor3D, b: tf.Tensor3D | null, attrs: Cache
   return tf.engine().runKernel('GPT2CacheRows', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor3D;
 }
 
+/**
+ * A new cache buffer [rows, cap, d] for a prompt's first chunk, written by the block kernel. Not zeroed
+ * (as GPT2CacheRows' room): attention reads only positions already written, and every copy of a cache
+ * reads only those (a JS zeros array per layer was ~10 MB to fill and upload for one 7-token chunk).
+ */
+function cacheNewKernel(be: WasmBackendLike, _inputs: Partial<Record<string, tf.TensorInfo>>, { shape }: { shape: number[] }): tf.TensorInfo {
+  return be.makeOutput(shape, 'float32');
+}
+
+export function runCacheNew(rows: number, cap: number, d: number): tf.Tensor3D {
+  return tf.engine().runKernel('GPT2CacheNew', {}, { shape: [rows, cap, d] } as unknown as tf.NamedAttrMap) as tf.Tensor3D;
+}
+
 // ----------------------------------------------------------------------------- in-place row moves
 
 /** Zeroes n 32-bit words of the backend's memory at byte offset `at` (a wasm loop: a typed array's fill on shared memory is ~10x slower). */
@@ -441,62 +456,82 @@ export function moveRows(buf: tf.Tensor3D, src: tf.Tensor3D, from: number[], to:
   });
 }
 
-// ----------------------------------------------------------------------------- GPT2BlockDecode
+// ----------------------------------------------------------------------------- GPT2BlockStep
 
-/** The weights of a block, in the order of block_decode's table (kernels.c CTL_TABLE). */
+/** The weights of a block, in the order of block_step's table (kernels.c CTL_TABLE). */
 export const BLOCK_TABLE = ['ln1g', 'ln1b', 'wa', 'ba', 'wo', 'bo', 'ln2g', 'ln2b', 'wf', 'bf', 'wm', 'bm'] as const;
-type BlockInputs = 'x' | 'k' | 'v' | 'mask' | (typeof BLOCK_TABLE)[number];
 interface BlockAttrs {
-  past: number; // positions already in the cache: this step's key/value go to position `past`
+  /** Per part, 3 numbers: rows B, new positions per row T, positions already cached (`past`). Part i's cache buffers are inputs k<i>, v<i> [B', cap, D] (cap >= past + T), its padding mask m<i> [B, past + T] (absent: none). */
+  parts: number[];
   nHead: number;
   nInner: number; // c_fc's output width
   eps: number;
   act: number;
   scale: number; // 1 / sqrt(head size), as GPT2Attend gets it
 }
-/** kernels.c: control words before the scratch floats (by thread count), the weight table's first word, the barrier's give-up flag. */
-const ctlInts = (nth: number) => 64 + 7 * nth * 16;
+/** kernels.c: control words before the scratch floats (by thread count: 8 stages), the weight table's first word, the barrier's give-up flag. */
+const ctlInts = (nth: number) => 64 + 8 * nth * 16;
 const CTL_TABLE = 48;
 const CTL_ERR = 32;
 
 /**
- * x [B, D] -> the block's output [B, D], writing this step's keys/values into the cache buffers k/v
- * [B', cap, D] (cap > past) in place. The control words and the scratch are one buffer per call;
- * every thread of the team runs block_decode (runTeamed). Should the team fail, or a barrier give up
- * waiting for a thread, the team is abandoned and the block runs again here on one thread (every
- * write of the kernel is repeatable: x is only read, the cache positions written are the same).
+ * x [N, D] (the parts' rows in order: part i's B rows × T positions) -> the block's output [N, D],
+ * writing every row's key/value into its part's cache buffers in place. The control words, the scratch
+ * and the rows' descriptors are one buffer per call; every thread of the team runs block_step
+ * (runTeamed). Should the team fail, or a barrier give up waiting for a thread, the team is abandoned
+ * and the block runs again here on one thread (every write of the kernel is repeatable: x is only read,
+ * the cache positions written are the same).
  */
-function blockDecodeKernel(be: WasmBackendLike, inputs: Partial<Record<BlockInputs, tf.TensorInfo>>, { past, nHead, nInner, eps, act, scale }: BlockAttrs): tf.TensorInfo {
+function blockStepKernel(be: WasmBackendLike, inputs: Partial<Record<string, tf.TensorInfo>>, { parts, nHead, nInner, eps, act, scale }: BlockAttrs): tf.TensorInfo {
   const x = inputs.x as tf.TensorInfo;
-  const kb = inputs.k as tf.TensorInfo;
-  const [B, D] = x.shape;
-  const out = be.makeOutput([B, D], 'float32');
+  const [N, D] = x.shape;
+  const out = be.makeOutput([N, D], 'float32');
   const k = kernels();
-  const thread = threadFor(B * D * D * 12);
+  const thread = threadFor(N * D * D * 12);
   const most = thread ? thread.size + 1 : 1;
-  const scratch = be.makeOutput([ctlInts(most) + B * (7 * D + nInner) + most * ((past + 8) & ~3)], 'float32');
+  let maxTk = 0;
+  for (let i = 0; i < parts.length; i += 3) maxTk = Math.max(maxTk, parts[i + 1] + parts[i + 2]);
+  const floats = ctlInts(most) + N * (7 * D + nInner) + most * ((maxTk + 7) & ~3);
+  const scratch = be.makeOutput([floats + 4 * N], 'float32'); // the descriptors last: a lone thread's floats start earlier, never past them
   try {
     // everything that can throw happens before the team is claimed (a throw while it is held would
     // leave it claimed: every later kernel on one thread, the workers never idle-exiting)
     const pc = offset(be, scratch);
     const table = BLOCK_TABLE.map((n) => (inputs[n] ? offset(be, inputs[n] as tf.TensorInfo) : 0));
+    const buffer = (memoryOf(be) as WebAssembly.Memory).buffer;
+    const desc = new Int32Array(buffer, pc + 4 * floats, 4 * N);
+    let n = 0;
+    for (let i = 0; i < parts.length / 3; i++) {
+      const [B, T, past] = [parts[3 * i], parts[3 * i + 1], parts[3 * i + 2]];
+      const kb = inputs[`k${i}`] as tf.TensorInfo;
+      const [ko, vo] = [offset(be, kb), offset(be, inputs[`v${i}`] as tf.TensorInfo)];
+      const mask = inputs[`m${i}`];
+      const mo = mask ? offset(be, mask) : 0;
+      const row = kb.shape[1] * D * 4; // bytes per cache row
+      for (let b = 0; b < B; b++) {
+        for (let t = 0; t < T; t++, n++) {
+          desc[4 * n] = ko + b * row;
+          desc[4 * n + 1] = vo + b * row;
+          desc[4 * n + 2] = past + t;
+          desc[4 * n + 3] = mask ? mo + b * (past + T) * 4 : 0;
+        }
+      }
+    }
+    if (n !== N) throw new Error(`gpt2-tfjs block: the parts hold ${n} rows, x ${N}`);
     // the control words, one view for the call (nothing allocates in the backend's memory meanwhile)
-    const ctl = new Int32Array((memoryOf(be) as WebAssembly.Memory).buffer, pc, ctlInts(most));
+    const ctl = new Int32Array(buffer, pc, ctlInts(most));
     const prepare = (nth: number) => {
       call(k, 'zero_f32', { dst: pc, n: ctlInts(nth) });
       ctl.set(table, CTL_TABLE);
     };
-    const args = {
-      x: offset(be, x), y: offset(be, out), ctl: pc, k: offset(be, kb), v: offset(be, inputs.v as tf.TensorInfo), mask: inputs.mask ? offset(be, inputs.mask) : 0,
-      B, past, ldkv: kb.shape[1], H: nHead, D, F: nInner, eps, scale, act, tid: 0, nth: 1, may_block: 0,
-    };
+    const args = { x: offset(be, x), y: offset(be, out), ctl: pc, desc: pc + 4 * floats, N, maxTk, H: nHead, D, F: nInner, eps, scale, act, tid: 0, nth: 1, may_block: 0 };
     const alone = () => {
       prepare(1);
-      call(k, 'block_decode', { ...args, nth: 1 });
+      call(k, 'block_step', { ...args, nth: 1 });
     };
     prepare(most); // control words for any thread count up to `most`
     const team = thread && thread.claim() ? thread : null;
-    runTeamed(k, 'block_decode', { ...args, nth: team ? team.size + 1 : 1 }, team, alone, () => Atomics.store(ctl, CTL_ERR, 1));
+    runTeamed(k, 'block_step', { ...args, nth: team ? team.size + 1 : 1 }, team, alone, () => Atomics.store(ctl, CTL_ERR, 1));
     if (team && Atomics.load(ctl, CTL_ERR)) {
       team.abandon(); // a thread never reached a barrier
       alone();
@@ -511,17 +546,34 @@ function blockDecodeKernel(be: WasmBackendLike, inputs: Partial<Record<BlockInpu
   return out;
 }
 
-/** The block's weights, as GPT2BlockDecode takes them. */
+/** The block's weights, as GPT2BlockStep takes them. */
 export type BlockWeights = Record<(typeof BLOCK_TABLE)[number], tf.Tensor>;
 
-export function runBlockDecode(x: tf.Tensor2D, k: tf.Tensor3D, v: tf.Tensor3D, mask: tf.Tensor2D | null, w: BlockWeights, attrs: BlockAttrs): tf.Tensor2D {
-  const inputs: tf.NamedTensorMap = { x, k, v, ...(mask ? { mask } : {}), ...w };
-  return tf.engine().runKernel('GPT2BlockDecode', inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+/** One part of a fused step: its rows × positions, its cache buffers (with room for them) and padding mask. */
+export interface BlockPart {
+  B: number;
+  T: number;
+  past: number;
+  k: tf.Tensor3D;
+  v: tf.Tensor3D;
+  mask: tf.Tensor2D | null;
+}
+
+export function runBlockStep(x: tf.Tensor2D, parts: BlockPart[], w: BlockWeights, attrs: Omit<BlockAttrs, 'parts'>): tf.Tensor2D {
+  const inputs: tf.NamedTensorMap = { x, ...w };
+  parts.forEach((p, i) => {
+    inputs[`k${i}`] = p.k;
+    inputs[`v${i}`] = p.v;
+    if (p.mask) inputs[`m${i}`] = p.mask;
+  });
+  const all = { ...attrs, parts: parts.flatMap((p) => [p.B, p.T, p.past]) };
+  return tf.engine().runKernel('GPT2BlockStep', inputs, all as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
 /** Registers the kernels (once per process; the wasm backend must be registered). */
 export function registerKernels(): void {
   register<CacheRowsInputs, CacheRowsAttrs>('GPT2CacheRows', cacheRowsKernel);
+  register<string, { shape: number[] }>('GPT2CacheNew', cacheNewKernel);
   register<LinearInputs, LinearAttrs>('GPT2Linear', linearKernel);
   register<LinearQ8Inputs, LinearQ8Attrs>('GPT2LinearQ8', linearQ8Kernel);
   register<LinearPInputs, LinearPAttrs>('GPT2LinearP', linearPKernel);
@@ -531,5 +583,5 @@ export function registerKernels(): void {
   register<SplitInputs, SplitAttrs>('GPT2SplitCols', splitColsKernel);
   register<NormInputs, NormAttrs>('GPT2LayerNorm', layerNormKernel);
   register<AttendInputs, AttendAttrs>('GPT2Attend', attendKernel);
-  register<BlockInputs, BlockAttrs>('GPT2BlockDecode', blockDecodeKernel);
+  register<string, BlockAttrs>('GPT2BlockStep', blockStepKernel);
 }
