@@ -48,6 +48,30 @@ test('a full queue refuses with QUEUE_FULL; the others finish', async () => {
   expect(tf.memory().numTensors).toBe(baseline);
 });
 
+test('free rows go to short prompts first, then to long ones one at a time (a long prompt never holds a row a short request waits for)', async () => {
+  const sched = new Scheduler(gpt.model, { maxBatch: 3, maxQueue: 4, prefillChunk: 4 }); // long: more than 4 prompt tokens
+  const long = (k: number) => Array.from({ length: 20 }, (_, i) => (i * 17 + k) % 1000);
+  const firstChunk: { name: string; waiting: number }[] = [];
+  const watch = (name: string) => (c: StreamChunk) => {
+    if (c.token >= 0 && !firstChunk.some((f) => f.name === name)) firstChunk.push({ name, waiting: sched.queueDepth });
+  };
+  const opts = { temperature: 0, maxNewTokens: 3 };
+  const done = Promise.all([
+    sched.submit(seq(long(1), opts), watch('A')),
+    sched.submit(seq(long(2), opts), watch('B')),
+    sched.submit(seq([5, 6, 7], opts), watch('C')),
+  ]);
+  const alone = await Promise.all([long(1), long(2), [5, 6, 7]].map((p) => gpt.generate(p, opts)));
+  const res = await done;
+  expect(res.map((r) => r.tokens)).toEqual(alone.map((r) => r.tokens));
+  expect(firstChunk.map((f) => f.name)).toEqual(['C', 'A', 'B']);
+  // when C started, A was prefilling and B still waited although a row was free
+  expect(firstChunk[0].waiting).toBe(1);
+  expect(firstChunk[1].waiting).toBe(1); // A's first token: B is admitted only now
+  await sched.close();
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
 test('aborting a running or a waiting row resolves it with "abort" and leaks nothing', async () => {
   const sched = new Scheduler(gpt.model, { maxBatch: 1, maxQueue: 4 });
   const run = new AbortController();

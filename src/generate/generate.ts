@@ -109,6 +109,11 @@ export class Sequence {
     this.eos = o.eosTokenId === undefined ? c.eosTokenId : o.eosTokenId;
   }
 
+  /** Whether it decodes after its prompt (more than one new token allowed): a batch row once joined. */
+  get willDecode(): boolean {
+    return this.maxNew > 1;
+  }
+
   get done(): boolean {
     return this.finishReason !== null;
   }

@@ -284,8 +284,10 @@ export class Scheduler {
       await yieldToIo();
       for (const j of this.jobs.splice(0)) await j.run();
       // Waiting sequences take free rows at once: their prompts ride in the coming steps (chunked prefill).
-      while (this.waiting.length && this.rows.length + this.admitting.length < this.maxBatch && !this.closed) {
-        const e = this.waiting.shift() as Entry;
+      while (this.rows.length + this.admitting.length < this.maxBatch && !this.closed) {
+        const i = this.nextWaiting();
+        if (i < 0) break;
+        const [e] = this.waiting.splice(i, 1);
         this.admitting.push(e);
         this.batch.join(e.seq);
       }
@@ -295,7 +297,8 @@ export class Scheduler {
         // With rows running, at most `prefillChunk` prompt tokens ride in a step, so their next token is
         // never held up by more than that; with none running, prompts go in as fast as they can.
         const t0 = performance.now();
-        step = await this.batch.step({ prefillBudget: this.rows.length ? this.budget.next(this.rows.length, Math.min(this.maxBatch, this.rows.length + this.admitting.length)) : MAX_PREFILL_TOKENS });
+        const rowsAfter = Math.min(this.maxBatch, this.rows.length + this.admitting.filter((e) => e.seq.willDecode).length);
+        step = await this.batch.step({ prefillBudget: this.rows.length ? this.budget.next(this.rows.length, rowsAfter) : MAX_PREFILL_TOKENS });
         this.budget.record(step.decodeRows, step.prefillTokens, performance.now() - t0);
       } catch (err) {
         // A failed step leaves the caches unusable: fail its rows (running and joining), start a fresh batch.
@@ -330,6 +333,20 @@ export class Scheduler {
       this.rows = still;
       this.admitting = admitting;
     }
+  }
+
+  /**
+   * The waiting sequence that takes the next free row: short prompts (at most `prefillChunk` tokens)
+   * first, in arrival order, then long ones, one at a time. Long prompts are prefilled one after another
+   * anyway (shortest remaining first), so several admitted together only held rows that a short request
+   * arriving meanwhile then waited for (measured: a stream's time to first token 8.8 s at p95 behind
+   * 900-token prompts sent every 2 s, which held every row). -1: none may join now.
+   */
+  private nextWaiting(): number {
+    const long = (e: Entry) => e.seq.context.length > this.prefillChunk;
+    const short = this.waiting.findIndex((e) => !long(e));
+    if (short >= 0) return short;
+    return this.admitting.some(long) ? -1 : this.waiting.findIndex(long);
   }
 
   /** Hands over the row's new chunks and counts its new tokens. */
