@@ -28,7 +28,7 @@ export interface BenchResult {
   threads: number;
   /** wasm: whether the fused multiply-add (relaxed SIMD) build of the kernels ran. */
   fma: boolean;
-  /** wasm: blocks that ran as one kernel (GPT2BlockDecode) in the timed run; 0 = every block ran op by op. */
+  /** wasm: blocks that ran as one kernel (GPT2BlockStep) in the timed run; 0 = every block ran op by op. */
   fusedBlocks: number;
   /** What ran the model, and why a fast path was off (engineInfo() after the timed run). */
   engine: EngineInfo;

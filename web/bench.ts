@@ -46,7 +46,7 @@ async function main(): Promise<void> {
           [backend, model, o.promptTokens, o.newTokens, o.repeats, o.threads ?? null] as const,
         );
         const k = r.engine.kernels;
-        const engine = `engine ${r.engine.engine}` + (backend === 'wasm' ? ` (${r.threads} thread${r.threads > 1 ? 's' : ''}${r.fma ? ', fused multiply-add' : ''}${r.fusedBlocks ? ', decode blocks fused' : ''}${k.reason ? `; kernels off: ${k.reason}` : ''}${k.threadReason ? `; one thread: ${k.threadReason}` : ''})` : '');
+        const engine = `engine ${r.engine.engine}` + (backend === 'wasm' ? ` (${r.threads} thread${r.threads > 1 ? 's' : ''}${r.fma ? ', fused multiply-add' : ''}${r.fusedBlocks ? ', blocks fused' : ''}${k.reason ? `; kernels off: ${k.reason}` : ''}${k.threadReason ? `; one thread: ${k.threadReason}` : ''})` : '');
         process.stdout.write(
           o.json
             ? JSON.stringify({ ...r, backend }) + '\n'

@@ -34,7 +34,7 @@ export interface ParityReport extends EnvReport {
   argmaxMismatches: { case: number; t: number; want: number; got: number; margin: number }[];
   /** viaForward (re-running the whole sequence per token) only when asked: slow on SwiftShader. */
   greedy: { want: number[]; viaForward: number[] | null; viaGenerate: number[] }[];
-  /** Blocks that ran as one kernel (GPT2BlockDecode) during the greedy generations: > 0 on wasm. */
+  /** Blocks that ran as one kernel (GPT2BlockStep) during the greedy generations: > 0 on wasm. */
   fusedBlockRuns: number;
   tensorsBefore: number;
   tensorsAfter: number;
@@ -63,7 +63,7 @@ export interface BenchReport extends EnvReport {
   /** Kernel threads used (wasm; 1 elsewhere), and whether the fused multiply-add build ran. */
   threads: number;
   fma: boolean;
-  /** Blocks that ran as one kernel (GPT2BlockDecode) in the timed runs; 0 = every block op by op. */
+  /** Blocks that ran as one kernel (GPT2BlockStep) in the timed runs; 0 = every block op by op. */
   fusedBlocks: number;
   nLayer: number;
   nHead: number;

@@ -203,7 +203,7 @@ export function buildProgram(io: CliIO): Command {
       const f = (x: number, d = 1) => x.toFixed(d);
       io.stdout.write(
         `model ${r.model}: ${r.nLayer} layers, ${r.nHead} heads, n_embd ${r.nEmbd}, vocab ${r.vocabSize}\n` +
-          `backend ${r.backend}, engine ${r.engine.engine} (${r.threads} thread${r.threads > 1 ? 's' : ''}${r.fma ? ', fused multiply-add' : ''}${r.fusedBlocks ? ', decode blocks fused' : ''}), prompt ${r.promptTokens} tokens, ${r.newTokens} new tokens, batch ${r.batch}\n` +
+          `backend ${r.backend}, engine ${r.engine.engine} (${r.threads} thread${r.threads > 1 ? 's' : ''}${r.fma ? ', fused multiply-add' : ''}${r.fusedBlocks ? ', blocks fused' : ''}), prompt ${r.promptTokens} tokens, ${r.newTokens} new tokens, batch ${r.batch}\n` +
           (r.engine.kernels.reason && r.backend === 'wasm' ? `wasm kernels off: ${r.engine.kernels.reason}\n` : '') +
           (r.engine.kernels.threadReason ? `one kernel thread: ${r.engine.kernels.threadReason}\n` : '') +
           `load ${f(r.loadSeconds, 2)} s | time to first token ${f(r.timeToFirstTokenSeconds, 3)} s\n` +

@@ -43,7 +43,8 @@ let unsharedReason: string | undefined;
 let backendVersion: string | null = null;
 const warned = new Set<string>();
 /**
- * Whether a decode step's blocks run as one kernel each (GPT2BlockDecode) on float32 models. On unless
+ * Whether a step's blocks run as one kernel each (GPT2BlockStep: decode rows, prompt chunks and short
+ * prefills, up to MAX_FUSED_ROWS rows) on float32 models. On unless
  * GPT2_TFJS_FUSED_BLOCK=0 (for comparing against the op-by-op path; tests flip it with setBlockFusion).
  */
 let blockFusion = typeof process === 'undefined' || process.env?.GPT2_TFJS_FUSED_BLOCK !== '0';
@@ -272,7 +273,7 @@ export interface KernelStatus {
   threadReason?: string;
   /** The fused multiply-add (relaxed SIMD) build. */
   fma: boolean;
-  /** Decode blocks of float32 models run as one kernel each (off only with GPT2_TFJS_FUSED_BLOCK=0; q8 models run op by op). */
+  /** Blocks of float32 models run as one kernel each, steps of up to MAX_FUSED_ROWS rows (off only with GPT2_TFJS_FUSED_BLOCK=0; q8 models run op by op). */
   fusedBlocks: boolean;
   /** tfjs-backend-wasm version in use, and the one the kernels were built for. */
   backendVersion: string | null;

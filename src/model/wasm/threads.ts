@@ -308,14 +308,14 @@ export function runChunks<K extends KernelName>(k: KernelExports, name: K, args:
 }
 
 /**
- * Runs a kernel that splits its own work (block_decode): every thread of a claimed team runs it once,
+ * Runs a kernel that splits its own work (block_step): every thread of a claimed team runs it once,
  * at the same time, as thread `tid` of `nth` (its chunk index is its tid; the threads meet at barriers
  * in memory, so none can take a second chunk before all have taken one). Without a team it runs once
  * here with nth 1 (the caller passes that nth in `args`). A `may_block` argument is 1 for the workers
  * and, for this thread, whether it may sleep (not a browser's main thread). `redo` runs when a worker
  * failed: it must compute the whole job again on this thread (the kernel's writes are repeatable).
  * `abort` runs when this thread's own part threw, before waiting for the others: it must make them
- * stop waiting for it (block_decode: its give-up flag).
+ * stop waiting for it (block_step: its give-up flag).
  */
 /** Per kernel, once: where its `may_block` argument is, and the chunk layout that steps `tid` by 1. */
 const teamLayouts = new Map<KernelName, { blockAt: number; layout: { steps: number[]; extentIndex: number } }>();
