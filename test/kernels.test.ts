@@ -109,16 +109,21 @@ describe('wasm kernels', () => {
     expect(memoryOf(undefined)).toBeNull();
   });
 
-  // Rows: decode (1), batched decode (3, 8), the tiled prefill path (16, 37: a 4-row tail).
+  // Rows: decode (1), batched decode (3, 8), the tiled prefill path (16, 64), a lone last row after the
+  // tiles (37: row by row), a last tile of 2 or 3 rows (6, 7, 39: the missing rows repeat the last one;
+  // K past 256 reloads their running sums between k blocks).
   // Columns: odd widths (not multiples of 4, 8 or 16), and wide enough to split across threads.
   const shapes: [number, number, number][] = [
     [1, 64, 50],
     [1, 768, 2304],
     [3, 300, 1001],
+    [6, 64, 40],
+    [7, 300, 777],
     [8, 768, 768],
     [8, 1030, 517],
     [16, 64, 40],
     [37, 300, 777],
+    [39, 1027, 260],
     [64, 1027, 260],
   ];
   test.each(shapes)('linear [%i, %i] x [%i] on panels with a residual: bit-identical to the product, then a separate add (with bias, without, with relu)', (M, K, N) => {
@@ -424,7 +429,7 @@ describe('kernel builds and thread counts', () => {
     const one = await greedyIn({ GPT2_TFJS_THREADS: '1' });
     const three = await greedyIn({ GPT2_TFJS_THREADS: '3' }, 4); // a team of two workers (on a 2-core machine: oversubscribed, still exact)
     const plain = await greedyIn({ GPT2_TFJS_FMA: '0', GPT2_TFJS_THREADS: '1' });
-    const opByOp = await greedyIn({ GPT2_TFJS_FUSED_BLOCK: '0' }); // decode blocks op by op instead of one kernel each
+    const opByOp = await greedyIn({ GPT2_TFJS_FUSED_BLOCK: '0' }); // every block op by op instead of one kernel each
     expect(fast.backend).toMatch(cores >= 2 ? new RegExp(`threads=${Math.min(cores, 4)}`) : /threads=1/);
     expect(three.backend).toMatch(/threads=3/);
     expect(three.logits).toBe(one.logits);

@@ -72,6 +72,17 @@ test('free rows go to short prompts first, then to long ones one at a time (a lo
   expect(tf.memory().numTensors).toBe(baseline);
 });
 
+test('a long prompt passed over by maxBatch short ones takes the next free row', async () => {
+  const sched = new Scheduler(gpt.model, { maxBatch: 1, maxQueue: 4, prefillChunk: 4 });
+  const order: string[] = [];
+  const opts = { temperature: 0, maxNewTokens: 2 };
+  const run = (name: string, prompt: number[]) => sched.submit(seq(prompt, opts)).then(() => order.push(name));
+  await Promise.all([run('L', Array.from({ length: 12 }, (_, i) => i + 1)), run('S1', [5, 6]), run('S2', [7, 8])]);
+  expect(order).toEqual(['S1', 'L', 'S2']); // S1 went first; then L, passed over once with one row, before S2
+  await sched.close();
+  expect(tf.memory().numTensors).toBe(baseline);
+});
+
 test('aborting a running or a waiting row resolves it with "abort" and leaks nothing', async () => {
   const sched = new Scheduler(gpt.model, { maxBatch: 1, maxQueue: 4 });
   const run = new AbortController();

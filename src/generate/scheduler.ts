@@ -19,9 +19,10 @@ export interface SchedulerOptions {
   prefillChunk?: number;
   /**
    * A step that carries prompt tokens beside running rows may take at most about this many times a
-   * plain decode step (default 1.5): the per-step prompt budget is sized from measured step times, so the
-   * running streams' inter-token latency stays within this factor on any machine, and prompts are
-   * admitted as fast as that allows.
+   * plain decode step of the rows running once the joining sequences that will decode are in (default
+   * 1.5): the per-step prompt budget is sized from measured step times, so the running streams'
+   * inter-token latency stays within this factor on any machine, and prompts are admitted as fast as
+   * that allows.
    */
   prefillStretch?: number;
 }
@@ -49,6 +50,8 @@ interface Entry {
   reject: (e: unknown) => void;
   counted: number;
   unlisten: () => void;
+  /** Short prompts admitted before this (long) one although it arrived first. */
+  passed: number;
 }
 
 const RATE_WINDOW_MS = 10_000;
@@ -126,8 +129,8 @@ export class StepBudget {
 
   /**
    * Prompt tokens for the next step beside `rows` running rows, `rowsAfter` (>= rows) of them once the
-   * joining sequences are in: 0 while no step of about that size has been timed (that step is then
-   * plain, to time it), else 1..max.
+   * joining sequences are in: 0 while no step of at most that many rows has been timed (that step is
+   * then plain, to time it), else 1..max.
    */
   next(rows: number, rowsAfter = rows): number {
     const plain = this.plain(Math.max(rows, rowsAfter));
@@ -216,7 +219,7 @@ export class Scheduler {
       return Promise.reject(new GPT2Error('QUEUE_FULL', `the queue is full (${this.waiting.length} waiting for ${this.maxBatch} rows): retry later`));
     }
     return new Promise<GenerateResult>((resolve, reject) => {
-      const entry: Entry = { seq, onChunk, resolve, reject, counted: 0, unlisten: () => undefined };
+      const entry: Entry = { seq, onChunk, resolve, reject, counted: 0, unlisten: () => undefined, passed: 0 };
       const signal = seq.options.signal;
       if (signal) {
         // A waiting sequence leaves the queue at once; a running one leaves at the next step.
@@ -337,16 +340,21 @@ export class Scheduler {
 
   /**
    * The waiting sequence that takes the next free row: short prompts (at most `prefillChunk` tokens)
-   * first, in arrival order, then long ones, one at a time. Long prompts are prefilled one after another
-   * anyway (shortest remaining first), so several admitted together only held rows that a short request
-   * arriving meanwhile then waited for (measured: a stream's time to first token 8.8 s at p95 behind
-   * 900-token prompts sent every 2 s, which held every row). -1: none may join now.
+   * first, in arrival order, then long ones, one at a time (one passed over by maxBatch short ones goes
+   * before them). Long prompts are prefilled one after another anyway (shortest remaining first), so
+   * several admitted together only hold rows that a short request arriving meanwhile then waits for.
+   * -1: none may join now.
    */
   private nextWaiting(): number {
     const long = (e: Entry) => e.seq.context.length > this.prefillChunk;
+    const firstLong = this.admitting.some(long) ? -1 : this.waiting.findIndex(long);
+    // a long prompt passed over by maxBatch short ones goes first: a steady flow of short requests
+    // cannot keep it waiting for ever
+    if (firstLong >= 0 && this.waiting[firstLong].passed >= this.maxBatch) return firstLong;
     const short = this.waiting.findIndex((e) => !long(e));
-    if (short >= 0) return short;
-    return this.admitting.some(long) ? -1 : this.waiting.findIndex(long);
+    if (short < 0) return firstLong;
+    if (firstLong >= 0 && firstLong < short) this.waiting[firstLong].passed++;
+    return short;
   }
 
   /** Hands over the row's new chunks and counts its new tokens. */

@@ -504,10 +504,15 @@ function blockStepKernel(be: WasmBackendLike, inputs: Partial<Record<string, tf.
     for (let i = 0; i < parts.length / 3; i++) {
       const [B, T, past] = [parts[3 * i], parts[3 * i + 1], parts[3 * i + 2]];
       const kb = inputs[`k${i}`] as tf.TensorInfo;
-      const [ko, vo] = [offset(be, kb), offset(be, inputs[`v${i}`] as tf.TensorInfo)];
+      const vb = inputs[`v${i}`] as tf.TensorInfo;
       const mask = inputs[`m${i}`];
+      const [rows, cap, width] = kb.shape;
+      if (vb.shape.join() !== kb.shape.join() || width !== D || rows < B || cap < past + T || (mask && mask.shape.join() !== [B, past + T].join())) {
+        throw new Error(`gpt2-tfjs block: part ${i} (${B} x ${T} after ${past}) does not fit its cache [${kb.shape}] / [${vb.shape}]${mask ? ` or mask [${mask.shape}]` : ''}`);
+      }
+      const [ko, vo] = [offset(be, kb), offset(be, vb)];
       const mo = mask ? offset(be, mask) : 0;
-      const row = kb.shape[1] * D * 4; // bytes per cache row
+      const row = cap * D * 4; // bytes per cache row
       for (let b = 0; b < B; b++) {
         for (let t = 0; t < T; t++, n++) {
           desc[4 * n] = ko + b * row;
