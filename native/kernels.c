@@ -781,8 +781,10 @@ void copy_cols(f32* dst, const f32* src, int M, int n, int ldd, int lds) {
  * and the positions of prompt chunks (several rows on one cache row, at consecutive positions). Row n's
  * descriptor (desc[4n..4n+3]) says where its cache row starts (keys, values: [cap, D] each), its
  * position there (its key/value are written at pos, it attends to [0, pos]) and its additive mask row
- * (>= pos + 1 floats, or 0). Every row's key/value is written before any row attends, so a prompt
- * position sees the chunk's earlier positions, as the separate kernels' causal attention does.
+ * (>= pos + 1 floats, or 0). Where rows share a cache row (`shared`: prompt chunks), every row's
+ * key/value is written before any row attends, so a prompt position sees the chunk's earlier positions,
+ * as the separate kernels' causal attention does; in a plain decode step each row writes its own as it
+ * attends (one barrier fewer per block).
  *
  * A stage's pieces (rows, weight panels, or one head of one row) are cut into nth contiguous ranges,
  * one per thread, each with its own counter: a thread streams its own range in order (one sequential
@@ -848,7 +850,7 @@ static inline int next_piece(i32_t* ctl, int stage, int total, int tid, int nth,
 #define FOR_PIECES(c, stage, total) for (int u_ = 0, c; (c = next_piece(ctl, (stage), (total), tid, nth, &u_)) >= 0;)
 
 EXPORT(block_step)
-void block_step(const f32* x, f32* y, i32_t* ctl, const i32_t* desc, int N, int maxTk,
+void block_step(const f32* x, f32* y, i32_t* ctl, const i32_t* desc, int N, int maxTk, int shared,
                 int H, int D, int F, f32 eps, f32 scale, int act, int tid, int nth, int may_block) {
   const f32* const* P = (const f32* const*)(ctl + CTL_TABLE);
   f32* h = (f32*)(ctl + CTL_INTS(nth));
@@ -870,18 +872,26 @@ void block_step(const f32* x, f32* y, i32_t* ctl, const i32_t* desc, int N, int 
   /* qkv = h @ c_attn + b */
   FOR_PIECES(p, 1, (3 * D + 15) >> 4) linear_panel(h, P[2], P[3], qkv, N, D, 3 * D, 3 * D, D, 0, 0, p);
   if (!team_barrier(ctl, nth, may_block)) return;
-  /* every row's key and value into its cache row at its position */
-  FOR_PIECES(n, 2, N) {
-    const f32* row = qkv + 3L * n * D;
-    copy_f32(ROW_K(n) + (long)ROW_POS(n) * D, row + D, D);
-    copy_f32(ROW_V(n) + (long)ROW_POS(n) * D, row + 2 * D, D);
+  /* every row's key and value into its cache row at its position, all before any row attends when
+   * rows share a cache row (prompt chunks); else each (row, head) piece writes its own just before */
+  if (shared) {
+    FOR_PIECES(n, 2, N) {
+      const f32* row = qkv + 3L * n * D;
+      copy_f32(ROW_K(n) + (long)ROW_POS(n) * D, row + D, D);
+      copy_f32(ROW_V(n) + (long)ROW_POS(n) * D, row + 2 * D, D);
+    }
+    if (!team_barrier(ctl, nth, may_block)) return;
   }
-  if (!team_barrier(ctl, nth, may_block)) return;
   /* per row and head: attention over [0, pos] */
 #ifndef SKIP_ATTN
   FOR_PIECES(c, 3, N * H) {
     int n = c / H, hh = c % H;
-    attend_head(qkv + 3L * n * D, ROW_K(n), ROW_V(n), ROW_MASK(n), a + (long)n * D, soft, ROW_POS(n) + 1, D, hd, scale, hh);
+    const f32* row = qkv + 3L * n * D;
+    if (!shared) {
+      copy_f32(ROW_K(n) + (long)ROW_POS(n) * D + hh * hd, row + D + hh * hd, hd);
+      copy_f32(ROW_V(n) + (long)ROW_POS(n) * D + hh * hd, row + 2 * D + hh * hd, hd);
+    }
+    attend_head(row, ROW_K(n), ROW_V(n), ROW_MASK(n), a + (long)n * D, soft, ROW_POS(n) + 1, D, hd, scale, hh);
   }
 #endif
 #undef ROW_K

@@ -42,12 +42,13 @@ export const KERNEL_ABI = {
    * One transformer block over N rows, run by every thread of the team at once (thread tid of nth): x [N, D]
    * -> y [N, D]; desc: 4 ints per row (its cache row's keys and values [cap, D], its position there, its
    * mask row or 0): each row's key/value is written at its position and it attends to [0, pos] (decode
-   * rows and prompt chunks alike); maxTk: the most positions a row attends to; ctl: control words, the
+   * rows and prompt chunks alike); maxTk: the most positions a row attends to; shared: some rows share a
+   * cache row (a prompt chunk: all keys are written before any row attends); ctl: control words, the
    * weight table and the scratch (kernels.c, block_step); may_block: this thread may sleep in a barrier
    * (0 on a browser's main thread, where memory.atomic.wait traps).
    */
   block_step: [
-    ['x', 'ptr'], ['y', 'ptr'], ['ctl', 'ptr'], ['desc', 'ptr'], ['N', 'i32'], ['maxTk', 'i32'],
+    ['x', 'ptr'], ['y', 'ptr'], ['ctl', 'ptr'], ['desc', 'ptr'], ['N', 'i32'], ['maxTk', 'i32'], ['shared', 'i32'],
     ['H', 'i32'], ['D', 'i32'], ['F', 'i32'], ['eps', 'f32'], ['scale', 'f32'], ['act', 'i32'], ['tid', 'i32'], ['nth', 'i32'], ['may_block', 'i32'],
   ],
 } as const satisfies Record<string, readonly (readonly [string, ArgType])[]>;
@@ -86,7 +87,7 @@ export function invoke(f: (...args: number[]) => void, a: readonly number[]): vo
     case 10: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
     case 11: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10]);
     case 15: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14]);
-    case 18: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15], a[16], a[17]);
+    case 16: return f(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]);
     default: return f(...a);
   }
 }

@@ -529,7 +529,9 @@ function blockStepKernel(be: WasmBackendLike, inputs: Partial<Record<string, tf.
       call(k, 'zero_f32', { dst: pc, n: ctlInts(nth) });
       ctl.set(table, CTL_TABLE);
     };
-    const args = { x: offset(be, x), y: offset(be, out), ctl: pc, desc: pc + 4 * floats, N, maxTk, H: nHead, D, F: nInner, eps, scale, act, tid: 0, nth: 1, may_block: 0 };
+    let shared = 0; // a part with several positions per row: its rows share a cache row
+    for (let i = 1; i < parts.length; i += 3) if (parts[i] > 1) shared = 1;
+    const args = { x: offset(be, x), y: offset(be, out), ctl: pc, desc: pc + 4 * floats, N, maxTk, shared, H: nHead, D, F: nInner, eps, scale, act, tid: 0, nth: 1, may_block: 0 };
     const alone = () => {
       prepare(1);
       call(k, 'block_step', { ...args, nth: 1 });
