@@ -275,8 +275,7 @@ static inline f32 hsum(v128_t a) {
   return wasm_f32x4_extract_lane(a, 0) + wasm_f32x4_extract_lane(a, 1) + wasm_f32x4_extract_lane(a, 2) + wasm_f32x4_extract_lane(a, 3);
 }
 
-static void scores_into(const f32* qh, const f32* kh, const f32* mb, f32* sc, int Tk, int D, int hd, f32 scale) {
-  int t = 0;
+static void scores_from(const f32* qh, const f32* kh, const f32* mb, f32* sc, int t, int Tk, int D, int hd, f32 scale) {
   const v128_t vs = wasm_f32x4_splat(scale);
   if ((hd & 3) == 0) {
     for (; t + 4 <= Tk; t += 4) {
@@ -309,6 +308,10 @@ static void scores_into(const f32* qh, const f32* kh, const f32* mb, f32* sc, in
   }
 }
 
+static void scores_into(const f32* qh, const f32* kh, const f32* mb, f32* sc, int Tk, int D, int hd, f32 scale) {
+  scores_from(qh, kh, mb, sc, 0, Tk, D, hd, scale);
+}
+
 /* sc[t] = exp(sc[t] - max) / sum, in place */
 static void softmax_inplace(f32* sc, int Tk) {
   f32 mx = -3.4e38f;
@@ -326,6 +329,13 @@ static void softmax_inplace(f32* sc, int Tk) {
   t = 0;
   for (; t + 4 <= Tk; t += 4) wasm_v128_store(sc + t, wasm_f32x4_mul(wasm_v128_load(sc + t), inv));
   for (; t < Tk; t++) sc[t] *= 1.0f / sum;
+}
+
+/* sum_t p[t] * v[t*D]: one output lane past the vector blocks (attend_head's and attend_group's alike) */
+static __attribute__((noinline)) f32 lane_sum(const f32* p, const f32* v, int Tk, int D) {
+  f32 s = 0.0f;
+  for (int t = 0; t < Tk; t++) s += p[t] * v[(long)t * D];
+  return s;
 }
 
 /* oh[0:hd] = sum_t p[t] * vh[t*D + 0:hd] */
@@ -349,11 +359,7 @@ static void weighted_sum(const f32* p, const f32* vh, f32* oh, int Tk, int D, in
     wasm_v128_store(o, o0); wasm_v128_store(o + 4, o1); wasm_v128_store(o + 8, o2); wasm_v128_store(o + 12, o3);
     wasm_v128_store(o + 16, o4); wasm_v128_store(o + 20, o5); wasm_v128_store(o + 24, o6); wasm_v128_store(o + 28, o7);
   }
-  for (; c < hd; c++) {
-    f32 s = 0.0f;
-    for (int t = 0; t < Tk; t++) s += p[t] * vh[(long)t * D + c];
-    oh[c] = s;
-  }
+  for (; c < hd; c++) oh[c] = lane_sum(p, vh + c, Tk, D);
 }
 
 /* head h of one query (qi, D floats) against n cached positions (row stride D) -> oi[h*hd : +hd] */
@@ -363,10 +369,102 @@ static inline void attend_head(const f32* qi, const f32* kb, const f32* vb, cons
   weighted_sum(scratch, vb + h * hd, oi + h * hd, n, D, hd);
 }
 
+/* Head h of g (2..4) consecutive queries of one sequence (query r at qi + r*ldq, output oi + r*ldo)
+ * seeing n0 + r positions of kb/vb (row stride D), mask row mb: each query's scores, softmax and
+ * weighted sum in the same order as attend_head's (the same bits: every score and output lane is the
+ * same chain of multiply-adds), but each key and value is loaded once for two or four queries (prefill
+ * attention read the cache once per query: 13-16 GMAC/s on two threads). scratch: 4 rows of
+ * (n0 + g + 6) & ~3 floats. Needs hd % 4 == 0. */
+static void attend_group(const f32* qi, int ldq, const f32* kb, const f32* vb, const f32* mb, f32* oi, int ldo, f32* scratch,
+                         int g, int n0, int D, int hd, f32 scale, int h) {
+  int ld = (n0 + g + 6) & ~3;
+  const f32* kh = kb + h * hd;
+  const f32* vh = vb + h * hd;
+  const v128_t vs = wasm_f32x4_splat(scale);
+  int t4 = n0 & ~3; /* keys [0, t4) in blocks of 4 for every query: each sees at least n0 */
+  for (int r0 = 0; r0 < g; r0 += 2) {
+    int two = r0 + 1 < g;
+    const f32* qa = qi + (long)r0 * ldq + h * hd;
+    const f32* qb = two ? qa + ldq : qa; /* a lone last query computed twice, stored once */
+    f32* sa = scratch + (long)r0 * ld;
+    f32* sb = two ? sa + ld : sa;
+    for (int t = 0; t < t4; t += 4) {
+      const f32* k0 = kh + (long)t * D;
+      const f32* k1 = k0 + D;
+      const f32* k2 = k1 + D;
+      const f32* k3 = k2 + D;
+      v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      for (int j = 0; j < hd; j += 4) {
+        v128_t x0 = wasm_v128_load(k0 + j), x1 = wasm_v128_load(k1 + j), x2 = wasm_v128_load(k2 + j), x3 = wasm_v128_load(k3 + j);
+        v128_t qv = wasm_v128_load(qa + j);
+        a0 = MADD(qv, x0, a0); a1 = MADD(qv, x1, a1); a2 = MADD(qv, x2, a2); a3 = MADD(qv, x3, a3);
+        qv = wasm_v128_load(qb + j);
+        b0 = MADD(qv, x0, b0); b1 = MADD(qv, x1, b1); b2 = MADD(qv, x2, b2); b3 = MADD(qv, x3, b3);
+      }
+      v128_t s01 = wasm_f32x4_add(wasm_i32x4_shuffle(a0, a1, 0, 4, 1, 5), wasm_i32x4_shuffle(a0, a1, 2, 6, 3, 7));
+      v128_t s23 = wasm_f32x4_add(wasm_i32x4_shuffle(a2, a3, 0, 4, 1, 5), wasm_i32x4_shuffle(a2, a3, 2, 6, 3, 7));
+      v128_t ra = wasm_f32x4_mul(wasm_f32x4_add(wasm_i32x4_shuffle(s01, s23, 0, 1, 4, 5), wasm_i32x4_shuffle(s01, s23, 2, 3, 6, 7)), vs);
+      s01 = wasm_f32x4_add(wasm_i32x4_shuffle(b0, b1, 0, 4, 1, 5), wasm_i32x4_shuffle(b0, b1, 2, 6, 3, 7));
+      s23 = wasm_f32x4_add(wasm_i32x4_shuffle(b2, b3, 0, 4, 1, 5), wasm_i32x4_shuffle(b2, b3, 2, 6, 3, 7));
+      v128_t rb = wasm_f32x4_mul(wasm_f32x4_add(wasm_i32x4_shuffle(s01, s23, 0, 1, 4, 5), wasm_i32x4_shuffle(s01, s23, 2, 3, 6, 7)), vs);
+      if (mb) { v128_t m = wasm_v128_load(mb + t); ra = wasm_f32x4_add(ra, m); rb = wasm_f32x4_add(rb, m); }
+      wasm_v128_store(sa + t, ra);
+      wasm_v128_store(sb + t, rb);
+    }
+  }
+  /* each query's own last keys, as scores_into would take them; then its softmax */
+  for (int r = 0; r < g; r++) {
+    scores_from(qi + (long)r * ldq + h * hd, kh, mb, scratch + (long)r * ld, t4, n0 + r, D, hd, scale);
+    softmax_inplace(scratch + (long)r * ld, n0 + r);
+  }
+  /* o_r = sum_t p_r[t] v[t]: 8 lanes of every query at once over [0, n0), then each query's last ones */
+  int c32 = hd & ~31;
+  for (int c = 0; c < c32; c += 8) {
+    /* named accumulators, not an array: an array went to the stack (one per instance, at the same
+     * address in every thread's instance: the threads overwrote each other's sums) */
+    v128_t o00 = wasm_f32x4_splat(0.0f), o01 = o00, o10 = o00, o11 = o00, o20 = o00, o21 = o00, o30 = o00, o31 = o00;
+    const f32* vt = vh + c;
+    const f32* p0 = scratch;
+    const f32* p1 = g > 1 ? p0 + ld : p0;
+    const f32* p2 = g > 2 ? p0 + 2 * ld : p1;
+    const f32* p3 = g > 3 ? p0 + 3 * ld : p2;
+    for (int t = 0; t < n0; t++, vt += D) {
+      v128_t w0 = wasm_v128_load(vt), w1 = wasm_v128_load(vt + 4);
+      v128_t pt = wasm_v128_load32_splat(p0 + t);
+      o00 = MADD(pt, w0, o00); o01 = MADD(pt, w1, o01);
+      pt = wasm_v128_load32_splat(p1 + t);
+      o10 = MADD(pt, w0, o10); o11 = MADD(pt, w1, o11);
+      pt = wasm_v128_load32_splat(p2 + t);
+      o20 = MADD(pt, w0, o20); o21 = MADD(pt, w1, o21);
+      pt = wasm_v128_load32_splat(p3 + t);
+      o30 = MADD(pt, w0, o30); o31 = MADD(pt, w1, o31);
+    }
+    for (int r = 0; r < g; r++) {
+      const f32* pr = scratch + (long)r * ld;
+      v128_t u0 = r == 0 ? o00 : r == 1 ? o10 : r == 2 ? o20 : o30;
+      v128_t u1 = r == 0 ? o01 : r == 1 ? o11 : r == 2 ? o21 : o31;
+      const f32* vr = vh + (long)n0 * D + c;
+      for (int t = n0; t < n0 + r; t++, vr += D) {
+        v128_t pt = wasm_v128_load32_splat(pr + t);
+        u0 = MADD(pt, wasm_v128_load(vr), u0);
+        u1 = MADD(pt, wasm_v128_load(vr + 4), u1);
+      }
+      f32* out = oi + (long)r * ldo + h * hd + c;
+      wasm_v128_store(out, u0);
+      wasm_v128_store(out + 4, u1);
+    }
+  }
+  for (int r = 0; r < g; r++) { /* lanes past the 32-blocks: as weighted_sum's scalar tail */
+    const f32* pr = scratch + (long)r * ld;
+    for (int c = c32; c < hd; c++) oi[(long)r * ldo + h * hd + c] = lane_sum(pr, vh + c, n0 + r, D);
+  }
+}
+
 /* Causal attention of T new queries per row against the cache: query i of row b sees positions
  * [0, past + i] of k/v [B, ldkv, D] (the new keys already written there at [past, past + T)).
- * q [B*T, D], mask [B, past + T] additive (padding) or 0, out [B*T, D], scratch >= past + T + 4 floats.
- * Heads [h0, h1) only (threads split heads). T = 1 is the decode step. */
+ * q [B*T, D], mask [B, past + T] additive (padding) or 0, out [B*T, D], scratch >= 4 * ((past + T + 7) & ~3)
+ * floats. Heads [h0, h1) only (threads split heads). T = 1 is the decode step; a prefill takes its queries
+ * four at a time (attend_group). */
 EXPORT(attend)
 void attend(const f32* q, const f32* k, const f32* v, const f32* mask, f32* out, f32* scratch,
             int B, int T, int past, int H, int hd, int ldkv, f32 scale, int h0, int h1) {
@@ -376,11 +474,17 @@ void attend(const f32* q, const f32* k, const f32* v, const f32* mask, f32* out,
     const f32* kb = k + (long)bi * ldkv * D;
     const f32* vb = v + (long)bi * ldkv * D;
     const f32* mb = mask ? mask + bi * Tk : 0;
-    for (int i = 0; i < T; i++) {
+    for (int i = 0; i < T;) {
       const f32* qi = q + (long)(bi * T + i) * D;
       f32* oi = out + (long)(bi * T + i) * D;
       int n = past + i + 1; /* causal: keys up to this query's own position */
-      for (int h = h0; h < h1; h++) attend_head(qi, kb, vb, mb, oi, scratch, n, D, hd, scale, h);
+      int g = T - i < 4 ? T - i : 4;
+      if (g < 2 || (hd & 3)) g = 1;
+      for (int h = h0; h < h1; h++) {
+        if (g == 1) attend_head(qi, kb, vb, mb, oi, scratch, n, D, hd, scale, h);
+        else attend_group(qi, D, kb, vb, mb, oi, D, scratch, g, n, D, hd, scale, h);
+      }
+      i += g;
     }
   }
 }
@@ -781,7 +885,9 @@ void copy_cols(f32* dst, const f32* src, int M, int n, int ldd, int lds) {
  * and the positions of prompt chunks (several rows on one cache row, at consecutive positions). Row n's
  * descriptor (desc[4n..4n+3]) says where its cache row starts (keys, values: [cap, D] each), its
  * position there (its key/value are written at pos, it attends to [0, pos]) and its additive mask row
- * (>= pos + 1 floats, or 0). Where rows share a cache row (`shared`: prompt chunks), every row's
+ * (>= pos + 1 floats, or 0); then, after the N descriptors, one int per row: the queries of the group
+ * it starts (up to 4 consecutive positions of one cache row, attended together: attend_group), 1 alone,
+ * 0 inside a group. Where rows share a cache row (`shared`: prompt chunks), every row's
  * key/value is written before any row attends, so a prompt position sees the chunk's earlier positions,
  * as the separate kernels' causal attention does; in a plain decode step each row writes its own as it
  * attends (one barrier fewer per block).
@@ -792,7 +898,7 @@ void copy_cols(f32* dst, const f32* src, int M, int n, int ldd, int lds) {
  * does not hold the stage up by more than the piece it is on).
  *
  * ctl: CTL_INTS(nth) control words (zeroed by the caller; the weight table at CTL_TABLE), then the
- * floats: h [N, D], qkv [N, 3D], a [N, D], x1 [N, D], h2 [N, D], f [N, F], a softmax row of
+ * floats: h [N, D], qkv [N, 3D], a [N, D], x1 [N, D], h2 [N, D], f [N, F], four softmax rows of
  * (maxTk + 7) & ~3 floats per thread (maxTk: the most positions a row attends to). */
 #define CTL_BAR 0     /* threads arrived at the barrier */
 #define CTL_GEN 16    /* barrier generation (its own cache line) */
@@ -859,13 +965,15 @@ void block_step(const f32* x, f32* y, i32_t* ctl, const i32_t* desc, int N, int 
   f32* x1 = a + (long)N * D;
   f32* h2 = x1 + (long)N * D;
   f32* f = h2 + (long)N * D;
-  f32* soft = f + (long)N * F + (long)tid * ((maxTk + 7) & ~3);
+  f32* soft = f + (long)N * F + (long)tid * 4 * ((maxTk + 7) & ~3);
+  const i32_t* grp = desc + 4L * N; /* per row: queries of its group when it starts one (1-4), else 0 */
   int hd = D / H;
   int pd = (D + 15) >> 4, pf = (F + 15) >> 4; /* panels of a D- and an F-wide output */
 #define ROW_K(n) ((f32*)(__SIZE_TYPE__)(unsigned)desc[4 * (n)])
 #define ROW_V(n) ((f32*)(__SIZE_TYPE__)(unsigned)desc[4 * (n) + 1])
 #define ROW_POS(n) desc[4 * (n) + 2]
 #define ROW_MASK(n) ((const f32*)(__SIZE_TYPE__)(unsigned)desc[4 * (n) + 3])
+#define ROW_GROUP(n) grp[n]
   /* h = ln_1(x) */
   FOR_PIECES(m, 0, N) layer_norm(x + (long)m * D, P[0], P[1], h + (long)m * D, 1, D, eps);
   if (!team_barrier(ctl, nth, may_block)) return;
@@ -891,13 +999,16 @@ void block_step(const f32* x, f32* y, i32_t* ctl, const i32_t* desc, int N, int 
       copy_f32(ROW_K(n) + (long)ROW_POS(n) * D + hh * hd, row + D + hh * hd, hd);
       copy_f32(ROW_V(n) + (long)ROW_POS(n) * D + hh * hd, row + 2 * D + hh * hd, hd);
     }
-    attend_head(row, ROW_K(n), ROW_V(n), ROW_MASK(n), a + (long)n * D, soft, ROW_POS(n) + 1, D, hd, scale, hh);
+    int g = ROW_GROUP(n);
+    if (g == 1) attend_head(row, ROW_K(n), ROW_V(n), ROW_MASK(n), a + (long)n * D, soft, ROW_POS(n) + 1, D, hd, scale, hh);
+    else if (g > 1) attend_group(row, 3 * D, ROW_K(n), ROW_V(n), ROW_MASK(n), a + (long)n * D, D, soft, g, ROW_POS(n) + 1, D, hd, scale, hh);
   }
 #endif
 #undef ROW_K
 #undef ROW_V
 #undef ROW_POS
 #undef ROW_MASK
+#undef ROW_GROUP
   if (!team_barrier(ctl, nth, may_block)) return;
   /* x1 = x + a @ c_proj + b */
   FOR_PIECES(p, 4, pd) linear_panel(a, P[4], P[5], x1, N, D, D, D, D, 0, x, p);

@@ -241,10 +241,14 @@ describe('wasm kernels', () => {
     });
   });
 
+  // T: queries attend four at a time (a last group of 2 or 3, or 1); hd 36: 32 vector lanes + 4 scalar
+  // ones; hd 10: not a multiple of 4, one query at a time
   test.each([
     [1, 0, 7, 12, 64],
     [2, 5, 4, 3, 8],
     [3, 2, 9, 4, 10],
+    [2, 3, 10, 2, 36],
+    [2, 6, 5, 2, 64],
   ])('prefill attention: B=%i, past=%i, T=%i, H=%i, hd=%i, causal, with padding', (B, past, T, H, hd) => {
     tf.tidy(() => {
       const D = H * hd;
@@ -263,6 +267,29 @@ describe('wasm kernels', () => {
       const want = tf.reshape(tf.transpose(tf.matMul(tf.softmax(scores), vh), [0, 2, 1, 3]), [B * T, D]);
       const got = kernelAttend(q, k, v, B, T, past, padMask, H, 1 / Math.sqrt(hd))!;
       expect(maxAbsDiff(got.dataSync(), want.dataSync())).toBeLessThanOrEqual(1e-5);
+    });
+  });
+
+  test.each([
+    [2, 3, 10, 2, 36],
+    [1, 0, 7, 4, 64],
+    [2, 5, 6, 3, 8],
+  ])('prefill attention (B=%i, past=%i, T=%i, H=%i, hd=%i) gives each query the bits one decode-step query gets', (B, past, T, H, hd) => {
+    tf.tidy(() => {
+      const D = H * hd;
+      const Tk = past + T;
+      const q = randn([B * T, D], 23, 2) as tf.Tensor2D;
+      const k = randn([B, Tk + 3, D], 24) as tf.Tensor3D;
+      const v = randn([B, Tk + 3, D], 25) as tf.Tensor3D;
+      const pad = Array.from({ length: B }, (_, b) => Math.min(b, past));
+      const maskOf = (n: number) => tf.tensor2d(Float32Array.from({ length: B * n }, (_, i) => ((i % n) < pad[Math.floor(i / n)] ? -3e4 : 0)), [B, n]);
+      const all = kernelAttend(q, k, v, B, T, past, maskOf(Tk), H, 1 / Math.sqrt(hd))!.dataSync() as Float32Array;
+      for (let i = 0; i < T; i++) {
+        const qi = tf.gather(q, Array.from({ length: B }, (_, b) => b * T + i)) as tf.Tensor2D; // row b's query i
+        const one = kernelAttend(qi, k, v, B, 1, past + i, maskOf(past + i + 1), H, 1 / Math.sqrt(hd))!.dataSync() as Float32Array;
+        const want = Float32Array.from({ length: B * D }, (_, j) => all[(Math.floor(j / D) * T + i) * D + (j % D)]);
+        expectSameFloats(one, want);
+      }
     });
   });
 

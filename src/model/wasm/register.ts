@@ -337,7 +337,7 @@ function attendKernel(be: WasmBackendLike, inputs: Partial<Record<AttendInputs, 
   const ldkv = kb.shape[1];
   const Tk = past + T;
   const out = be.makeOutput([B * T, D], 'float32');
-  const room = Tk + 4;
+  const room = 4 * ((Tk + 7) & ~3); // four softmax rows: a prefill's queries attend four at a time
   const rows = B >= 2; // chunks: batch rows, else heads
   const count = rows ? B : H;
   const scratch = be.makeOutput([count * room], 'float32'); // one softmax row per chunk
@@ -491,15 +491,15 @@ function blockStepKernel(be: WasmBackendLike, inputs: Partial<Record<string, tf.
   const most = thread ? thread.size + 1 : 1;
   let maxTk = 0;
   for (let i = 0; i < parts.length; i += 3) maxTk = Math.max(maxTk, parts[i + 1] + parts[i + 2]);
-  const floats = ctlInts(most) + N * (7 * D + nInner) + most * ((maxTk + 7) & ~3);
-  const scratch = be.makeOutput([floats + 4 * N], 'float32'); // the descriptors last: a lone thread's floats start earlier, never past them
+  const floats = ctlInts(most) + N * (7 * D + nInner) + most * 4 * ((maxTk + 7) & ~3);
+  const scratch = be.makeOutput([floats + 5 * N], 'float32'); // the descriptors last: a lone thread's floats start earlier, never past them
   try {
     // everything that can throw happens before the team is claimed (a throw while it is held would
     // leave it claimed: every later kernel on one thread, the workers never idle-exiting)
     const pc = offset(be, scratch);
     const table = BLOCK_TABLE.map((n) => (inputs[n] ? offset(be, inputs[n] as tf.TensorInfo) : 0));
     const buffer = (memoryOf(be) as WebAssembly.Memory).buffer;
-    const desc = new Int32Array(buffer, pc + 4 * floats, 4 * N);
+    const desc = new Int32Array(buffer, pc + 4 * floats, 5 * N); // 4 per row, then each row's group (kernels.c block_step)
     let n = 0;
     for (let i = 0; i < parts.length / 3; i++) {
       const [B, T, past] = [parts[3 * i], parts[3 * i + 1], parts[3 * i + 2]];
@@ -519,6 +519,7 @@ function blockStepKernel(be: WasmBackendLike, inputs: Partial<Record<string, tf.
           desc[4 * n + 1] = vo + b * row;
           desc[4 * n + 2] = past + t;
           desc[4 * n + 3] = mask ? mo + b * (past + T) * 4 : 0;
+          desc[4 * N + n] = t % 4 ? 0 : Math.min(4, T - t); // a row's positions attend four at a time
         }
       }
     }
