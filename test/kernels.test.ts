@@ -38,6 +38,25 @@ const writeCacheRows = (buf: tf.Tensor3D, rows: tf.Tensor3D, pos: number) => {
 
 const randn = (shape: number[], seed: number, scale = 0.5) => tf.randomNormal(shape, 0, scale, 'float32', seed);
 
+/**
+ * A prefill attention case: queries [B*T, H*hd], cache buffers with 3 spare positions, row b left-padded
+ * by min(b, past); maskOf(n) is the additive padding mask over the first n positions. Seeds seed..seed+2.
+ */
+function prefillCase(B: number, past: number, T: number, H: number, hd: number, seed: number) {
+  const D = H * hd;
+  const Tk = past + T;
+  const pad = Array.from({ length: B }, (_, b) => Math.min(b, past));
+  return {
+    D,
+    Tk,
+    pad,
+    q: randn([B * T, D], seed, 2) as tf.Tensor2D,
+    k: randn([B, Tk + 3, D], seed + 1) as tf.Tensor3D,
+    v: randn([B, Tk + 3, D], seed + 2) as tf.Tensor3D,
+    maskOf: (n: number) => tf.tensor2d(Float32Array.from({ length: B * n }, (_, i) => ((i % n) < pad[Math.floor(i / n)] ? -3e4 : 0)), [B, n]),
+  };
+}
+
 /** Runs `f` with our kernels off, so the callers' tf-op fallbacks compute the reference. */
 function reference<T>(f: () => T): T {
   setWasmKernelsDisabled(true);
@@ -251,13 +270,8 @@ describe('wasm kernels', () => {
     [2, 6, 5, 2, 64],
   ])('prefill attention: B=%i, past=%i, T=%i, H=%i, hd=%i, causal, with padding', (B, past, T, H, hd) => {
     tf.tidy(() => {
-      const D = H * hd;
-      const Tk = past + T;
-      const q = randn([B * T, D], 13, 2) as tf.Tensor2D;
-      const k = randn([B, Tk + 3, D], 14) as tf.Tensor3D;
-      const v = randn([B, Tk + 3, D], 15) as tf.Tensor3D;
-      const pad = Array.from({ length: B }, (_, b) => Math.min(b, past));
-      const padMask = tf.tensor2d(Float32Array.from({ length: B * Tk }, (_, i) => ((i % Tk) < pad[Math.floor(i / Tk)] ? -3e4 : 0)), [B, Tk]);
+      const { D, Tk, q, k, v, pad, maskOf } = prefillCase(B, past, T, H, hd, 13);
+      const padMask = maskOf(Tk);
       const full = new Float32Array(B * T * Tk);
       for (let b = 0; b < B; b++) for (let i = 0; i < T; i++) for (let j = 0; j < Tk; j++) if (j > past + i || j < pad[b]) full[(b * T + i) * Tk + j] = -3e4;
       const qh = tf.transpose(tf.reshape(q, [B, T, H, hd]), [0, 2, 1, 3]); // [B, H, T, hd]
@@ -276,13 +290,7 @@ describe('wasm kernels', () => {
     [2, 5, 6, 3, 8],
   ])('prefill attention (B=%i, past=%i, T=%i, H=%i, hd=%i) gives each query the bits one decode-step query gets', (B, past, T, H, hd) => {
     tf.tidy(() => {
-      const D = H * hd;
-      const Tk = past + T;
-      const q = randn([B * T, D], 23, 2) as tf.Tensor2D;
-      const k = randn([B, Tk + 3, D], 24) as tf.Tensor3D;
-      const v = randn([B, Tk + 3, D], 25) as tf.Tensor3D;
-      const pad = Array.from({ length: B }, (_, b) => Math.min(b, past));
-      const maskOf = (n: number) => tf.tensor2d(Float32Array.from({ length: B * n }, (_, i) => ((i % n) < pad[Math.floor(i / n)] ? -3e4 : 0)), [B, n]);
+      const { D, Tk, q, k, v, maskOf } = prefillCase(B, past, T, H, hd, 23);
       const all = kernelAttend(q, k, v, B, T, past, maskOf(Tk), H, 1 / Math.sqrt(hd))!.dataSync() as Float32Array;
       for (let i = 0; i < T; i++) {
         const qi = tf.gather(q, Array.from({ length: B }, (_, b) => b * T + i)) as tf.Tensor2D; // row b's query i

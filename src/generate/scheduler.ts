@@ -81,11 +81,11 @@ export const DEFAULT_PREFILL_CHUNK = SERVER_DEFAULTS.prefillChunk;
  * share whose measured (or next larger measured) step stays within `stretch` x a plain step. The plain
  * step is the one the running rows will see anyway once the sequences joining now are in (`rowsAfter`;
  * not measured: the largest measured size below it): admitting them faster does not make their streams
- * slower than that. Past the largest measured size the time is extrapolated from the two largest (never
- * beyond twice the largest, so one wrong guess costs one step), and the table grows as it is used. Noise only ever adds time, so each size
- * keeps a low estimate (a new time replaces it when lower, and raises it by at most 2% when higher),
- * and every 16th mixed step tries one token more than the budget, so a size that once measured slow is
- * measured again.
+ * slower than that. Past the largest measured size the time is extrapolated from the two largest
+ * (never beyond twice the largest, so one wrong guess costs one step), and the table grows as it is
+ * used. Noise only ever adds time, so each size keeps a low estimate (a new time replaces it when lower,
+ * and raises it by at most 2% when higher), and every 16th mixed step tries one token more than the
+ * budget, so a size that once measured slow is measured again.
  */
 export class StepBudget {
   /** Low estimates (ms) of a step's time by its total rows (decode rows + prompt tokens). */

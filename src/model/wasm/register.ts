@@ -340,7 +340,7 @@ function attendKernel(be: WasmBackendLike, inputs: Partial<Record<AttendInputs, 
   const room = 4 * ((Tk + 7) & ~3); // four softmax rows: a prefill's queries attend four at a time
   const rows = B >= 2; // chunks: batch rows, else heads
   const count = rows ? B : H;
-  const scratch = be.makeOutput([count * room], 'float32'); // one softmax row per chunk
+  const scratch = be.makeOutput([count * room], 'float32'); // four softmax rows per chunk
   const mask = inputs.mask ? offset(be, inputs.mask) : 0;
   const qRow = 4 * T * D; // bytes of q/out per batch row
   const kvRow = 4 * ldkv * D; // bytes of k/v per batch row
@@ -499,17 +499,22 @@ function blockStepKernel(be: WasmBackendLike, inputs: Partial<Record<string, tf.
     const pc = offset(be, scratch);
     const table = BLOCK_TABLE.map((n) => (inputs[n] ? offset(be, inputs[n] as tf.TensorInfo) : 0));
     const buffer = (memoryOf(be) as WebAssembly.Memory).buffer;
-    const desc = new Int32Array(buffer, pc + 4 * floats, 5 * N); // 4 per row, then each row's group (kernels.c block_step)
+    const descAt = pc + 4 * floats;
+    const desc = new Int32Array(buffer, descAt, 5 * N); // 4 per row, then each row's group (kernels.c block_step)
     let n = 0;
+    let shared = 0;
     for (let i = 0; i < parts.length / 3; i++) {
       const [B, T, past] = [parts[3 * i], parts[3 * i + 1], parts[3 * i + 2]];
       const kb = inputs[`k${i}`] as tf.TensorInfo;
       const vb = inputs[`v${i}`] as tf.TensorInfo;
       const mask = inputs[`m${i}`];
       const [rows, cap, width] = kb.shape;
-      if (vb.shape.join() !== kb.shape.join() || width !== D || rows < B || cap < past + T || (mask && mask.shape.join() !== [B, past + T].join())) {
+      const [vRows, vCap, vWidth] = vb.shape;
+      // numbers compared, not joined shapes: this runs for every block of every decode step
+      if (vRows !== rows || vCap !== cap || vWidth !== width || width !== D || rows < B || cap < past + T || (mask && (mask.shape[0] !== B || mask.shape[1] !== past + T))) {
         throw new Error(`gpt2-tfjs block: part ${i} (${B} x ${T} after ${past}) does not fit its cache [${kb.shape}] / [${vb.shape}]${mask ? ` or mask [${mask.shape}]` : ''}`);
       }
+      if (T > 1) shared = 1; // several positions per row: they share its cache row
       const [ko, vo] = [offset(be, kb), offset(be, vb)];
       const mo = mask ? offset(be, mask) : 0;
       const row = cap * D * 4; // bytes per cache row
@@ -530,9 +535,7 @@ function blockStepKernel(be: WasmBackendLike, inputs: Partial<Record<string, tf.
       call(k, 'zero_f32', { dst: pc, n: ctlInts(nth) });
       ctl.set(table, CTL_TABLE);
     };
-    let shared = 0; // a part with several positions per row: its rows share a cache row
-    for (let i = 1; i < parts.length; i += 3) if (parts[i] > 1) shared = 1;
-    const args = { x: offset(be, x), y: offset(be, out), ctl: pc, desc: pc + 4 * floats, N, maxTk, shared, H: nHead, D, F: nInner, eps, scale, act, tid: 0, nth: 1, may_block: 0 };
+    const args = { x: offset(be, x), y: offset(be, out), ctl: pc, desc: descAt, N, maxTk, shared, H: nHead, D, F: nInner, eps, scale, act, tid: 0, nth: 1, may_block: 0 };
     const alone = () => {
       prepare(1);
       call(k, 'block_step', { ...args, nth: 1 });
